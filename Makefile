@@ -1,0 +1,30 @@
+# Set-up and checks. `make demo` and `make test` each create .venv on first use:
+# torch is installed first from constraints.txt (the CPU build on this machine class), so pip never
+# pulls CUDA wheels; the library itself only asks for torch>=2.5.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+.PHONY: demo test lint format bench
+demo: $(BIN)/.installed
+	$(BIN)/pure-prune demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check pure_prune models tests bench
+	$(BIN)/ruff format --check pure_prune models tests bench
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: $(BIN)/.installed
+	$(BIN)/ruff check --fix pure_prune models tests bench
+	$(BIN)/ruff format pure_prune models tests bench
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/selection.py

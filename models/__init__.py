@@ -1,0 +1,1 @@
+"""Stateless models: init(key, **cfg) -> (params, state); apply(params, state, x, *, train)."""

@@ -1,0 +1,1 @@
+"""Pruning algorithms composed from pure pieces."""

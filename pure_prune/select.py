@@ -1,0 +1,422 @@
+"""Scores + target -> masks. Pure, exact and ``torch.compile``-able.
+
+Exactness: asking for sparsity ``s`` over ``N`` entries prunes exactly ``round(s · N)`` of them, with
+Python's ``round`` (half to even, as ``torch.nn.utils.prune`` does). Ties in score are broken by
+position: among equal scores the entry that comes first (leaf order of :mod:`pure_prune.tree`, then
+row-major index) is pruned first.
+
+Already-pruned entries (``masks`` given) stay pruned and count toward the target: they are ranked
+below every live entry. If the target is below the current sparsity nothing is revived.
+
+Bad input (checked eagerly, skipped while ``torch.compile`` traces): sparsity outside [0, 1] or
+NaN, NaN/±inf scores (an error: a score that is not finite is a bug upstream, never silently
+"least important"), trees or shapes that do not match, a non-bool mask, no prunable leaf.
+Every error names the leaf path and the value.
+
+Memory of global selection: one concatenated copy of the live scores plus what ``torch.kthvalue``
+needs (see ``bench/selection.py`` for time and peak memory at 10M and 100M parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from einops import rearrange, reduce
+
+from pure_prune import tree
+from pure_prune.groups import ChannelGroup, member_view, unit_mask_to_member
+
+__all__ = ["block", "channels", "lowest_k", "n_of_m", "rows", "unstructured"]
+
+Sparsity = float | Mapping[str, float]
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _eager() -> bool:
+    return not torch.compiler.is_compiling()
+
+
+def _check_sparsity(s: float, where: str = "") -> float:
+    if isinstance(s, torch.Tensor):
+        raise TypeError(f"sparsity{where} must be a Python number, got a tensor")
+    v = float(s)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"sparsity{where} must be in [0, 1], got {s!r}")
+    return v
+
+
+def _check_scores(names: Sequence[str], leaves: Sequence[torch.Tensor | None]) -> None:
+    for p, x in zip(names, leaves):
+        if x is None:
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"score {p!r} is {type(x).__name__}, expected a tensor or None")
+        if not x.is_floating_point():
+            raise TypeError(f"score {p!r} has dtype {x.dtype}, expected a floating-point tensor")
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(f"score {p!r} is not finite at index {idx}: {x[idx].item()}")
+
+
+def _check_masks(names, s_leaves, m_leaves) -> None:
+    for p, s, m in zip(names, s_leaves, m_leaves):
+        if m is None:
+            continue
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            what = m.dtype if isinstance(m, torch.Tensor) else type(m).__name__
+            raise TypeError(f"mask {p!r} must be a bool tensor or None, got {what}")
+        if s is not None and m.shape != s.shape:
+            raise ValueError(f"mask {p!r} has shape {tuple(m.shape)}, score has {tuple(s.shape)}")
+
+
+def _flatten_inputs(scores: tree.Tree, masks: tree.Tree | None):
+    names, s_leaves, spec = tree.flatten_with_paths(scores)
+    if masks is None:
+        m_leaves: list[torch.Tensor | None] = [None] * len(s_leaves)
+    else:
+        if _eager():
+            tree.assert_same_structure(scores, masks, ("scores", "masks"))
+        m_leaves = tree.leaves(masks)
+    if _eager():
+        _check_scores(names, s_leaves)
+        _check_masks(names, s_leaves, m_leaves)
+        if all(s is None for s in s_leaves):
+            raise ValueError("no prunable leaf: every score leaf is None")
+    return names, s_leaves, m_leaves, spec
+
+
+def _common_dtype(leaves: Sequence[torch.Tensor]) -> torch.dtype:
+    dt = torch.float32
+    for x in leaves:
+        dt = torch.promote_types(dt, x.dtype)
+    return dt
+
+
+def _live_scores(s: torch.Tensor, m: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Scores as ``dtype`` with already-pruned entries at -inf (ranked lowest)."""
+    s = s.to(dtype)
+    if m is None:
+        return s
+    return torch.where(m, s, torch.full_like(s, float("-inf")))
+
+
+# ------------------------------------------------------------------------------------- the kernel
+def lowest_k(flat: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Mark exactly ``k`` lowest entries across the 1-D tensors ``flat`` (ties: earliest first).
+
+    Returns one bool tensor per input, shaped like it, ``True`` where the entry is among the ``k``
+    lowest. Memory: one concatenation of the inputs plus ``torch.kthvalue``'s workspace; no sort.
+    """
+    total = sum(x.numel() for x in flat)
+    if k <= 0:
+        return [torch.zeros_like(x, dtype=torch.bool) for x in flat]
+    if k >= total:
+        return [torch.ones_like(x, dtype=torch.bool) for x in flat]
+    joined = flat[0] if len(flat) == 1 else torch.cat(list(flat))
+    threshold = torch.kthvalue(joined, k).values
+    del joined
+    below = [x < threshold for x in flat]
+    n_below = sum(b.sum() for b in below)
+    need = k - n_below  # how many entries equal to the threshold are pruned, earliest first
+    out = []
+    offset = torch.zeros((), dtype=torch.int64, device=flat[0].device)
+    for x, b in zip(flat, below):
+        eq = x == threshold
+        rank = torch.cumsum(eq, 0) + offset
+        out.append(b | (eq & (rank <= need)))
+        offset = offset + eq.sum()
+    return out
+
+
+def _count(s: float, n: int) -> int:
+    return int(round(s * n))
+
+
+# -------------------------------------------------------------------------------- unstructured
+def unstructured(
+    scores: tree.Tree,
+    sparsity: Sparsity,
+    *,
+    scope: str = "global",
+    masks: tree.Tree | None = None,
+) -> tree.Tree:
+    """Prune the lowest-scoring entries.
+
+    ``scores``: tree of float tensors (``None`` = dense leaf). ``sparsity``: a float, or with
+    ``scope="layer"`` a ``{path: sparsity}`` mapping (e.g. from :mod:`pure_prune.allocate`) that
+    names every scored leaf. ``scope="global"`` prunes ``round(s·N)`` of all ``N`` scored entries
+    by one ranking; ``"layer"`` prunes ``round(s_l·N_l)`` in each leaf. Returns bool masks with the
+    structure of ``scores`` (``True`` = kept), ``None`` where the score is ``None``.
+    """
+    names, s_leaves, m_leaves, spec = _flatten_inputs(scores, masks)
+    live = [(i, s) for i, s in enumerate(s_leaves) if s is not None]
+    dtype = _common_dtype([s for _, s in live])
+    flat = [rearrange(_live_scores(s, m_leaves[i], dtype), "... -> (...)") for i, s in live]
+    if scope == "global":
+        if isinstance(sparsity, Mapping):
+            raise TypeError("a per-leaf sparsity mapping needs scope='layer'")
+        s = _check_sparsity(sparsity)
+        pruned = lowest_k(flat, _count(s, sum(x.numel() for x in flat)))
+    elif scope == "layer":
+        if isinstance(sparsity, Mapping):
+            missing = [names[i] for i, _ in live if names[i] not in sparsity]
+            extra = sorted(set(sparsity) - {names[i] for i, _ in live})
+            if missing or extra:
+                raise ValueError(f"per-leaf sparsity: missing paths {missing}, unknown paths {extra}")
+            per = [_check_sparsity(sparsity[names[i]], f" of {names[i]!r}") for i, _ in live]
+        else:
+            per = [_check_sparsity(sparsity)] * len(live)
+        pruned = [lowest_k([x], _count(s, x.numel()))[0] for x, s in zip(flat, per)]
+    else:
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    out: list[torch.Tensor | None] = [None] * len(s_leaves)
+    for (i, s), p in zip(live, pruned):
+        keep = ~p.reshape(s.shape)
+        out[i] = keep if m_leaves[i] is None else keep & m_leaves[i]
+    return tree.unflatten(spec, out)
+
+
+# ---------------------------------------------------------------------------------- structured
+def _norm_rows(x: torch.Tensor, ord: float) -> torch.Tensor:
+    """``(units, rest)`` -> per-unit ``sum |x|^ord`` (the ord-th power of the Ln norm)."""
+    if ord == 1:
+        return reduce(x.abs(), "u r -> u", "sum")
+    if ord == 2:
+        return reduce(x * x, "u r -> u", "sum")
+    if ord == float("inf"):
+        return reduce(x.abs(), "u r -> u", "max")
+    return reduce(x.abs() ** ord, "u r -> u", "sum")
+
+
+def _check_ord(ord: float) -> float:
+    if not (ord > 0):
+        raise ValueError(f"ord must be > 0 (1, 2, inf, ...), got {ord!r}")
+    return float(ord)
+
+
+def rows(
+    scores: tree.Tree,
+    sparsity: float,
+    *,
+    axis: int = 0,
+    ord: float = 2,
+    masks: tree.Tree | None = None,
+) -> tree.Tree:
+    """Per-leaf structured pruning (``torch.nn.utils.prune.ln_structured``): in every scored leaf
+    remove ``round(s · size)`` slices along ``axis`` with the smallest Ln norm (over all other axes).
+
+    ``axis=0`` removes output rows/filters, ``axis=1`` input columns/channels. Returns masks with
+    whole slices ``False``; a slice already fully pruned in ``masks`` counts toward the target.
+    """
+    s = _check_sparsity(sparsity)
+    p_ord = _check_ord(ord)
+    names, s_leaves, m_leaves, spec = _flatten_inputs(scores, masks)
+    out: list[torch.Tensor | None] = []
+    for path, x, m in zip(names, s_leaves, m_leaves):
+        if x is None:
+            out.append(m)
+            continue
+        if _eager() and not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"rows: axis {axis} out of range for score {path!r} of shape {tuple(x.shape)}")
+        ax = axis % x.ndim
+        v = rearrange(torch.movedim(x.to(_common_dtype([x])), ax, 0), "u ... -> u (...)")
+        norms = _norm_rows(v, p_ord)
+        if m is not None:
+            alive = reduce(rearrange(torch.movedim(m, ax, 0), "u ... -> u (...)"), "u r -> u", "max")
+            norms = torch.where(alive, norms, torch.full_like(norms, float("-inf")))
+        unit_pruned = lowest_k([norms], _count(s, x.shape[ax]))[0]
+        shape = [1] * x.ndim
+        shape[ax] = x.shape[ax]
+        keep = (~unit_pruned).reshape(shape).expand(x.shape)
+        out.append(keep.clone() if m is None else keep & m)
+    return tree.unflatten(spec, out)
+
+
+def channels(
+    scores: tree.Tree,
+    sparsity: Sparsity,
+    groups: Sequence[ChannelGroup],
+    *,
+    scope: str = "layer",
+    ord: float = 1,
+    normalize: bool = False,
+    masks: tree.Tree | None = None,
+) -> tree.Tree:
+    """Prune whole units/channels of the model's channel groups (filter pruning by Ln norm).
+
+    Unit ``c`` of a group scores ``(Σ_members Σ_entries |score|^ord)^(1/ord)`` over the group's
+    members marked ``score`` whose score leaf is not ``None`` (``normalize=True`` divides by the
+    number of those entries, so layers of different fan-in compare in ``scope="global"``).
+    ``scope="layer"`` removes ``round(s·size)`` units of every prunable group (``sparsity`` may be
+    ``{group name: s}``); ``"global"`` removes ``round(s·U)`` of all ``U`` prunable units.
+
+    ``scores`` must have the structure of params with tensors at every member leaf that is scored
+    (biases and norms may be ``None``). Returns masks with the structure of ``scores``: every
+    param member of a removed unit (weights, biases, BatchNorm, the consumer's input slice) is
+    ``False``; leaves no group touches keep their mask from ``masks`` (or ``None``).
+    """
+    p_ord = _check_ord(ord)
+    names, s_leaves, _ = tree.flatten_with_paths(scores)
+    m_leaves = [None] * len(s_leaves) if masks is None else tree.leaves(masks)
+    if _eager():
+        if masks is not None:
+            tree.assert_same_structure(scores, masks, ("scores", "masks"))
+        _check_scores(names, s_leaves)
+        _check_masks(names, s_leaves, m_leaves)
+    index = {p: i for i, p in enumerate(names)}
+    active = [g for g in groups if g.prunable]
+    if _eager() and not active:
+        raise ValueError("channels: no prunable channel group")
+
+    unit_scores: list[torch.Tensor] = []
+    for g in active:
+        total, count, alive = None, 0, None
+        for mem in g.members:
+            if mem.path.startswith("state."):
+                continue
+            if mem.path not in index:
+                raise ValueError(f"channel group {g.name!r}: member {mem.path!r} is not a leaf of scores")
+            i = index[mem.path]
+            x, m = s_leaves[i], m_leaves[i]
+            if m is not None:
+                mv = reduce(member_view(m, mem, g.size), "u r -> u", "max")
+                alive = mv if alive is None else alive | mv
+            if x is None or not mem.score:
+                continue
+            v = _norm_rows(member_view(x.to(_common_dtype([x])), mem, g.size), p_ord)
+            total = v if total is None else total + v
+            count += x.numel() // g.size
+        if total is None:
+            raise ValueError(f"channel group {g.name!r}: no scored member has a score tensor")
+        u = total / count if normalize else total
+        if alive is not None:
+            u = torch.where(alive, u, torch.full_like(u, float("-inf")))
+        unit_scores.append(u)
+
+    if scope == "global":
+        if isinstance(sparsity, Mapping):
+            raise TypeError("a per-group sparsity mapping needs scope='layer'")
+        s = _check_sparsity(sparsity)
+        pruned = lowest_k(unit_scores, _count(s, sum(g.size for g in active)))
+    elif scope == "layer":
+        if isinstance(sparsity, Mapping):
+            unknown = sorted(set(sparsity) - {g.name for g in active})
+            if unknown:
+                raise ValueError(f"per-group sparsity names unknown groups {unknown}")
+            per = [_check_sparsity(sparsity.get(g.name, 0.0), f" of group {g.name!r}") for g in active]
+        else:
+            per = [_check_sparsity(sparsity)] * len(active)
+        pruned = [lowest_k([u], _count(s, g.size))[0] for u, g, s in zip(unit_scores, active, per)]
+    else:
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+
+    p_leaves = list(m_leaves)
+    shapes = {p: (s_leaves[i].shape if s_leaves[i] is not None else None) for p, i in index.items()}
+    for g, unit_pruned in zip(active, pruned):
+        keep_units = ~unit_pruned
+        for mem in g.members:
+            if mem.path.startswith("state."):
+                continue
+            i = index[mem.path]
+            shape = shapes[mem.path] if shapes[mem.path] is not None else _leaf_shape(masks, i)
+            if shape is None:
+                raise ValueError(
+                    f"channel group {g.name!r}: member {mem.path!r} has neither a score nor a mask; "
+                    "pass scores with a tensor (e.g. zeros) there so its shape is known"
+                )
+            keep = unit_mask_to_member(keep_units, mem, shape)
+            p_leaves[i] = keep.clone() if p_leaves[i] is None else p_leaves[i] & keep
+    return tree.unflatten(tree.structure(scores), p_leaves)
+
+
+def _leaf_shape(masks: tree.Tree | None, i: int):
+    if masks is None:
+        return None
+    m = tree.leaves(masks)[i]
+    return None if m is None else m.shape
+
+
+# ----------------------------------------------------------------------------- N:M and blocks
+def n_of_m(scores: tree.Tree, n: int, m: int, *, axis: int = -1, masks: tree.Tree | None = None) -> tree.Tree:
+    """Keep exactly ``n`` of every ``m`` consecutive entries along ``axis`` (e.g. 2:4 sparsity).
+
+    The ``n`` highest scores of each group survive (ties: earlier position kept). Already-pruned
+    entries rank lowest; a group that had fewer than ``n`` live entries keeps only those.
+    Raises ``ValueError`` when ``n > m``, ``m < 1`` or ``m`` does not divide the axis length.
+    """
+    if not (isinstance(n, int) and isinstance(m, int)) or m < 1 or not 0 <= n <= m:
+        raise ValueError(f"n_of_m needs integers 0 <= n <= m and m >= 1, got n={n!r}, m={m!r}")
+    names, s_leaves, m_leaves, spec = _flatten_inputs(scores, masks)
+    out: list[torch.Tensor | None] = []
+    for path, x, old in zip(names, s_leaves, m_leaves):
+        if x is None:
+            out.append(old)
+            continue
+        if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"n_of_m: axis {axis} out of range for score {path!r} of shape {tuple(x.shape)}")
+        ax = axis % x.ndim
+        if x.shape[ax] % m:
+            raise ValueError(
+                f"n_of_m: m={m} does not divide axis {axis} of length {x.shape[ax]} in score {path!r}"
+            )
+        live = _live_scores(x, old, _common_dtype([x]))
+        moved = torch.movedim(live, ax, -1)
+        grouped = rearrange(moved, "... (g m) -> ... g m", m=m)
+        order = torch.sort(grouped, dim=-1, descending=True, stable=True).indices
+        rank = torch.argsort(order, dim=-1)
+        keep = rearrange(rank < n, "... g m -> ... (g m)")
+        keep = torch.movedim(keep, -1, ax)
+        out.append(keep if old is None else keep & old)
+    return tree.unflatten(spec, out)
+
+
+def block(
+    scores: tree.Tree,
+    sparsity: float,
+    block_shape: tuple[int, int],
+    *,
+    scope: str = "global",
+    masks: tree.Tree | None = None,
+) -> tree.Tree:
+    """Prune whole ``(bh, bw)`` blocks of the last two axes by the sum of their scores' magnitudes.
+
+    Exactly ``round(s · B)`` blocks are removed (``B`` = blocks over all scored leaves for
+    ``scope="global"``, per leaf for ``"layer"``). Leading axes (e.g. conv kernel dims after the
+    first two) are folded into the block score: a leaf ``(out, in, kh, kw)`` is blocked over
+    ``(out, in)``. Raises ``ValueError`` when a block does not divide the leaf.
+    """
+    s = _check_sparsity(sparsity)
+    bh, bw = block_shape
+    if bh < 1 or bw < 1:
+        raise ValueError(f"block_shape must be positive, got {block_shape!r}")
+    names, s_leaves, m_leaves, spec = _flatten_inputs(scores, masks)
+    live_idx, block_scores = [], []
+    for i, (path, x) in enumerate(zip(names, s_leaves)):
+        if x is None:
+            continue
+        if x.ndim < 2 or x.shape[0] % bh or x.shape[1] % bw:
+            raise ValueError(
+                f"block: block {block_shape} does not tile the first two axes of score {path!r} "
+                f"with shape {tuple(x.shape)}"
+            )
+        live = _live_scores(x.abs(), m_leaves[i], _common_dtype([x]))
+        b = reduce(live, "(r bh) (c bw) ... -> r c", "sum", bh=bh, bw=bw)
+        block_scores.append(b)
+        live_idx.append(i)
+    flat = [rearrange(b, "r c -> (r c)") for b in block_scores]
+    if scope == "global":
+        pruned = lowest_k(flat, _count(s, sum(f.numel() for f in flat)))
+    elif scope == "layer":
+        pruned = [lowest_k([f], _count(s, f.numel()))[0] for f in flat]
+    else:
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    out: list[torch.Tensor | None] = list(m_leaves)
+    for i, b, p in zip(live_idx, block_scores, pruned):
+        x = s_leaves[i]
+        keep_blocks = ~p.reshape(b.shape)
+        keep = keep_blocks.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
+        keep = keep.reshape(*keep.shape, *([1] * (x.ndim - 2))).expand(x.shape)
+        out[i] = keep.clone() if m_leaves[i] is None else keep & m_leaves[i]
+    return tree.unflatten(spec, out)

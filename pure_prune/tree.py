@@ -1,0 +1,196 @@
+"""Pytree helpers: the one place where pure_prune flattens, maps and rebuilds trees.
+
+Conventions (tested in ``tests/test_tree.py``):
+
+* A tree is nested ``dict``/``list``/``tuple`` (or a node registered with
+  :func:`register_node`) whose leaves are tensors or ``None``.
+* ``None`` is a **leaf** (``none_is_leaf=True``). This is what ``torch.utils._pytree`` and therefore
+  ``torch.func`` do, so a mask tree with ``None`` for dense leaves has exactly the structure of
+  its parameter tree, under optree and under torch.func alike.
+* Dict keys are visited in **insertion order**, as torch's pytree does. optree sorts dict keys, so
+  every tree pure_prune builds is *canonical*: its dict keys are inserted in sorted order
+  (:func:`canonical`). On canonical trees optree and torch.func give the same leaves, in the same
+  order, with the same structure.
+* A leaf's path is a dotted string of its keys: ``"layer1.0.conv1.weight"``.
+
+All functions are pure and can be traced by ``torch.compile(fullgraph=True)`` (optree calls are
+understood by dynamo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import optree
+import torch
+from torch.utils import _pytree as torch_pytree
+
+__all__ = [
+    "NAMESPACE",
+    "Tree",
+    "canonical",
+    "flatten",
+    "flatten_with_paths",
+    "leaves",
+    "map",
+    "map_with_path",
+    "paths",
+    "register_node",
+    "stack",
+    "structure",
+    "unflatten",
+    "unstack",
+    "assert_same_structure",
+    "path_str",
+]
+
+NAMESPACE = "pure_prune"
+Tree = Any
+_OPTS = {"none_is_leaf": True, "namespace": NAMESPACE}
+
+
+def path_str(path: Sequence[Any]) -> str:
+    """A key path (tuple of dict keys / sequence indices) as a dotted string."""
+    return ".".join(str(k) for k in path)
+
+
+def canonical(tree: Tree) -> Tree:
+    """Rebuild every dict of ``tree`` with its keys inserted in sorted order.
+
+    Returns a new tree with the same leaves (not copied). On a canonical tree optree's flattening
+    and ``torch.utils._pytree``'s agree leaf for leaf.
+    """
+    if isinstance(tree, dict):
+        return {k: canonical(tree[k]) for k in sorted(tree)}
+    if isinstance(tree, list):
+        return [canonical(v) for v in tree]
+    if isinstance(tree, tuple) and not hasattr(tree, "_fields"):
+        return tuple(canonical(v) for v in tree)
+    return tree
+
+
+def flatten(tree: Tree) -> tuple[list[Any], optree.PyTreeSpec]:
+    """Leaves (tensors or ``None``) in canonical order, and the structure to rebuild them."""
+    return optree.tree_flatten(tree, **_OPTS)
+
+
+def flatten_with_paths(tree: Tree) -> tuple[list[str], list[Any], optree.PyTreeSpec]:
+    """Dotted leaf paths, leaves and structure of ``tree``."""
+    keypaths, leaves_, spec = optree.tree_flatten_with_path(tree, **_OPTS)
+    return [path_str(p) for p in keypaths], leaves_, spec
+
+
+def unflatten(spec: optree.PyTreeSpec, leaves_: Iterable[Any]) -> Tree:
+    """Inverse of :func:`flatten`."""
+    return optree.tree_unflatten(spec, list(leaves_))
+
+
+def leaves(tree: Tree) -> list[Any]:
+    """The leaves of ``tree`` (``None`` included) in canonical order."""
+    return optree.tree_leaves(tree, **_OPTS)
+
+
+def paths(tree: Tree) -> list[str]:
+    """Dotted paths of the leaves of ``tree``, in the order of :func:`leaves`."""
+    return flatten_with_paths(tree)[0]
+
+
+def structure(tree: Tree) -> optree.PyTreeSpec:
+    """The structure (treespec) of ``tree``."""
+    return optree.tree_structure(tree, **_OPTS)
+
+
+def assert_same_structure(a: Tree, b: Tree, names: tuple[str, str] = ("a", "b")) -> None:
+    """Raise ``ValueError`` naming the first differing path when ``a`` and ``b`` differ in structure."""
+    sa, sb = structure(a), structure(b)
+    if sa == sb:
+        return
+    pa, pb = set(paths(a)), set(paths(b))
+    only_a = sorted(pa - pb)
+    only_b = sorted(pb - pa)
+    detail = []
+    if only_a:
+        detail.append(f"leaves only in {names[0]}: {only_a[:5]}")
+    if only_b:
+        detail.append(f"leaves only in {names[1]}: {only_b[:5]}")
+    if not detail:
+        detail.append(f"{names[0]} is {sa}, {names[1]} is {sb}")
+    raise ValueError(f"{names[0]} and {names[1]} have different tree structures; " + "; ".join(detail))
+
+
+def map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 - mirrors tree_map
+    """``fn`` applied leaf-wise over trees of identical structure (``None`` leaves are passed)."""
+    return optree.tree_map(fn, tree, *rest, **_OPTS)
+
+
+def map_with_path(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
+    """``fn(path, leaf, *other_leaves)`` over trees of identical structure; ``path`` is dotted."""
+    return optree.tree_map_with_path(lambda p, *xs: fn(path_str(p), *xs), tree, *rest, **_OPTS)
+
+
+def stack(trees: Sequence[Tree]) -> Tree:
+    """Stack trees of identical structure along a new leading axis.
+
+    Each tensor leaf of shape ``S`` becomes ``(len(trees), *S)``; a leaf that is ``None`` in every
+    tree stays ``None``. Raises ``ValueError`` on mismatched structures or a mix of ``None`` and
+    tensors at one path.
+    """
+    if len(trees) == 0:
+        raise ValueError("stack needs at least one tree")
+    for i, t in enumerate(trees[1:], start=1):
+        assert_same_structure(trees[0], t, ("trees[0]", f"trees[{i}]"))
+
+    def _stack(path: str, *xs: Any) -> Any:
+        if all(x is None for x in xs):
+            return None
+        if any(x is None for x in xs):
+            raise ValueError(f"stack: leaf {path!r} is None in some trees and a tensor in others")
+        return torch.stack(xs)
+
+    return map_with_path(_stack, *trees)
+
+
+def unstack(tree: Tree, n: int | None = None) -> list[Tree]:
+    """Split every tensor leaf along its leading axis: the inverse of :func:`stack`.
+
+    ``n`` is the leading size; when omitted it is read from the first tensor leaf. Returns a list of
+    ``n`` trees; ``None`` leaves are repeated.
+    """
+    flat, spec = flatten(tree)
+    tensors = [x for x in flat if x is not None]
+    if n is None:
+        if not tensors:
+            raise ValueError("unstack: tree has no tensor leaves; pass n")
+        n = tensors[0].shape[0]
+    paths_ = paths(tree)
+    for p, x in zip(paths_, flat):
+        if x is not None and (x.ndim == 0 or x.shape[0] != n):
+            raise ValueError(f"unstack: leaf {p!r} has shape {tuple(x.shape)}, expected leading size {n}")
+    return [unflatten(spec, [None if x is None else x[i] for x in flat]) for i in range(n)]
+
+
+def register_node(
+    cls: type,
+    flatten_fn: Callable[[Any], tuple[list[Any], Any]],
+    unflatten_fn: Callable[[Any, list[Any]], Any],
+    *,
+    serialized_type_name: str | None = None,
+) -> None:
+    """Register a container type with optree (in pure_prune's namespace) *and* torch's pytree.
+
+    ``flatten_fn(node) -> (children, context)`` and ``unflatten_fn(context, children) -> node``.
+    After registration ``torch.func`` transforms and every helper here see through ``cls``.
+    """
+    optree.register_pytree_node(
+        cls,
+        lambda node: (*flatten_fn(node), None),
+        lambda ctx, children: unflatten_fn(ctx, list(children)),
+        namespace=NAMESPACE,
+    )
+    torch_pytree.register_pytree_node(
+        cls,
+        flatten_fn,
+        lambda children, ctx: unflatten_fn(ctx, list(children)),
+        serialized_type_name=serialized_type_name or f"{cls.__module__}.{cls.__qualname__}",
+    )
