@@ -1,0 +1,182 @@
+"""Sparsity and regularisation schedules: plain functions of a step/epoch/round index.
+
+Each constructor validates its arguments and returns a pure ``Callable[[int], float]``. They are
+host-side (Python floats): a schedule decides the *target* of the next selection; the selection
+itself (``select.*``) turns a target into exact counts (``round(s · N)`` pruned, Python rounding).
+
+=====================  =========================================================================
+``one_shot``            0 before ``at``, ``final`` from ``at`` on
+``polynomial``          Zhu & Gupta (2017): s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(nΔt))³,
+                        updated every Δt steps from t₀ over n updates (cubic by default)
+``linear``              s_i → s_f linearly over the same grid (seeds.md Source D "gradual")
+``linear_steps``        seeds.md Source A: ``steps`` equal increments every ``every`` epochs
+                        from ``start`` (5 steps, every 15 from epoch 30: 8% → 40%)
+``geometric``           IMP: after round k, ``(1 − r)^k`` of the weights remain
+``progressive``         seeds.md Source C: the per-round rate is r × 1.0 / 0.8 / 0.6 / 0.4 for
+                        rounds 0–4 / 5–9 / 10–14 / 15+, compounded over rounds
+``penalty_growth``      RSST's regularisation coefficient: ``granularity × g(t / T)`` with
+                        g ∈ {x, x^2, exp, exp_custom(a)} (see its docstring)
+=====================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+__all__ = [
+    "PROGRESSIVE_FACTORS",
+    "Schedule",
+    "geometric",
+    "linear",
+    "linear_steps",
+    "one_shot",
+    "penalty_growth",
+    "polynomial",
+    "progressive",
+    "progressive_rates",
+]
+
+Schedule = Callable[[int], float]
+
+# seeds.md Source C: (first round of the range, rate multiplier)
+PROGRESSIVE_FACTORS: tuple[tuple[int, float], ...] = ((0, 1.0), (5, 0.8), (10, 0.6), (15, 0.4))
+
+
+def _unit(name: str, value: float) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def _nonneg_int(name: str, value: int, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _rate(rate: float) -> float:
+    r = float(rate)
+    if not 0.0 <= r < 1.0:
+        raise ValueError(f"rate must be in [0, 1) (a share of the remaining weights), got {rate!r}")
+    return r
+
+
+def one_shot(final: float, at: int = 0) -> Schedule:
+    """Sparsity 0 before step ``at`` and ``final`` from ``at`` on."""
+    s = _unit("final", final)
+    at = _nonneg_int("at", at)
+    return lambda t: s if t >= at else 0.0
+
+
+def polynomial(
+    initial: float, final: float, *, start: int, every: int, updates: int, power: float = 3.0
+) -> Schedule:
+    """Zhu & Gupta's gradual schedule: ``s_f + (s_i − s_f)(1 − (t − t₀)/(nΔt))^power``.
+
+    ``t`` is floored to the update grid ``t₀ + kΔt`` (k = 0..n): the sparsity changes only at
+    updates, ``initial`` before ``start`` and ``final`` from ``start + updates·every`` on.
+    """
+    si, sf = _unit("initial", initial), _unit("final", final)
+    start = _nonneg_int("start", start)
+    every = _nonneg_int("every", every, 1)
+    updates = _nonneg_int("updates", updates, 1)
+    if not power > 0:
+        raise ValueError(f"power must be > 0, got {power!r}")
+
+    def schedule(t: int) -> float:
+        if t < start:
+            return si
+        k = min(updates, (t - start) // every)
+        return sf + (si - sf) * (1.0 - k / updates) ** power
+
+    return schedule
+
+
+def linear(initial: float, final: float, *, start: int, every: int, updates: int) -> Schedule:
+    """Sparsity rising linearly from ``initial`` to ``final`` over ``updates`` updates (Source D)."""
+    return polynomial(initial, final, start=start, every=every, updates=updates, power=1.0)
+
+
+def linear_steps(final: float, *, steps: int = 5, start: int = 30, every: int = 15) -> Schedule:
+    """Source A's iterative schedule: sparsity ``final · k / steps`` from epoch ``start + (k−1)·every``.
+
+    With the defaults and ``final=0.4``: 8% at epoch 30, 16% at 45, 24% at 60, 32% at 75, 40% at 90.
+    """
+    sf = _unit("final", final)
+    steps = _nonneg_int("steps", steps, 1)
+    start = _nonneg_int("start", start)
+    every = _nonneg_int("every", every, 1)
+
+    def schedule(t: int) -> float:
+        if t < start:
+            return 0.0
+        k = min(steps, (t - start) // every + 1)
+        return sf * k / steps
+
+    return schedule
+
+
+def geometric(rate: float) -> Schedule:
+    """IMP's target after round ``k`` (k = 0 is dense): ``1 − (1 − rate)^k``.
+
+    Rounding rule: a scope of ``N`` entries keeps ``N − round((1 − (1 − r)^k)·N)`` entries
+    (Python ``round``) — 20 rounds at 0.2 keep 0.8²⁰ ≈ 1.15% of the weights.
+    """
+    r = _rate(rate)
+    return lambda k: 1.0 - (1.0 - r) ** _nonneg_int("round", k)
+
+
+def progressive_rates(
+    rate: float, rounds: int, factors: Sequence[tuple[int, float]] = PROGRESSIVE_FACTORS
+) -> list[float]:
+    """Per-round rates ``rate × factor(round)`` for rounds ``0..rounds−1`` (Source C's decay)."""
+    r = _rate(rate)
+    rounds = _nonneg_int("rounds", rounds)
+    table = sorted(factors)
+    if not table or table[0][0] != 0:
+        raise ValueError(f"factors must start at round 0, got {tuple(factors)}")
+    out = []
+    for k in range(rounds):
+        f = [m for first, m in table if first <= k][-1]
+        out.append(r * f)
+    return out
+
+
+def progressive(rate: float, factors: Sequence[tuple[int, float]] = PROGRESSIVE_FACTORS) -> Schedule:
+    """Target after round ``k`` under Source C's decaying rate: ``1 − Π_{j<k} (1 − rate_j)``."""
+    _rate(rate)
+
+    def schedule(k: int) -> float:
+        remaining = math.prod(1.0 - x for x in progressive_rates(rate, _nonneg_int("round", k), factors))
+        return 1.0 - remaining
+
+    return schedule
+
+
+_GROWTH: dict[str, Callable[[float, float], float]] = {
+    "x": lambda x, a: x,
+    "x^2": lambda x, a: x * x,
+    "exp": lambda x, a: math.expm1(x) / math.expm1(1.0),
+    "exp_custom": lambda x, a: math.expm1(a * x) / math.expm1(a),
+}
+
+
+def penalty_growth(kind: str, granularity: float, total: int, *, exponent: float = 2.0) -> Schedule:
+    """RSST's penalty coefficient at step ``t``: ``granularity × g(min(t, total) / total)``.
+
+    ``g`` rises from 0 to 1: ``"x"`` linear, ``"x^2"`` quadratic, ``"exp"`` = (eˣ − 1)/(e − 1),
+    ``"exp_custom"`` = (e^{a·x} − 1)/(e^a − 1) with ``exponent`` a (the seeds use 2, 4, 6; larger
+    a keeps the penalty small for longer and then raises it sharply). ``granularity`` is the
+    seeds' ``reg_granularity_prune`` (0.5 / 1.0 / 2.0): the coefficient reached at ``total``.
+    """
+    if kind not in _GROWTH:
+        raise ValueError(f"unknown penalty growth {kind!r}; known: {sorted(_GROWTH)}")
+    if not granularity >= 0:
+        raise ValueError(f"granularity must be >= 0, got {granularity!r}")
+    total = _nonneg_int("total", total, 1)
+    if kind == "exp_custom" and not exponent > 0:
+        raise ValueError(f"exponent must be > 0, got {exponent!r}")
+    g = _GROWTH[kind]
+    return lambda t: granularity * g(min(max(t, 0), total) / total, exponent)
