@@ -13,8 +13,9 @@ NaN, NaN/±inf scores (an error: a score that is not finite is a bug upstream, n
 "least important"), trees or shapes that do not match, a non-bool mask, no prunable leaf.
 Every error names the leaf path and the value.
 
-Memory of global selection: one concatenated copy of the live scores plus what ``torch.kthvalue``
-needs (see ``bench/selection.py`` for time and peak memory at 10M and 100M parameters).
+Memory of global selection: no concatenation and no sort outside ``torch.compile`` — a radix
+select over the leaves (``pure_prune.kth``) plus one bool mask per leaf; see ``bench/selection.py``
+for time and peak memory at 10M and 100M parameters against sort- and topk-based selection.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from einops import rearrange, reduce
 
 from pure_prune import tree
 from pure_prune.groups import ChannelGroup, member_view, unit_mask_to_member
+from pure_prune.kth import kth_smallest
 
 __all__ = ["block", "channels", "lowest_k", "n_of_m", "rows", "unstructured"]
 
@@ -106,17 +108,22 @@ def _live_scores(s: torch.Tensor, m: torch.Tensor | None, dtype: torch.dtype) ->
 def lowest_k(flat: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Mark exactly ``k`` lowest entries across the 1-D tensors ``flat`` (ties: earliest first).
 
-    Returns one bool tensor per input, shaped like it, ``True`` where the entry is among the ``k``
-    lowest. Memory: one concatenation of the inputs plus ``torch.kthvalue``'s workspace; no sort.
+    ``flat`` share one float dtype. Returns one bool tensor per input, shaped like it, ``True``
+    where the entry is among the ``k`` lowest. Eagerly the threshold comes from a radix select
+    (:func:`pure_prune.kth.kth_smallest`: no concatenation, no sort); under ``torch.compile`` from
+    ``torch.kthvalue`` of the concatenation. Both give the same exact value, so the same masks.
     """
     total = sum(x.numel() for x in flat)
     if k <= 0:
         return [torch.zeros_like(x, dtype=torch.bool) for x in flat]
     if k >= total:
         return [torch.ones_like(x, dtype=torch.bool) for x in flat]
-    joined = flat[0] if len(flat) == 1 else torch.cat(list(flat))
-    threshold = torch.kthvalue(joined, k).values
-    del joined
+    if _eager() and flat[0].dtype in (torch.float32, torch.float64):
+        threshold = kth_smallest(flat, k)
+    else:
+        joined = flat[0] if len(flat) == 1 else torch.cat(list(flat))
+        threshold = torch.kthvalue(joined, k).values
+        del joined
     below = [x < threshold for x in flat]
     n_below = sum(b.sum() for b in below)
     need = k - n_below  # how many entries equal to the threshold are pruned, earliest first
@@ -148,7 +155,8 @@ def unstructured(
     ``scope="layer"`` a ``{path: sparsity}`` mapping (e.g. from :mod:`pure_prune.allocate`) that
     names every scored leaf. ``scope="global"`` prunes ``round(s·N)`` of all ``N`` scored entries
     by one ranking; ``"layer"`` prunes ``round(s_l·N_l)`` in each leaf. Returns bool masks with the
-    structure of ``scores`` (``True`` = kept), ``None`` where the score is ``None``.
+    structure of ``scores`` (``True`` = kept); where the score is ``None`` the leaf keeps its mask
+    from ``masks`` (``None`` without ``masks``), as in the other selectors.
     """
     names, s_leaves, m_leaves, spec = _flatten_inputs(scores, masks)
     live = [(i, s) for i, s in enumerate(s_leaves) if s is not None]
@@ -171,7 +179,7 @@ def unstructured(
         pruned = [lowest_k([x], _count(s, x.numel()))[0] for x, s in zip(flat, per)]
     else:
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    out: list[torch.Tensor | None] = [None] * len(s_leaves)
+    out: list[torch.Tensor | None] = list(m_leaves)  # unscored leaves keep their mask (or None)
     for (i, s), p in zip(live, pruned):
         keep = ~p.reshape(s.shape)
         out[i] = keep if m_leaves[i] is None else keep & m_leaves[i]
@@ -401,8 +409,10 @@ def block(
                 f"block: block {block_shape} does not tile the first two axes of score {path!r} "
                 f"with shape {tuple(x.shape)}"
             )
-        live = _live_scores(x.abs(), m_leaves[i], _common_dtype([x]))
-        b = reduce(live, "(r bh) (c bw) ... -> r c", "sum", bh=bh, bw=bw)
+        b = reduce(x.abs().to(_common_dtype([x])), "(r bh) (c bw) ... -> r c", "sum", bh=bh, bw=bw)
+        if m_leaves[i] is not None:  # a block counts as pruned only when all its entries are (as rows)
+            alive = reduce(m_leaves[i], "(r bh) (c bw) ... -> r c", "max", bh=bh, bw=bw)
+            b = torch.where(alive, b, torch.full_like(b, float("-inf")))
         block_scores.append(b)
         live_idx.append(i)
     flat = [rearrange(b, "r c -> (r c)") for b in block_scores]
