@@ -111,8 +111,14 @@ def validate(params: tree.Tree, masks: tree.Tree) -> None:
 
 
 def apply(params: tree.Tree, masks: tree.Tree) -> tree.Tree:
-    """``W ⊙ M`` leaf by leaf; leaves whose mask is ``None`` are returned unchanged."""
-    return tree.map(lambda p, m: p if m is None else p * m.to(p.dtype), params, masks)
+    """``W ⊙ M`` leaf by leaf; leaves whose mask is ``None`` are returned unchanged.
+
+    Implemented as ``where(M, W, 0)``: a pruned entry is exactly ``+0.0`` even when ``W`` held a
+    negative value, ``inf`` or ``NaN`` there; the gradient with respect to ``W`` is ``M ⊙ g``.
+    """
+    return tree.map(
+        lambda p, m: p if m is None else torch.where(m, p, torch.zeros((), dtype=p.dtype)), params, masks
+    )
 
 
 def from_nonzero(params: tree.Tree, like: tree.Tree) -> tree.Tree:
@@ -164,8 +170,10 @@ def _binary(op: Callable, a: tree.Tree, b: tree.Tree, name: str) -> tree.Tree:
     tree.assert_same_structure(a, b, ("a", "b"))
 
     def f(path: str, x: torch.Tensor | None, y: torch.Tensor | None):
-        if x is None or y is None:
-            return y if x is None else x
+        if x is None and y is None:
+            return None
+        x = torch.ones_like(y) if x is None else x  # a None leaf is all-kept
+        y = torch.ones_like(x) if y is None else y
         if x.shape != y.shape:
             raise ValueError(f"{name}: masks at {path!r} have shapes {tuple(x.shape)} and {tuple(y.shape)}")
         return op(x, y)
@@ -174,17 +182,20 @@ def _binary(op: Callable, a: tree.Tree, b: tree.Tree, name: str) -> tree.Tree:
 
 
 def intersect(a: tree.Tree, b: tree.Tree) -> tree.Tree:
-    """Kept where both keep (a ``None`` leaf is all-kept)."""
+    """Kept where both keep (a ``None`` leaf is all-kept, so the result equals the other mask)."""
     return _binary(torch.logical_and, a, b, "intersect")
 
 
 def union(a: tree.Tree, b: tree.Tree) -> tree.Tree:
-    """Kept where either keeps (a ``None`` leaf is all-kept, so the other mask is returned)."""
+    """Kept where either keeps (a ``None`` leaf is all-kept, so the result there is all ``True``)."""
     return _binary(torch.logical_or, a, b, "union")
 
 
 def difference(a: tree.Tree, b: tree.Tree) -> tree.Tree:
-    """Kept in ``a`` but pruned in ``b`` (e.g. the entries a new round removed: ``difference(old, new)``)."""
+    """Kept in ``a`` but pruned in ``b`` (e.g. the entries a new round removed: ``difference(old, new)``).
+
+    A ``None`` leaf is all-kept: ``difference(None, b)`` is ``~b``, ``difference(a, None)`` all ``False``.
+    """
     return _binary(lambda x, y: x & ~y, a, b, "difference")
 
 
@@ -194,6 +205,7 @@ def is_nested(new: tree.Tree, old: tree.Tree) -> bool:
     for n, o in zip(tree.leaves(new), tree.leaves(old)):
         if o is None:
             continue
-        if n is None or bool((n & ~o).any()):
+        kept = torch.ones_like(o) if n is None else n  # a None leaf is all-kept
+        if bool((kept & ~o).any()):
             return False
     return True

@@ -13,8 +13,9 @@ Conventions (tested in ``tests/test_tree.py``):
   order, with the same structure.
 * A leaf's path is a dotted string of its keys: ``"layer1.0.conv1.weight"``.
 
-All functions are pure and can be traced by ``torch.compile(fullgraph=True)`` (optree calls are
-understood by dynamo).
+All functions are pure and can be traced by ``torch.compile(fullgraph=True)``: while dynamo traces,
+flattening goes through ``torch.utils._pytree`` (which dynamo understands fully, including dicts
+whose values are all ``None``); on canonical trees it yields the same leaves in the same order.
 """
 
 from __future__ import annotations
@@ -70,24 +71,44 @@ def canonical(tree: Tree) -> Tree:
     return tree
 
 
-def flatten(tree: Tree) -> tuple[list[Any], optree.PyTreeSpec]:
+def _tracing() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _key_str(entry: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def flatten(tree: Tree) -> tuple[list[Any], Any]:
     """Leaves (tensors or ``None``) in canonical order, and the structure to rebuild them."""
+    if _tracing():
+        return torch_pytree.tree_flatten(tree)
     return optree.tree_flatten(tree, **_OPTS)
 
 
-def flatten_with_paths(tree: Tree) -> tuple[list[str], list[Any], optree.PyTreeSpec]:
+def flatten_with_paths(tree: Tree) -> tuple[list[str], list[Any], Any]:
     """Dotted leaf paths, leaves and structure of ``tree``."""
+    if _tracing():
+        pairs, spec = torch_pytree.tree_flatten_with_path(tree)
+        return [".".join(_key_str(k) for k in kp) for kp, _ in pairs], [x for _, x in pairs], spec
     keypaths, leaves_, spec = optree.tree_flatten_with_path(tree, **_OPTS)
     return [path_str(p) for p in keypaths], leaves_, spec
 
 
-def unflatten(spec: optree.PyTreeSpec, leaves_: Iterable[Any]) -> Tree:
+def unflatten(spec: Any, leaves_: Iterable[Any]) -> Tree:
     """Inverse of :func:`flatten`."""
+    if isinstance(spec, torch_pytree.TreeSpec):
+        return torch_pytree.tree_unflatten(list(leaves_), spec)
     return optree.tree_unflatten(spec, list(leaves_))
 
 
 def leaves(tree: Tree) -> list[Any]:
     """The leaves of ``tree`` (``None`` included) in canonical order."""
+    if _tracing():
+        return torch_pytree.tree_leaves(tree)
     return optree.tree_leaves(tree, **_OPTS)
 
 
@@ -96,8 +117,10 @@ def paths(tree: Tree) -> list[str]:
     return flatten_with_paths(tree)[0]
 
 
-def structure(tree: Tree) -> optree.PyTreeSpec:
+def structure(tree: Tree) -> Any:
     """The structure (treespec) of ``tree``."""
+    if _tracing():
+        return torch_pytree.tree_structure(tree)
     return optree.tree_structure(tree, **_OPTS)
 
 
@@ -121,11 +144,19 @@ def assert_same_structure(a: Tree, b: Tree, names: tuple[str, str] = ("a", "b"))
 
 def map(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 - mirrors tree_map
     """``fn`` applied leaf-wise over trees of identical structure (``None`` leaves are passed)."""
+    if _tracing():
+        return torch_pytree.tree_map(fn, tree, *rest)
     return optree.tree_map(fn, tree, *rest, **_OPTS)
 
 
 def map_with_path(fn: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     """``fn(path, leaf, *other_leaves)`` over trees of identical structure; ``path`` is dotted."""
+    if _tracing():
+        names, first, spec = flatten_with_paths(tree)
+        others = [leaves(t) for t in rest]
+        return unflatten(
+            spec, [fn(p, x, *(o[i] for o in others)) for i, (p, x) in enumerate(zip(names, first))]
+        )
     return optree.tree_map_with_path(lambda p, *xs: fn(path_str(p), *xs), tree, *rest, **_OPTS)
 
 

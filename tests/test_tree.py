@@ -134,3 +134,19 @@ def test_registered_node_is_seen_by_optree_and_torch_func():
 def test_canonical_sorts_keys_recursively():
     t = tree.canonical({"b": {"y": 1, "x": 2}, "a": (3, [4])})
     assert list(t) == ["a", "b"] and list(t["b"]) == ["x", "y"] and t["a"] == (3, [4])
+
+
+def test_all_none_subtrees_flatten_under_compile():
+    t = tree.canonical({"bn": {"scale": None, "shift": None}, "w": torch.ones(2), "v": [torch.ones(1), None]})
+
+    def f(t):
+        names, leaves, spec = tree.flatten_with_paths(t)
+        doubled = tree.unflatten(spec, [None if x is None else x * 2 for x in leaves])
+        shifted = tree.map_with_path(lambda p, x: None if x is None else x + len(p), t)
+        return doubled, shifted, names
+
+    eager = f(t)
+    compiled = torch.compile(f, fullgraph=True)(t)
+    assert compiled[2] == eager[2] == ["bn.scale", "bn.shift", "v.0", "v.1", "w"]
+    for a, b in zip(tree.leaves(compiled[:2]), tree.leaves(eager[:2])):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -1,0 +1,226 @@
+"""Pure masked train and eval steps, evaluation over batches, and a fit loop.
+
+A step is a pure function of its inputs; masks are *inputs*, never constants, so one compiled step
+serves every mask (and every learning rate set with ``optim.set_lr``) without recompiling::
+
+    step = make_step(models.get("mlp"), losses.cross_entropy, optim.sgd(0.1, momentum=0.9))
+    params, state, opt_state, metrics = step(params, state, opt_state, masks, (x, y))
+
+Training minimises ``L(W ⊙ M)`` (seeds Source E): the forward pass sees the masked params, the
+gradient flows through the masked product (so it is 0 at pruned entries), the optimizer update is
+masked, and the params are re-masked after the update. Hence after every step each pruned weight is
+exactly 0.0, even one that was non-zero before the step (``optim`` alone only guarantees zero
+updates and zero optimizer state at pruned entries).
+
+A batch is a tuple ``(x, y, *extra)``: ``x`` goes to the model, ``loss(out, y, *extra)`` must
+return the float ``()`` mean over the entries of ``y``, and ``y`` holds class labels of shape
+``out.shape[:-1]`` (for the accuracy metric). Extra entries carry e.g. teacher logits for
+distillation: ``loss = lambda s, y, t: losses.kd_loss(s, t, y)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from pure_prune import mask
+from pure_prune.losses import accuracy, correct
+from pure_prune.optim import Optimizer, OptState, apply_updates
+
+__all__ = ["FitResult", "evaluate", "fit", "make_eval_step", "make_step"]
+
+Params = Any
+Batch = tuple[Tensor, ...]
+Loss = Callable[..., Tensor]
+Step = Callable[[Params, Params, OptState, Params, Batch], tuple[Params, Params, OptState, dict[str, Tensor]]]
+EvalStep = Callable[[Params, Params, Params, Batch], dict[str, Tensor]]
+
+
+def _apply_fn(model: Any) -> Callable[..., tuple[Tensor, Params]]:
+    """The ``apply(params, state, x, *, train)`` of a ModelSpec (anything with ``.apply``) or a function."""
+    apply = getattr(model, "apply", None)
+    if callable(apply):
+        return apply
+    if callable(model):
+        return model
+    raise TypeError(f"model must be a ModelSpec (with .apply) or an apply function, got {model!r}")
+
+
+def _masked(params: Params, masks: Params | None) -> Params:
+    """``params ⊙ masks`` (``mask.apply``); ``masks=None`` means dense."""
+    return params if masks is None else mask.apply(params, masks)
+
+
+def _check(params: Params, masks: Params | None, batch: Any) -> None:
+    if masks is not None:
+        mask.validate(params, masks)
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError(f"batch must be a tuple (x, y, *extra), got {type(batch).__name__}")
+    if not isinstance(batch[1], Tensor):
+        raise TypeError(f"batch[1] (the labels) must be a tensor, got {batch[1]!r}")
+
+
+def _compiled(fn: Callable, compile: bool, backend: str | Callable) -> Callable:  # noqa: A002
+    return torch.compile(fn, fullgraph=True, backend=backend) if compile else fn
+
+
+def make_step(
+    model: Any,
+    loss: Loss,
+    optimizer: Optimizer,
+    *,
+    compile: bool = True,  # noqa: A002 - the switch's natural name
+    backend: str | Callable = "inductor",
+) -> Step:
+    """A masked training step.
+
+    ``step(params, state, opt_state, masks, batch) -> (params, state, opt_state, metrics)``:
+
+    * ``params``/``state``: the model's trees; ``state`` comes back with ``apply(..., train=True)``'s
+      new buffers (BatchNorm running stats).
+    * ``masks``: the structure of ``params`` (bool tensors, ``None`` for dense leaves), or ``None``
+      for dense training.
+    * ``metrics``: ``{"accuracy": float32 (), "loss": float32 ()}`` on this batch, before the update.
+
+    With ``compile=True`` the step is ``torch.compile(fullgraph=True, backend=backend)``; masks and
+    optimizer state are inputs, so changing their values never recompiles. The trees are checked
+    (paths named in the error) before the compiled function is called.
+    """
+    apply = _apply_fn(model)
+    if not callable(loss):
+        raise TypeError(f"loss must be callable, got {loss!r}")
+    if not callable(getattr(optimizer, "update", None)):
+        raise TypeError(f"optimizer must be an optim.Optimizer, got {optimizer!r}")
+
+    def objective(params: Params, state: Params, masks: Params | None, x: Any, targets: list[Tensor]):
+        out, new_state = apply(_masked(params, masks), state, x, train=True)
+        return loss(out, *targets), (out.detach(), new_state)
+
+    grad_and_value = torch.func.grad_and_value(objective, has_aux=True)
+
+    def step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
+        x, *targets = batch
+        grads, (value, (out, new_state)) = grad_and_value(params, state, masks, x, targets)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params, masks)
+        new_params = _masked(apply_updates(params, updates), masks)
+        metrics = {"accuracy": accuracy(out, targets[0]), "loss": value.detach()}
+        return new_params, new_state, new_opt_state, metrics
+
+    run = _compiled(step, compile, backend)
+
+    def checked_step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
+        _check(params, masks, batch)
+        return run(params, state, opt_state, masks, batch)
+
+    return checked_step
+
+
+def make_eval_step(
+    model: Any,
+    loss: Loss,
+    *,
+    compile: bool = True,  # noqa: A002 - the switch's natural name
+    backend: str | Callable = "inductor",
+) -> EvalStep:
+    """A masked evaluation step (``apply(..., train=False)``; the state is not changed).
+
+    ``eval_step(params, state, masks, batch) -> {"correct": int64 (), "count": int64 (),
+    "loss_sum": float32 ()}``, sums over the label entries of the batch so that they add up across
+    batches (``loss_sum = loss * count``, as ``loss`` is a mean). See :func:`evaluate`.
+    """
+    apply = _apply_fn(model)
+    if not callable(loss):
+        raise TypeError(f"loss must be callable, got {loss!r}")
+
+    def eval_step(params: Params, state: Params, masks: Params | None, batch: Batch) -> dict[str, Tensor]:
+        x, *targets = batch
+        labels = targets[0]
+        out, _ = apply(_masked(params, masks), state, x, train=False)
+        n = labels.numel()
+        return {
+            "correct": correct(out, labels),
+            "count": torch.full((), n, dtype=torch.int64, device=labels.device),
+            "loss_sum": loss(out, *targets).detach() * n,
+        }
+
+    run = _compiled(eval_step, compile, backend)
+
+    def checked_eval_step(params: Params, state: Params, masks: Params | None, batch: Batch):
+        _check(params, masks, batch)
+        return run(params, state, masks, batch)
+
+    return checked_eval_step
+
+
+def evaluate(
+    eval_step: EvalStep, params: Params, state: Params, masks: Params | None, batches: Iterable[Batch]
+) -> dict[str, float]:
+    """Run ``eval_step`` over ``batches`` and return ``{"accuracy", "count", "loss"}`` over all of them.
+
+    ``loss`` and ``accuracy`` are means over every label entry (not over batches); ``count`` is the
+    number of label entries (an int). Raises ``ValueError`` when ``batches`` is empty.
+    """
+    totals: dict[str, Tensor] | None = None
+    for batch in batches:
+        metrics = eval_step(params, state, masks, batch)
+        totals = metrics if totals is None else {k: totals[k] + metrics[k] for k in totals}
+    if totals is None:
+        raise ValueError("evaluate: batches is empty")
+    count = int(totals["count"])
+    return {
+        "accuracy": float(totals["correct"]) / count,
+        "count": count,
+        "loss": float(totals["loss_sum"]) / count,
+    }
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns: the final trees and one ``{"accuracy", "loss"}`` dict per epoch."""
+
+    params: Params
+    state: Params
+    opt_state: OptState
+    history: list[dict[str, float]]
+
+
+def fit(
+    step: Step,
+    params: Params,
+    state: Params,
+    opt_state: OptState,
+    masks: Params | None,
+    batches_fn: Callable[[int], Iterable[Batch]],
+    epochs: int,
+    *,
+    progress: bool = True,
+) -> FitResult:
+    """Train for ``epochs`` epochs with a fixed ``masks``; ``batches_fn(epoch)`` yields the batches.
+
+    Each epoch's ``history`` entry holds the step metrics averaged over the epoch, weighted by the
+    number of label entries of each batch (training-mode metrics, taken before each update). The
+    metrics stay tensors during an epoch (no device sync per step). ``progress`` shows a tqdm bar
+    over epochs on stderr. Raises ``ValueError`` when an epoch has no batches.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if not callable(batches_fn):
+        raise TypeError(f"batches_fn must be callable as batches_fn(epoch), got {batches_fn!r}")
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(epochs), desc="fit", unit="epoch", disable=not progress)
+    for epoch in bar:
+        sums: dict[str, Tensor] = {}
+        count = 0
+        for batch in batches_fn(epoch):
+            params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+            n = batch[1].numel()
+            sums = {k: sums.get(k, 0.0) + v * n for k, v in metrics.items()}
+            count += n
+        if count == 0:
+            raise ValueError(f"fit: batches_fn({epoch}) yielded no batches")
+        history.append({k: float(v) / count for k, v in sorted(sums.items())})
+        bar.set_postfix(history[-1])
+    return FitResult(params, state, opt_state, history)

@@ -1,0 +1,350 @@
+"""pure_prune.train: masked steps by hand, the exact-zero invariant, compile reuse, evaluate and fit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+from hypothesis import given, settings
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from pure_prune import mask, optim, rng, train, tree
+from pure_prune.losses import cross_entropy, kd_loss
+from pure_prune.testing import invariants, strategies
+from pure_prune.testing.plugin import scaled_examples
+
+# ----------------------------------------------------------------------------- tiny functional models
+
+
+def linear_apply(params, state, x, *, train):
+    """(N, 2) -> (N, 2) logits, no bias."""
+    return x @ params["w"].T, state
+
+
+def mlp_init(key: int) -> tuple[dict, dict]:
+    k1, k2 = rng.split(key, 2)
+    params = {
+        "fc1": {"b": torch.full((8,), 0.1), "w": rng.normal(k1, (8, 4)) * 0.5},
+        "fc2": {"b": torch.zeros(3), "w": rng.normal(k2, (3, 8)) * 0.5},
+    }
+    return params, {}
+
+
+def mlp_apply(params, state, x, *, train):
+    """(N, 4) -> (N, 3) logits."""
+    h = torch.relu(x @ params["fc1"]["w"].T + params["fc1"]["b"])
+    return h @ params["fc2"]["w"].T + params["fc2"]["b"], state
+
+
+def convbn_init(key: int) -> tuple[dict, dict]:
+    k1, k2 = rng.split(key, 2)
+    params = {
+        "bn": {"scale": torch.ones(4), "shift": torch.zeros(4)},
+        "conv": {"w": rng.normal(k1, (4, 2, 3, 3)) * 0.3},
+        "fc": {"b": torch.zeros(3), "w": rng.normal(k2, (3, 4)) * 0.5},
+    }
+    return params, {"bn": {"mean": torch.zeros(4), "var": torch.ones(4)}}
+
+
+def convbn_apply(params, state, x, *, train):
+    """(N, 2, H, W) -> conv 3x3 -> BatchNorm -> ReLU -> global mean pool -> (N, 3) logits."""
+    h = F.conv2d(x, params["conv"]["w"], padding=1)
+    if train:
+        mean = reduce(h, "n c h w -> c", "mean")
+        var = reduce((h - rearrange(mean, "c -> c 1 1")) ** 2, "n c h w -> c", "mean")
+        n = h.numel() // h.shape[1]
+        new_state = {
+            "bn": {
+                "mean": 0.9 * state["bn"]["mean"] + 0.1 * mean,
+                "var": 0.9 * state["bn"]["var"] + 0.1 * var * n / (n - 1),
+            }
+        }
+    else:
+        mean, var, new_state = state["bn"]["mean"], state["bn"]["var"], state
+    h = (h - rearrange(mean, "c -> c 1 1")) / rearrange(torch.sqrt(var + 1e-5), "c -> c 1 1")
+    h = torch.relu(
+        h * rearrange(params["bn"]["scale"], "c -> c 1 1") + rearrange(params["bn"]["shift"], "c -> c 1 1")
+    )
+    return reduce(h, "n c h w -> n c", "mean") @ params["fc"]["w"].T + params["fc"]["b"], new_state
+
+
+def random_masks(params: Any, key: int, density: float) -> Any:
+    """Bool masks keeping about ``density`` of every weight matrix; ``None`` for 1-d leaves."""
+    keys = iter(rng.split(key, len(tree.leaves(params))))
+    return tree.map(lambda p: None if p.ndim == 1 else rng.uniform(next(keys), p.shape) < density, params)
+
+
+def classification_batch(
+    key: int, n: int = 16, shape: tuple[int, ...] = (4,)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = rng.normal(key, (n, *shape))
+    y = (reduce(x, "n ... -> n", "sum") > 0).long() + (x.flatten(1)[:, 0] > 1).long()
+    return x, y
+
+
+def assert_trees_close(a: Any, b: Any, **tol: float) -> None:
+    tree.assert_same_structure(a, b)
+    for path, x, y in zip(tree.paths(a), tree.leaves(a), tree.leaves(b)):
+        assert torch.allclose(x.float(), y.float(), **tol), (path, x, y)
+
+
+# ----------------------------------------------------------------------------- eager steps by hand
+
+
+def test_step_by_hand_remasks_a_nonzero_pruned_weight():
+    params = {"w": torch.tensor([[0.0, 7.0], [0.0, 0.0]])}  # the pruned entry (0, 1) is not 0 on entry
+    masks = {"w": torch.tensor([[True, False], [True, True]])}
+    x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([0])
+    opt = optim.sgd(1.0)
+    step = train.make_step(linear_apply, cross_entropy, opt, compile=False)
+    new, state, opt_state, metrics = step(params, {}, opt.init(params), masks, (x, y))
+    # masked logits [0, 0]: p = [0.5, 0.5]; dL/dlogits = p - onehot = [-0.5, 0.5]; dW = outer(dL/dlogits, x)
+    assert torch.allclose(new["w"], torch.tensor([[0.5, 0.0], [-0.5, -1.0]]))
+    assert new["w"][0, 1].item() == 0.0
+    assert float(metrics["loss"]) == pytest.approx(math.log(2.0))
+    assert float(metrics["accuracy"]) == 1.0  # tie -> class 0
+    assert sorted(metrics) == ["accuracy", "loss"] and all(v.ndim == 0 for v in metrics.values())
+    assert state == {} and int(opt_state["count"]) == 1
+    assert params["w"][0, 1].item() == 7.0  # inputs untouched
+
+
+def test_model_spec_and_dense_masks_agree():
+    class Spec(NamedTuple):
+        apply: Any
+
+    params, state = mlp_init(0)
+    batch = classification_batch(1)
+    opt = optim.sgd(0.1, momentum=0.9)
+    results = []
+    for model, masks in [
+        (mlp_apply, None),
+        (Spec(mlp_apply), tree.map(lambda p: None, params)),
+        (mlp_apply, tree.map(lambda p: torch.ones(p.shape, dtype=torch.bool), params)),
+    ]:
+        step = train.make_step(model, cross_entropy, opt, compile=False)
+        results.append(step(params, state, opt.init(params), masks, batch))
+    for other in results[1:]:
+        assert_trees_close(results[0][0], other[0], rtol=0, atol=0)
+        assert_trees_close(results[0][2], other[2], rtol=0, atol=0)
+
+
+def test_batchnorm_state_and_eval_step():
+    params, state = convbn_init(0)
+    masks = random_masks(params, 1, 0.5)
+    x, y = classification_batch(2, n=6, shape=(2, 5, 5))
+    opt = optim.adam(0.01)
+    step = train.make_step(convbn_apply, cross_entropy, opt, compile=False)
+    _, new_state, _, _ = step(params, state, opt.init(params), masks, (x, y))
+    h = F.conv2d(x, torch.where(masks["conv"]["w"], params["conv"]["w"], 0.0), padding=1)
+    assert torch.allclose(new_state["bn"]["mean"], 0.1 * reduce(h, "n c h w -> c", "mean"), atol=1e-6)
+    assert not torch.equal(new_state["bn"]["var"], state["bn"]["var"])
+
+    eval_step = train.make_eval_step(convbn_apply, cross_entropy, compile=False)
+    metrics = eval_step(params, new_state, masks, (x, y))
+    logits, _ = convbn_apply(mask.apply(params, masks), new_state, x, train=False)
+    assert sorted(metrics) == ["correct", "count", "loss_sum"]
+    assert metrics["count"].item() == 6
+    assert metrics["correct"].item() == int((logits.argmax(-1) == y).sum())
+    assert torch.allclose(metrics["loss_sum"], F.cross_entropy(logits, y, reduction="sum"), atol=1e-5)
+
+
+def test_eval_step_and_evaluate_by_hand():
+    params = {"w": torch.tensor([[0.5, 9.0], [-0.5, -1.0]])}
+    masks = {"w": torch.tensor([[True, False], [True, True]])}
+    eval_step = train.make_eval_step(linear_apply, cross_entropy, compile=False)
+    b1 = (torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))  # logits [0.5, -0.5], [0, -1]
+    b2 = (torch.tensor([[0.0, 1.0]]), torch.tensor([1]))  # logits [0, -1]: wrong
+    m1 = eval_step(params, {}, masks, b1)
+    ce_right, ce_wrong = math.log(1 + math.exp(-1)), math.log(1 + math.exp(1))
+    assert m1["correct"].item() == 2 and m1["count"].item() == 2
+    assert float(m1["loss_sum"]) == pytest.approx(2 * ce_right, rel=1e-6)
+    out = train.evaluate(eval_step, params, {}, masks, [b1, b2])
+    assert out["count"] == 3 and isinstance(out["count"], int)
+    assert out["accuracy"] == pytest.approx(2 / 3)
+    assert out["loss"] == pytest.approx((2 * ce_right + ce_wrong) / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="batches is empty"):
+        train.evaluate(eval_step, params, {}, masks, [])
+
+
+def test_extra_batch_entries_reach_the_loss():
+    params, state = mlp_init(3)
+    x, y = classification_batch(4)
+    teacher = rng.normal(5, (16, 3))
+    opt = optim.sgd(0.1)
+    step = train.make_step(
+        mlp_apply, lambda s, yy, t: kd_loss(s, t, yy, alpha=0.7, T=2.0), opt, compile=False
+    )
+    _, _, _, metrics = step(params, state, opt.init(params), None, (x, y, teacher))
+    expected = kd_loss(mlp_apply(params, state, x, train=True)[0], teacher, y, alpha=0.7, T=2.0)
+    assert torch.allclose(metrics["loss"], expected)
+
+
+# ----------------------------------------------------------------------------- the exact-zero invariant
+
+OPTIMIZERS = {
+    "sgd": optim.sgd(0.05, momentum=0.9, weight_decay=0.01),
+    "nesterov": optim.sgd(optim.warmup(0.05, 10), momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": optim.adam(0.01, weight_decay=0.01),
+    "adamw": optim.adamw(optim.cosine(0.01, 100), weight_decay=0.1),
+}
+EAGER_STEPS = {
+    name: train.make_step(mlp_apply, cross_entropy, opt, compile=False) for name, opt in OPTIMIZERS.items()
+}
+
+
+MLP_PARAMS = mlp_init(0)[0]  # the shapes every mlp_init(key) shares
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@settings(max_examples=scaled_examples(3), deadline=None)
+@given(key=strategies.keys(), masks=strategies.masks(MLP_PARAMS))
+def test_pruned_weights_and_state_stay_exactly_zero(name, key, masks):
+    params, state = mlp_init(key)
+    batches = [classification_batch(rng.fold_in(key, i)) for i in range(4)]
+    step, opt_state = EAGER_STEPS[name], OPTIMIZERS[name].init(params)
+    new = params
+    for i in range(100):
+        new, state, opt_state, metrics = step(new, state, opt_state, masks, batches[i % 4])
+        if i == 0:  # the initial params are not masked: the first step zeroes them
+            invariants.pruned_are_zero(new, masks)
+    invariants.pruned_are_zero(new, masks)
+    moments = [opt_state[k] for k in ("momentum", "mu", "nu") if k in opt_state]
+    assert moments
+    invariants.optimizer_state_zero_at_pruned(moments, masks)
+    assert math.isfinite(float(metrics["loss"]))
+    assert any(bool((p != q).any()) for p, q in zip(tree.leaves(new), tree.leaves(params)))  # it trained
+
+
+# ----------------------------------------------------------------------------- compiled steps (shared)
+
+
+class Compiled(NamedTuple):
+    counter: CompileCounterWithBackend
+    step: Any
+    eager: Any
+    eval_counter: CompileCounterWithBackend
+    eval_step: Any
+    opt: optim.Optimizer
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Compiled:
+    opt = optim.sgd(optim.multistep(0.05, [2]), momentum=0.9, weight_decay=1e-3)
+    counter, eval_counter = CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")
+    return Compiled(
+        counter,
+        train.make_step(convbn_apply, cross_entropy, opt, backend=counter),
+        train.make_step(convbn_apply, cross_entropy, opt, compile=False),
+        eval_counter,
+        train.make_eval_step(convbn_apply, cross_entropy, backend=eval_counter),
+        opt,
+    )
+
+
+def run(step, params, state, opt_state, masks, batches):
+    for batch in batches:
+        params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+    return params, state, opt_state, metrics
+
+
+def test_compiled_step_equals_eager(compiled):
+    params, state = convbn_init(7)
+    masks = random_masks(params, 8, 0.6)
+    batches = [classification_batch(k, n=8, shape=(2, 5, 5)) for k in range(3)]
+    opt_state = compiled.opt.init(params)
+    ours = run(compiled.step, params, state, opt_state, masks, batches)
+    eager = run(compiled.eager, params, state, opt_state, masks, batches)
+    for a, b in zip(ours, eager):
+        assert_trees_close(a, b, rtol=1e-4, atol=1e-5)
+    invariants.pruned_are_zero(ours[0], masks)
+    invariants.optimizer_state_zero_at_pruned(ours[2]["momentum"], masks)
+    got = compiled.eval_step(ours[0], ours[1], masks, batches[0])
+    want = train.make_eval_step(convbn_apply, cross_entropy, compile=False)(
+        ours[0], ours[1], masks, batches[0]
+    )
+    assert_trees_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_no_recompile_across_masks_and_lr(compiled):
+    params, state = convbn_init(9)
+    opt_state = compiled.opt.init(params)
+    batch = classification_batch(10, n=8, shape=(2, 5, 5))
+    for i, density in enumerate([0.9, 0.5, 0.1]):
+        masks = random_masks(params, 20 + i, density)
+        params, state, opt_state, _ = compiled.step(params, state, opt_state, masks, batch)
+        invariants.pruned_are_zero(params, masks)
+        compiled.eval_step(params, state, masks, batch)
+    frozen = optim.set_lr(opt_state, 0.0)  # lr 0 from the state: the compiled step must not move params
+    still, _, _, _ = compiled.step(params, state, frozen, masks, batch)
+    assert_trees_close(still, params, rtol=0, atol=0)
+    assert compiled.counter.frame_count == 1
+    assert compiled.eval_counter.frame_count == 1
+
+
+# ----------------------------------------------------------------------------- fit and bad input
+
+
+def test_fit_trains_and_reports(capsys):
+    params, state = mlp_init(11)
+    masks = random_masks(params, 12, 0.7)
+    batches = [classification_batch(30 + k) for k in range(4)]
+    opt = optim.sgd(0.1, momentum=0.9)
+    step = train.make_step(mlp_apply, cross_entropy, opt, compile=False)
+    seen = []
+
+    def batches_fn(epoch):
+        seen.append(epoch)
+        return batches
+
+    result = train.fit(step, params, state, opt.init(params), masks, batches_fn, 6, progress=True)
+    assert seen == list(range(6)) and len(result.history) == 6
+    assert sorted(result.history[0]) == ["accuracy", "loss"]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert int(result.opt_state["count"]) == 24
+    invariants.pruned_are_zero(result.params, masks)
+    assert "fit" in capsys.readouterr().err
+    # epoch 0's loss is the mean of the 4 first-step losses, weighted by batch size (equal here)
+    p, s, o, losses_ = params, state, opt.init(params), []
+    for b in batches:
+        p, s, o, m = step(p, s, o, masks, b)
+        losses_.append(float(m["loss"]))
+    assert result.history[0]["loss"] == pytest.approx(sum(losses_) / 4, rel=1e-5)
+    quiet = train.fit(step, params, state, opt.init(params), masks, batches_fn, 1, progress=False)
+    assert capsys.readouterr().err == "" and len(quiet.history) == 1
+    with pytest.raises(ValueError, match="epochs must be an int >= 0, got -1"):
+        train.fit(step, params, state, opt.init(params), masks, batches_fn, -1)
+    with pytest.raises(ValueError, match=r"batches_fn\(0\) yielded no batches"):
+        train.fit(step, params, state, opt.init(params), masks, lambda e: [], 1, progress=False)
+
+
+def test_bad_input_is_caught_before_the_model_runs():
+    calls = []
+
+    def recording_apply(params, state, x, *, train):
+        calls.append(1)
+        return mlp_apply(params, state, x, train=train)
+
+    params, state = mlp_init(0)
+    opt = optim.sgd(0.1)
+    step = train.make_step(recording_apply, cross_entropy, opt, compile=False)
+    eval_step = train.make_eval_step(recording_apply, cross_entropy, compile=False)
+    batch = classification_batch(1)
+    bad = random_masks(params, 2, 0.5)
+    bad["fc2"]["w"] = torch.ones(8, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"'fc2\.w' has shape \(8, 3\)"):
+        step(params, state, opt.init(params), bad, batch)
+    with pytest.raises(ValueError, match=r"fc1\.w"):
+        eval_step(params, state, {"fc1": {"b": None}, "fc2": bad["fc2"]}, batch)
+    with pytest.raises(TypeError, match=r"batch must be a tuple \(x, y, \*extra\), got Tensor"):
+        step(params, state, opt.init(params), None, batch[0])
+    assert calls == []
+    with pytest.raises(TypeError, match="model must be a ModelSpec"):
+        train.make_step(42, cross_entropy, opt)
+    with pytest.raises(TypeError, match="loss must be callable"):
+        train.make_eval_step(mlp_apply, "ce")
+    with pytest.raises(TypeError, match="optimizer must be an optim.Optimizer"):
+        train.make_step(mlp_apply, cross_entropy, torch.optim.SGD)
