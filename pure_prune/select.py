@@ -29,7 +29,7 @@ from pure_prune import tree
 from pure_prune.groups import ChannelGroup, member_view, unit_mask_to_member
 from pure_prune.kth import kth_smallest
 
-__all__ = ["block", "channels", "lowest_k", "n_of_m", "rows", "unstructured"]
+__all__ = ["block", "channels", "lowest_k", "n_of_m", "rows", "unit_norms", "units", "unstructured"]
 
 Sparsity = float | Mapping[str, float]
 
@@ -193,8 +193,8 @@ def _norm_rows(x: torch.Tensor, ord: float) -> torch.Tensor:
         return reduce(x.abs(), "u r -> u", "sum")
     if ord == 2:
         return reduce(x * x, "u r -> u", "sum")
-    if ord == float("inf"):
-        return reduce(x.abs(), "u r -> u", "max")
+    if ord == float("inf"):  # an empty slice (r == 0) has norm 0; amax refuses empty reductions
+        return reduce(x.abs(), "u r -> u", "max") if x.shape[1] else x.new_zeros(x.shape[0])
     return reduce(x.abs() ** ord, "u r -> u", "sum")
 
 
@@ -232,13 +232,155 @@ def rows(
         v = rearrange(torch.movedim(x.to(_common_dtype([x])), ax, 0), "u ... -> u (...)")
         norms = _norm_rows(v, p_ord)
         if m is not None:
-            alive = reduce(rearrange(torch.movedim(m, ax, 0), "u ... -> u (...)"), "u r -> u", "max")
+            alive = reduce(rearrange(torch.movedim(m, ax, 0), "u ... -> u (...)"), "u r -> u", "any")
             norms = torch.where(alive, norms, torch.full_like(norms, float("-inf")))
         unit_pruned = lowest_k([norms], _count(s, x.shape[ax]))[0]
         shape = [1] * x.ndim
         shape[ax] = x.shape[ax]
         keep = (~unit_pruned).reshape(shape).expand(x.shape)
         out.append(keep.clone() if m is None else keep & m)
+    return tree.unflatten(spec, out)
+
+
+def unit_norms(
+    scores: tree.Tree,
+    groups: Sequence[ChannelGroup],
+    *,
+    ord: float = 1,
+    normalize: bool = False,
+    masks: tree.Tree | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-unit structured scores of every prunable group: ``{group name: (size,) tensor}``.
+
+    Unit ``c`` scores ``(Σ_members Σ_entries |score|^ord)^(1/ord)`` — computed as the sum of
+    ``|score|^ord`` (the ``1/ord`` power does not change the ranking) — over the group's members
+    marked ``score`` whose score leaf is not ``None``; ``normalize=True`` divides by the number of
+    those entries. A unit whose mask entries are all pruned in ``masks`` scores ``-inf``.
+    """
+    p_ord = _check_ord(ord)
+    names, s_leaves, _ = tree.flatten_with_paths(scores)
+    m_leaves = [None] * len(s_leaves) if masks is None else tree.leaves(masks)
+    if _eager():
+        if masks is not None:
+            tree.assert_same_structure(scores, masks, ("scores", "masks"))
+        _check_scores(names, s_leaves)
+        _check_masks(names, s_leaves, m_leaves)
+    index = {p: i for i, p in enumerate(names)}
+    out: dict[str, torch.Tensor] = {}
+    for g in groups:
+        if not g.prunable:
+            continue
+        total, count = None, 0
+        for mem in g.members:
+            if mem.path.startswith("state."):
+                continue
+            if mem.path not in index:
+                raise ValueError(f"channel group {g.name!r}: member {mem.path!r} is not a leaf of scores")
+            x = s_leaves[index[mem.path]]
+            if x is None or not mem.score:
+                continue
+            v = _norm_rows(member_view(x.to(_common_dtype([x])), mem, g.size), p_ord)
+            total = v if total is None else total + v
+            count += x.numel() // g.size
+        if total is None:
+            raise ValueError(f"channel group {g.name!r}: no scored member has a score tensor")
+        out[g.name] = total / count if normalize else total
+    return out
+
+
+def _alive_units(g: ChannelGroup, index: dict[str, int], m_leaves: Sequence[torch.Tensor | None]):
+    alive = None
+    for mem in g.members:
+        if mem.path.startswith("state.") or mem.path not in index:
+            continue
+        m = m_leaves[index[mem.path]]
+        if m is not None:
+            mv = reduce(member_view(m, mem, g.size), "u r -> u", "any")
+            alive = mv if alive is None else alive | mv
+    return alive
+
+
+def units(
+    unit_scores: Mapping[str, torch.Tensor],
+    sparsity: Sparsity,
+    groups: Sequence[ChannelGroup],
+    like: tree.Tree,
+    *,
+    scope: str = "layer",
+    masks: tree.Tree | None = None,
+) -> tree.Tree:
+    """Remove the lowest-scoring units of the model's channel groups.
+
+    ``unit_scores``: ``{group name: (size,) float tensor}`` for every prunable group (higher =
+    more important; e.g. :func:`unit_norms`, a HAP or fused score). ``like``: a tree with the
+    params' structure whose leaves give the member shapes (the params themselves, or scores with
+    ``None`` where ``masks`` holds a tensor). ``scope="layer"`` removes ``round(s·size)`` units of
+    every prunable group (``sparsity`` may be ``{group name: s}``, missing groups 0);
+    ``"global"`` removes ``round(s·U)`` of all ``U`` prunable units. Units already fully pruned in
+    ``masks`` count as removed. Returns masks with the structure of ``like``: every param member
+    of a removed unit (weights, biases, BatchNorm, the consumer's input slice) is ``False``;
+    leaves no group touches keep their mask from ``masks`` (or ``None``).
+    """
+    names, l_leaves, spec = tree.flatten_with_paths(like)
+    m_leaves = [None] * len(l_leaves) if masks is None else tree.leaves(masks)
+    if _eager() and masks is not None:
+        tree.assert_same_structure(like, masks, ("like", "masks"))
+        _check_masks(names, l_leaves, m_leaves)
+    index = {p: i for i, p in enumerate(names)}
+    active = [g for g in groups if g.prunable]
+    if _eager() and not active:
+        raise ValueError("units: no prunable channel group")
+    scored = []
+    for g in active:
+        if g.name not in unit_scores:
+            raise ValueError(f"units: no unit scores for group {g.name!r}")
+        u = unit_scores[g.name]
+        if _eager():
+            if tuple(u.shape) != (g.size,):
+                raise ValueError(
+                    f"units: scores of group {g.name!r} have shape {tuple(u.shape)}, expected ({g.size},)"
+                )
+            _check_scores([g.name], [u] if u.is_floating_point() else [u.float()])
+        u = u.to(_common_dtype([u]))
+        alive = _alive_units(g, index, m_leaves)
+        if alive is not None:
+            u = torch.where(alive, u, torch.full_like(u, float("-inf")))
+        scored.append(u)
+
+    if scope == "global":
+        if isinstance(sparsity, Mapping):
+            raise TypeError("a per-group sparsity mapping needs scope='layer'")
+        s = _check_sparsity(sparsity)
+        pruned = lowest_k(scored, _count(s, sum(g.size for g in active)))
+    elif scope == "layer":
+        if isinstance(sparsity, Mapping):
+            unknown = sorted(set(sparsity) - {g.name for g in active})
+            if unknown:
+                raise ValueError(f"per-group sparsity names unknown groups {unknown}")
+            per = [_check_sparsity(sparsity.get(g.name, 0.0), f" of group {g.name!r}") for g in active]
+        else:
+            per = [_check_sparsity(sparsity)] * len(active)
+        pruned = [lowest_k([u], _count(s, g.size))[0] for u, g, s in zip(scored, active, per)]
+    else:
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+
+    out = list(m_leaves)
+    for g, unit_pruned in zip(active, pruned):
+        keep_units = ~unit_pruned
+        for mem in g.members:
+            if mem.path.startswith("state."):
+                continue
+            if mem.path not in index:
+                raise ValueError(f"channel group {g.name!r}: member {mem.path!r} is not a leaf of the tree")
+            i = index[mem.path]
+            ref = l_leaves[i] if l_leaves[i] is not None else m_leaves[i]
+            if ref is None:
+                raise ValueError(
+                    f"channel group {g.name!r}: member {mem.path!r} has neither a tensor nor a mask; "
+                    "pass a tree with a tensor there (e.g. the params) so its shape is known"
+                )
+            keep = unit_mask_to_member(keep_units, mem, ref.shape)
+            out[i] = keep.clone() if out[i] is None else out[i] & keep
     return tree.unflatten(spec, out)
 
 
@@ -254,96 +396,14 @@ def channels(
 ) -> tree.Tree:
     """Prune whole units/channels of the model's channel groups (filter pruning by Ln norm).
 
-    Unit ``c`` of a group scores ``(Σ_members Σ_entries |score|^ord)^(1/ord)`` over the group's
-    members marked ``score`` whose score leaf is not ``None`` (``normalize=True`` divides by the
-    number of those entries, so layers of different fan-in compare in ``scope="global"``).
-    ``scope="layer"`` removes ``round(s·size)`` units of every prunable group (``sparsity`` may be
-    ``{group name: s}``); ``"global"`` removes ``round(s·U)`` of all ``U`` prunable units.
-
-    ``scores`` must have the structure of params with tensors at every member leaf that is scored
-    (biases and norms may be ``None``). Returns masks with the structure of ``scores``: every
-    param member of a removed unit (weights, biases, BatchNorm, the consumer's input slice) is
-    ``False``; leaves no group touches keep their mask from ``masks`` (or ``None``).
+    :func:`unit_norms` of ``scores`` (``ord``, ``normalize``) then :func:`units`. ``scores`` has the
+    structure of params with tensors at every scored member (biases and norms may be ``None``;
+    their shapes come from ``masks`` or they must be tensors). ``scope="layer"`` removes
+    ``round(s·size)`` units of every prunable group; ``"global"`` ``round(s·U)`` over all of them.
+    Returns masks with the structure of ``scores``.
     """
-    p_ord = _check_ord(ord)
-    names, s_leaves, _ = tree.flatten_with_paths(scores)
-    m_leaves = [None] * len(s_leaves) if masks is None else tree.leaves(masks)
-    if _eager():
-        if masks is not None:
-            tree.assert_same_structure(scores, masks, ("scores", "masks"))
-        _check_scores(names, s_leaves)
-        _check_masks(names, s_leaves, m_leaves)
-    index = {p: i for i, p in enumerate(names)}
-    active = [g for g in groups if g.prunable]
-    if _eager() and not active:
-        raise ValueError("channels: no prunable channel group")
-
-    unit_scores: list[torch.Tensor] = []
-    for g in active:
-        total, count, alive = None, 0, None
-        for mem in g.members:
-            if mem.path.startswith("state."):
-                continue
-            if mem.path not in index:
-                raise ValueError(f"channel group {g.name!r}: member {mem.path!r} is not a leaf of scores")
-            i = index[mem.path]
-            x, m = s_leaves[i], m_leaves[i]
-            if m is not None:
-                mv = reduce(member_view(m, mem, g.size), "u r -> u", "max")
-                alive = mv if alive is None else alive | mv
-            if x is None or not mem.score:
-                continue
-            v = _norm_rows(member_view(x.to(_common_dtype([x])), mem, g.size), p_ord)
-            total = v if total is None else total + v
-            count += x.numel() // g.size
-        if total is None:
-            raise ValueError(f"channel group {g.name!r}: no scored member has a score tensor")
-        u = total / count if normalize else total
-        if alive is not None:
-            u = torch.where(alive, u, torch.full_like(u, float("-inf")))
-        unit_scores.append(u)
-
-    if scope == "global":
-        if isinstance(sparsity, Mapping):
-            raise TypeError("a per-group sparsity mapping needs scope='layer'")
-        s = _check_sparsity(sparsity)
-        pruned = lowest_k(unit_scores, _count(s, sum(g.size for g in active)))
-    elif scope == "layer":
-        if isinstance(sparsity, Mapping):
-            unknown = sorted(set(sparsity) - {g.name for g in active})
-            if unknown:
-                raise ValueError(f"per-group sparsity names unknown groups {unknown}")
-            per = [_check_sparsity(sparsity.get(g.name, 0.0), f" of group {g.name!r}") for g in active]
-        else:
-            per = [_check_sparsity(sparsity)] * len(active)
-        pruned = [lowest_k([u], _count(s, g.size))[0] for u, g, s in zip(unit_scores, active, per)]
-    else:
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-
-    p_leaves = list(m_leaves)
-    shapes = {p: (s_leaves[i].shape if s_leaves[i] is not None else None) for p, i in index.items()}
-    for g, unit_pruned in zip(active, pruned):
-        keep_units = ~unit_pruned
-        for mem in g.members:
-            if mem.path.startswith("state."):
-                continue
-            i = index[mem.path]
-            shape = shapes[mem.path] if shapes[mem.path] is not None else _leaf_shape(masks, i)
-            if shape is None:
-                raise ValueError(
-                    f"channel group {g.name!r}: member {mem.path!r} has neither a score nor a mask; "
-                    "pass scores with a tensor (e.g. zeros) there so its shape is known"
-                )
-            keep = unit_mask_to_member(keep_units, mem, shape)
-            p_leaves[i] = keep.clone() if p_leaves[i] is None else p_leaves[i] & keep
-    return tree.unflatten(tree.structure(scores), p_leaves)
-
-
-def _leaf_shape(masks: tree.Tree | None, i: int):
-    if masks is None:
-        return None
-    m = tree.leaves(masks)[i]
-    return None if m is None else m.shape
+    norms = unit_norms(scores, groups, ord=ord, normalize=normalize, masks=masks)
+    return units(norms, sparsity, groups, scores, scope=scope, masks=masks)
 
 
 # ----------------------------------------------------------------------------- N:M and blocks
@@ -411,7 +471,7 @@ def block(
             )
         b = reduce(x.abs().to(_common_dtype([x])), "(r bh) (c bw) ... -> r c", "sum", bh=bh, bw=bw)
         if m_leaves[i] is not None:  # a block counts as pruned only when all its entries are (as rows)
-            alive = reduce(m_leaves[i], "(r bh) (c bw) ... -> r c", "max", bh=bh, bw=bw)
+            alive = reduce(m_leaves[i], "(r bh) (c bw) ... -> r c", "any", bh=bh, bw=bw)
             b = torch.where(alive, b, torch.full_like(b, float("-inf")))
         block_scores.append(b)
         live_idx.append(i)
