@@ -63,10 +63,13 @@ def _bracketed(flat: Sequence[torch.Tensor], k: int, total: int, sample_size: in
     return torch.kthvalue(cand, k - below).values
 
 
-def kth_smallest(flat: Sequence[torch.Tensor], k: int, *, sample_size: int = 1 << 18) -> torch.Tensor:
+def kth_smallest(
+    flat: Sequence[torch.Tensor], k: int, *, sample_size: int = 1 << 18, small: int = 1 << 16
+) -> torch.Tensor:
     """The ``k``-th smallest value (1-indexed) among all entries of the 1-D tensors ``flat``.
 
     All tensors share one dtype (float32 or float64) and device. Returns a 0-d tensor of that dtype.
+    Up to ``small`` entries in all, ``torch.kthvalue`` of the concatenation is used directly.
     Raises ``ValueError`` unless ``1 <= k <= total entries``.
     """
     total = sum(x.numel() for x in flat)
@@ -74,6 +77,8 @@ def kth_smallest(flat: Sequence[torch.Tensor], k: int, *, sample_size: int = 1 <
         raise ValueError(f"k must be in [1, {total}], got {k}")
     dtype = flat[0].dtype
     int_dtype, nbits = _BITS[dtype]
+    if total <= small:  # a copy this small costs less than the histograms
+        return torch.kthvalue(torch.cat(list(flat)) if len(flat) > 1 else flat[0], k).values
     if total > 4 * sample_size:
         found = _bracketed(flat, k, total, sample_size)
         if found is not None:

@@ -39,6 +39,16 @@ def _eager() -> bool:
     return not torch.compiler.is_compiling()
 
 
+def _batched(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a per-sample view inside ``torch.func.vmap`` (e.g. one seed of stacked scores).
+
+    Its values cannot be read in Python there (no ``bool(...)``, no data-dependent shapes), so the
+    value checks are left to the caller (``sweep.select_seeds`` checks the stacked scores) and
+    :func:`lowest_k` takes the ``torch.kthvalue`` path.
+    """
+    return torch._C._functorch.is_batchedtensor(x)
+
+
 def _check_sparsity(s: float, where: str = "") -> float:
     if isinstance(s, torch.Tensor):
         raise TypeError(f"sparsity{where} must be a Python number, got a tensor")
@@ -56,6 +66,8 @@ def _check_scores(names: Sequence[str], leaves: Sequence[torch.Tensor | None]) -
             raise TypeError(f"score {p!r} is {type(x).__name__}, expected a tensor or None")
         if not x.is_floating_point():
             raise TypeError(f"score {p!r} has dtype {x.dtype}, expected a floating-point tensor")
+        if _batched(x):  # under vmap: values unreadable, checked on the stacked tensor by the caller
+            continue
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
             idx = tuple(int(i) for i in torch.nonzero(bad)[0])
@@ -110,15 +122,17 @@ def lowest_k(flat: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
 
     ``flat`` share one float dtype. Returns one bool tensor per input, shaped like it, ``True``
     where the entry is among the ``k`` lowest. Eagerly the threshold comes from a radix select
-    (:func:`pure_prune.kth.kth_smallest`: no concatenation, no sort); under ``torch.compile`` from
-    ``torch.kthvalue`` of the concatenation. Both give the same exact value, so the same masks.
+    (:func:`pure_prune.kth.kth_smallest`: no concatenation, no sort); under ``torch.compile`` and
+    under ``torch.func.vmap`` (batched inputs: the radix select's histograms of a varying subset
+    cannot be vmapped) from ``torch.kthvalue`` of the concatenation. Both give the same exact
+    value, so the same masks.
     """
     total = sum(x.numel() for x in flat)
     if k <= 0:
         return [torch.zeros_like(x, dtype=torch.bool) for x in flat]
     if k >= total:
         return [torch.ones_like(x, dtype=torch.bool) for x in flat]
-    if _eager() and flat[0].dtype in (torch.float32, torch.float64):
+    if _eager() and flat[0].dtype in (torch.float32, torch.float64) and not any(_batched(x) for x in flat):
         threshold = kth_smallest(flat, k)
     else:
         joined = flat[0] if len(flat) == 1 else torch.cat(list(flat))
@@ -255,7 +269,9 @@ def unit_norms(
     Unit ``c`` scores ``(Σ_members Σ_entries |score|^ord)^(1/ord)`` — computed as the sum of
     ``|score|^ord`` (the ``1/ord`` power does not change the ranking) — over the group's members
     marked ``score`` whose score leaf is not ``None``; ``normalize=True`` divides by the number of
-    those entries. A unit whose mask entries are all pruned in ``masks`` scores ``-inf``.
+    those entries. ``masks`` are only checked against ``scores`` here; the norms stay finite
+    (:func:`units` refuses non-finite unit scores) and :func:`units` itself ranks the units that
+    ``masks`` prune entirely below all others.
     """
     p_ord = _check_ord(ord)
     names, s_leaves, _ = tree.flatten_with_paths(scores)
@@ -414,7 +430,13 @@ def n_of_m(scores: tree.Tree, n: int, m: int, *, axis: int = -1, masks: tree.Tre
     entries rank lowest; a group that had fewer than ``n`` live entries keeps only those.
     Raises ``ValueError`` when ``n > m``, ``m < 1`` or ``m`` does not divide the axis length.
     """
-    if not (isinstance(n, int) and isinstance(m, int)) or m < 1 or not 0 <= n <= m:
+    if (
+        isinstance(n, bool)
+        or isinstance(m, bool)
+        or not (isinstance(n, int) and isinstance(m, int))
+        or m < 1
+        or not 0 <= n <= m
+    ):
         raise ValueError(f"n_of_m needs integers 0 <= n <= m and m >= 1, got n={n!r}, m={m!r}")
     names, s_leaves, m_leaves, spec = _flatten_inputs(scores, masks)
     out: list[torch.Tensor | None] = []

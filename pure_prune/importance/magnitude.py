@@ -7,6 +7,7 @@ the mask is a tensor, ``None`` where it is ``None``); higher means more importan
 from __future__ import annotations
 
 import torch
+from einops import reduce
 
 from pure_prune import rng, tree
 from pure_prune.groups import ChannelGroup, member_view
@@ -50,7 +51,7 @@ def channel_norms(
     """Per-unit Ln norms of ``scores`` for each channel group: ``{group name: (size,) tensor}``.
 
     Sums ``|score|**ord`` over every scored member of the group (members whose score leaf is a
-    tensor) and takes the ``1/ord`` power.
+    tensor) and takes the ``1/ord`` power; ``ord=inf`` gives the largest ``|score|`` of the unit.
     """
     if not ord > 0:
         raise ValueError(f"channel_norms: ord must be > 0, got {ord!r}")
@@ -63,10 +64,14 @@ def channel_norms(
             x = index.get(mem.path)
             if x is None or not mem.score:
                 continue
-            v = member_view(x.abs().float(), mem, g.size)
-            r = torch.einsum("ur->u", v**ord)
+            v = member_view(x.abs().to(torch.promote_types(x.dtype, torch.float32)), mem, g.size)
+            if ord == float("inf"):
+                r = reduce(v, "u r -> u", "max") if v.shape[1] else torch.zeros(v.shape[0], dtype=v.dtype)
+                total = r if total is None else torch.maximum(total, r)
+                continue
+            r = reduce(v**ord, "u r -> u", "sum")
             total = r if total is None else total + r
         if total is None:
             raise ValueError(f"channel_norms: group {g.name!r} has no scored member with a score tensor")
-        out[g.name] = total ** (1.0 / ord)
+        out[g.name] = total if ord == float("inf") else total ** (1.0 / ord)
     return out
