@@ -3,12 +3,12 @@
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from pure_prune import rng
+from pure_prune.testing import strategies
 
 
-@given(st.integers(0, 2**62))
+@given(strategies.keys())
 def test_split_is_deterministic_and_distinct(key):
     a, b = rng.split(key, 2)
     assert rng.split(key, 2) == [a, b]

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pure_prune import schedule
+from pure_prune.testing import strategies
 
 
 def test_one_shot():
@@ -77,7 +78,9 @@ def test_penalty_growth_is_monotone_from_zero_to_granularity(kind, gran, total, 
     assert all(b >= a_ - 1e-12 for a_, b in zip(vals, vals[1:]))
 
 
-@given(st.floats(0, 1), st.floats(0, 1), st.integers(0, 5), st.integers(1, 5), st.integers(1, 8))
+@given(
+    strategies.sparsities(), strategies.sparsities(), st.integers(0, 5), st.integers(1, 5), st.integers(1, 8)
+)
 def test_polynomial_is_monotone_and_bounded(si, sf, start, every, updates):
     s = schedule.polynomial(si, sf, start=start, every=every, updates=updates)
     vals = [s(t) for t in range(start + every * updates + 3)]

@@ -9,22 +9,14 @@ from hypothesis import strategies as st
 from torch.utils import _pytree as torch_pytree
 
 from pure_prune import tree
-
-keys = st.text(alphabet="abcdefghij0123456789_", min_size=1, max_size=4)
-leaf = st.one_of(
-    st.none(),
-    st.lists(st.integers(0, 3), min_size=0, max_size=3).map(lambda s: torch.randn(tuple(s))),
-)
+from pure_prune.testing import strategies
 
 
-def trees(max_leaves: int = 12):
-    return st.recursive(
-        leaf,
-        lambda children: st.one_of(
-            st.dictionaries(keys, children, min_size=1, max_size=4),
-            st.lists(children, min_size=1, max_size=3),
-        ),
-        max_leaves=max_leaves,
+def trees():
+    """Parameter trees from pure_prune.testing, plus list nodes (trees may hold sequences too)."""
+    return st.one_of(
+        strategies.params_trees(max_leaves=8),
+        st.lists(strategies.params_trees(max_leaves=3), min_size=1, max_size=3),
     )
 
 
