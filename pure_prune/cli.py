@@ -3,11 +3,17 @@
 pure-prune demo                       dense training, one-shot 80% global magnitude pruning and
                                       fine-tuning on sklearn's digits; prints a before/after table
 pure-prune train --model mlp --data digits [--epochs 30 --lr 0.05 ...]
+pure-prune run [--config run.toml] --method imp --rate 0.2 --pruning-times 20 ... [--resume]
+                                      a pruning experiment, checkpointed per round (pure_prune.runner)
+pure-prune report DIR... [--out report]
+                                      table and plots of finished or running experiments
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import platform
 import sys
 import time
@@ -16,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pure_prune import checkpoint, data, mask, rng
+from pure_prune import checkpoint, data, mask, rng, runconfig
 from pure_prune import models as model_registry
 from pure_prune.algorithms import one_shot
 from pure_prune.experiment import OPTIMIZERS, setup
@@ -52,7 +58,114 @@ def _parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model densely and evaluate it")
     _common(tr)
     tr.add_argument("--out", default=None, help="results JSON (default: print only)")
+    _run_parser(sub)
+    rep = sub.add_parser("report", help="table and plots of pure-prune run directories")
+    rep.add_argument("dirs", nargs="+", metavar="DIR", help="save directories of pure-prune run")
+    rep.add_argument(
+        "--out", default="report", help="folder for report.csv/.md and the PNGs (default: report)"
+    )
+    rep.add_argument("--no-plots", action="store_true", help="write the table only")
     return ap
+
+
+_RUN_HELP = {
+    "method": "one of: " + ", ".join(runconfig.METHODS),
+    "importance": "criterion that scores weights (pure_prune.importance names)",
+    "criteria": "channel ranking of rsst (remain, magnitude, l1, l2, saliency) and refill (remain, l1)",
+    "struct": "unstructured | rows | channels | nm",
+    "rate": "share of the remaining weights pruned per round",
+    "pruning_times": "number of pruning rounds",
+    "rewind_epoch": "rewind to the weights of this epoch (0: the initialisation)",
+    "schedule": "geometric | progressive (iterative methods); linear_steps | linear | polynomial (gradual)",
+    "decreasing_lr": "learning-rate milestones in epochs, comma separated (lr x gamma at each)",
+    "exclude": "globs of leaves kept dense, comma separated (e.g. 'conv1.*')",
+    "model_cfg": "model options as JSON (e.g. '{\"sizes\": [64, 32, 32, 10]}')",
+    "save_dir": "the run's folder (default runs/<method>-<model>-<data>-seed<seed>)",
+}
+
+
+def _run_parser(sub) -> None:
+    """``pure-prune run``: one flag per RunConfig knob (dashes for underscores), none with a default
+    here, so that only the flags given override the TOML file and the stored config."""
+    rp = sub.add_parser("run", help="a pruning experiment with per-round checkpoints (see pure_prune.runner)")
+    rp.add_argument("--config", default=None, help="TOML file of knobs (flags override it)")
+    rp.add_argument(
+        "--resume", action="store_true", help="finish the run in --save-dir from its last checkpoint"
+    )
+    special = {"compile", "progress", "eval_every_epoch"}
+    for f in dataclasses.fields(runconfig.RunConfig):
+        if f.name in special:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else "{}"
+        kw = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{_RUN_HELP.get(f.name, '')} (default: {default})",
+        }
+        if f.name in ("decreasing_lr", "exclude"):
+            kw["type"] = _int_list if f.name == "decreasing_lr" else _str_list
+        elif f.name == "model_cfg":
+            kw["type"] = json.loads
+        elif f.type in ("int", "int | None"):
+            kw["type"] = int
+        elif f.type == "float":
+            kw["type"] = float
+        rp.add_argument(flag, **kw)
+    rp.add_argument(
+        "--eager", dest="compile", action="store_false", default=argparse.SUPPRESS, help="no torch.compile"
+    )
+    rp.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS)
+    rp.add_argument(
+        "--no-eval-every-epoch",
+        dest="eval_every_epoch",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="evaluate only at the end of each round",
+    )
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _run_config(args) -> runconfig.RunConfig:
+    """Defaults < the stored config (with --resume) < the TOML file < the flags given."""
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
+    toml = runconfig.load_toml(args.config) if args.config else {}
+    base = runconfig.RunConfig()
+    if args.resume:
+        save = flags.get("save_dir") or toml.get("save_dir") or toml.get("save-dir")
+        stored = Path(save) / "run.json" if save else None
+        if stored is not None and stored.is_file():
+            base = runconfig.from_mapping(json.loads(stored.read_text())["config"])
+    return runconfig.from_mapping(flags, runconfig.from_mapping(toml, base))
+
+
+def _run(args) -> int:
+    from pure_prune import runner
+
+    res = runner.run(_run_config(args), resume=args.resume)
+    if res.rounds:
+        last = res.rounds[-1]
+        print(
+            f"{res.save_dir}: {len(res.rounds)} rounds, final test accuracy {100 * last['test_accuracy']:.2f}% at "
+            f"{100 * (1 - last['sparsity']):.2f}% of the prunable weights, {last['elapsed_seconds']:.1f} s"
+        )
+    return 0
+
+
+def _report(args) -> int:
+    from pure_prune import report
+
+    rows, files = report.report(args.dirs, args.out, plots=not args.no_plots)
+    print(report.format_table(rows))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
 
 
 def _row(stage: str, metrics: dict, masks, params, seconds: float) -> dict:
@@ -193,6 +306,12 @@ def _demo(args) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if args.command in ("run", "report"):
+        try:
+            return {"run": _run, "report": _report}[args.command](args)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            print(f"pure-prune: error: {e}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     try:
         rows = {"demo": _demo, "train": _train}[args.command](args)

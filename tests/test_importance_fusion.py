@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import pure_prune.models as models
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pure_prune.models as models
 from pure_prune import rng, select, tree
 from pure_prune.groups import ChannelGroup, Member
 from pure_prune.importance import fusion as F

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pure_prune.models as models
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pure_prune.models as models
 from pure_prune import rng, tree
 from pure_prune.groups import ChannelGroup, Member
 from pure_prune.importance import fusion

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 
-import pure_prune.models as M
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pure_prune.models import cnn1d, conv, layers, lenet5, lstm_lm, mlp, resnet, structure, vgg
 from torch import nn
 
+import pure_prune.models as M
 from pure_prune import rng, tree
 from pure_prune.groups import ChannelGroup, Member, member_view
+from pure_prune.models import cnn1d, conv, layers, lenet5, lstm_lm, mlp, resnet, structure, vgg
 
 # name -> (tiny cfg overrides, one sample's input shape, prefixes of the output layer's leaves)
 TINY = {

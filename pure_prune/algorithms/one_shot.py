@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from pure_prune import mask, select, train
+from pure_prune import mask, train
+from pure_prune.algorithms import masking
 from pure_prune.experiment import Experiment
+from pure_prune.groups import ChannelGroup
 
 __all__ = ["OneShotResult", "prune", "run"]
 
@@ -22,12 +25,26 @@ class OneShotResult(NamedTuple):
     history: list[dict[str, float]]
 
 
-def prune(params: Any, masks: Any, scores: Any, sparsity: float, *, scope: str = "global") -> tuple[Any, Any]:
+def prune(
+    params: Any,
+    masks: Any,
+    scores: Any,
+    sparsity: float,
+    *,
+    scope: str = "global",
+    struct: str = "unstructured",
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+    nm: tuple[int, int] = (2, 4),
+) -> tuple[Any, Any]:
     """New masks at ``sparsity`` (already-pruned entries stay pruned) and the params zeroed by them.
 
-    Returns ``(params ⊙ new_masks, new_masks)``.
+    ``struct``/``groups``/``level``/``nm`` choose the mask form (``masking.prune_to``); the default
+    is unstructured selection by element scores. Returns ``(params ⊙ new_masks, new_masks)``.
     """
-    new_masks = select.unstructured(scores, sparsity, scope=scope, masks=masks)
+    new_masks = masking.prune_to(
+        scores, sparsity, struct=struct, masks=masks, groups=groups, scope=scope, level=level, nm=nm
+    )
     return mask.apply(params, new_masks), new_masks
 
 
