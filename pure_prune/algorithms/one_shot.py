@@ -1,19 +1,24 @@
 """One-shot pruning: score once, prune to the target, fine-tune with the mask fixed.
 
 ``W' = W ⊙ M`` (seeds.md Source E); fine-tuning keeps ``M`` fixed and trains the kept weights.
+As rounds (the runner's view): round 0 trains the dense model (:func:`first_round`), round 1 prunes
+it and fine-tunes (:func:`next_round`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from pure_prune import mask, train
+from pure_prune import mask, rng, train
 from pure_prune.algorithms import masking
+from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn
 from pure_prune.experiment import Experiment
 from pure_prune.groups import ChannelGroup
+from pure_prune.optim import Optimizer
 
-__all__ = ["OneShotResult", "prune", "run"]
+__all__ = ["OneShotResult", "first_round", "next_round", "prune", "run"]
 
 
 class OneShotResult(NamedTuple):
@@ -72,3 +77,59 @@ def run(
         exp.step, params, state, opt_state, masks, exp.train_batches(key), finetune_epochs, progress=progress
     )
     return OneShotResult(res.params, res.state, masks, res.history)
+
+
+def first_round(
+    params: Any, state: Any, masks: Any, *, epochs: int, optimizer: Optimizer, train_fn: TrainFn, key: int
+) -> RoundOut:
+    """Round 0: train ``params ⊙ masks`` (usually dense) for ``epochs`` epochs from a fresh optimizer state."""
+    params = mask.apply(params, masks)
+    out = train_fn(
+        params, state, optimizer.init(params), masks, start=0, stop=epochs, key=rng.fold_in(key, 0)
+    )
+    return RoundOut(Carry(out.params, out.state, out.opt_state, masks, None, {}), list(out.history), None)
+
+
+def next_round(
+    carry: Carry,
+    sparsity: float,
+    *,
+    finetune_epochs: int,
+    optimizer: Optimizer,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    key: int,
+    scope: str = "global",
+    struct: str = "unstructured",
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+    nm: tuple[int, int] = (2, 4),
+) -> RoundOut:
+    """Round 1: score the trained weights, :func:`prune` to ``sparsity`` and fine-tune
+    ``finetune_epochs`` epochs from a fresh optimizer state."""
+    t0 = time.perf_counter()
+    scores = score_fn(carry.params, carry.state, carry.masks, rng.fold_in(key, 1 << 20))
+    params, masks = prune(
+        carry.params,
+        carry.masks,
+        scores,
+        sparsity,
+        scope=scope,
+        struct=struct,
+        groups=groups,
+        level=level,
+        nm=nm,
+    )
+    seconds = time.perf_counter() - t0
+    out = train_fn(
+        params,
+        carry.state,
+        optimizer.init(params),
+        masks,
+        start=0,
+        stop=finetune_epochs,
+        key=rng.fold_in(key, 1),
+    )
+    return RoundOut(
+        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
+    )

@@ -1,0 +1,217 @@
+"""Fine-tuning a pruned student from its dense teacher by knowledge distillation (seeds Source C).
+
+The loss is ``losses.kd_loss`` (``alpha · KL(p_t ‖ p_s) · T² + (1 − alpha) · CE``; the seeds use
+``alpha = 0.5``, ``T = 3``). The teacher's logits are computed per batch on the host side — eval
+mode, no autograd graph — and appended to the batch, which ``train.make_step`` hands to the loss as
+an extra entry: ``loss(student_logits, y, teacher_logits)``. The student's step stays the ordinary
+masked step (compiled once, like any other).
+
+Round 0 trains the dense model; it becomes the teacher. Round ``k = 1 .. rounds`` prunes the current
+student to the IMP target ``1 − (1 − rate)^k`` (nested, no rewind) and fine-tunes it
+``finetune_epochs`` epochs with a fresh optimizer state on the distillation loss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from pure_prune import losses, mask, rng, train
+from pure_prune.algorithms import imp
+from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn
+from pure_prune.groups import ChannelGroup
+from pure_prune.optim import Optimizer
+
+__all__ = ["Settings", "first_round", "kd", "make_step", "next_round", "run", "teacher_fn", "with_teacher"]
+
+Batch = tuple[torch.Tensor, ...]
+_TRAIN, _SCORE = 0, 1 << 20
+
+
+class Settings(NamedTuple):
+    """``rate``/``rounds``/``schedule``/``scope``/``struct`` choose the masks as in IMP; ``epochs``
+    trains the teacher (round 0); ``finetune_epochs`` per pruning round; ``alpha``/``T`` of the loss."""
+
+    rate: float = 0.5
+    rounds: int = 1
+    epochs: int = 1
+    finetune_epochs: int = 1
+    alpha: float = 0.5
+    T: float = 3.0
+    schedule: str = "geometric"
+    scope: str = "global"
+    struct: str = "unstructured"
+
+    def check(self) -> Settings:
+        """Return ``self`` or raise ``ValueError`` naming the bad knob and value."""
+        imp.Settings(
+            rate=self.rate,
+            rounds=self.rounds,
+            epochs=self.epochs,
+            schedule=self.schedule,
+            scope=self.scope,
+            struct=self.struct,
+        ).check()
+        if (
+            isinstance(self.finetune_epochs, bool)
+            or not isinstance(self.finetune_epochs, int)
+            or self.finetune_epochs < 0
+        ):
+            raise ValueError(f"finetune_epochs must be an int >= 0, got {self.finetune_epochs!r}")
+        kd(self.alpha, self.T)
+        return self
+
+
+def kd(
+    alpha: float = 0.5, T: float = 3.0
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(student_logits, y, teacher_logits)`` = ``losses.kd_loss(student, teacher, y, alpha=, T=)``.
+
+    ``alpha`` and ``T`` are checked now (``ValueError`` naming the value)."""
+    probe = torch.zeros(1, 2)
+    losses.kd_loss(probe, probe, torch.zeros(1, dtype=torch.long), alpha=alpha, T=T)
+    return lambda s, y, t: losses.kd_loss(s, t, y, alpha=alpha, T=T)
+
+
+def teacher_fn(apply: Callable[..., Any], params: Any, state: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(x) -> logits`` of the teacher: ``apply(params, state, x, train=False)`` under ``torch.no_grad``
+    (the result carries no graph; the teacher's state is not updated)."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return apply(params, state, x, train=False)[0].detach()
+
+    return f
+
+
+def with_teacher(teacher: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Batch], Batch]:
+    """A ``batch_map``: ``(x, y) -> (x, y, teacher(x))`` (extra entries beyond ``y`` are replaced)."""
+    return lambda batch: (batch[0], batch[1], teacher(batch[0]))
+
+
+def make_step(
+    model: Any,
+    optimizer: Optimizer,
+    *,
+    alpha: float = 0.5,
+    T: float = 3.0,
+    compile: bool = True,
+    backend: str | Callable = "inductor",
+) -> train.Step:
+    """The masked train step on the distillation loss (batches ``(x, y, teacher_logits)``)."""
+    return train.make_step(model, kd(alpha, T), optimizer, compile=compile, backend=backend)
+
+
+def first_round(
+    params: Any,
+    state: Any,
+    masks: Any,
+    settings: Settings,
+    *,
+    optimizer: Optimizer,
+    train_fn: TrainFn,
+    key: int,
+) -> RoundOut:
+    """Round 0: train the dense teacher; the carry's ``extra["teacher"]`` holds its trees."""
+    s = settings.check()
+    params = mask.apply(params, masks)
+    out = train_fn(
+        params, state, optimizer.init(params), masks, start=0, stop=s.epochs, key=rng.fold_in(key, _TRAIN)
+    )
+    teacher = {"params": out.params, "state": out.state}
+    return RoundOut(
+        Carry(out.params, out.state, out.opt_state, masks, None, {"teacher": teacher}),
+        list(out.history),
+        None,
+    )
+
+
+def next_round(
+    carry: Carry,
+    round: int,  # noqa: A002
+    settings: Settings,
+    *,
+    apply: Callable[..., Any],
+    optimizer: Optimizer,
+    kd_step: train.Step,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    key: int,
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+) -> RoundOut:
+    """Round ``round >= 1``: prune to the IMP target, then distil for ``finetune_epochs`` epochs.
+
+    ``apply`` is the model's (for the teacher's logits); ``kd_step`` a :func:`make_step` result."""
+    s = settings.check()
+    teacher = (carry.extra or {}).get("teacher")
+    if teacher is None:
+        raise ValueError("distill: the carry holds no teacher (run first_round first)")
+    t0 = time.perf_counter()
+    scores = score_fn(carry.params, carry.state, carry.masks, rng.fold_in(key, _SCORE + round))
+    masks = imp.prune_round(
+        carry.masks,
+        scores,
+        round,
+        s.rate,
+        schedule=s.schedule,
+        scope=s.scope,
+        struct=s.struct,
+        groups=groups,
+        level=level,
+    )
+    params = mask.apply(carry.params, masks)
+    seconds = time.perf_counter() - t0
+    out = train_fn(
+        params,
+        carry.state,
+        optimizer.init(params),
+        masks,
+        start=0,
+        stop=s.finetune_epochs,
+        key=rng.fold_in(key, _TRAIN + round),
+        step=kd_step,
+        batch_map=with_teacher(teacher_fn(apply, teacher["params"], teacher["state"])),
+    )
+    return RoundOut(
+        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
+    )
+
+
+def run(
+    params: Any,
+    state: Any,
+    masks: Any,
+    settings: Settings,
+    *,
+    apply: Callable[..., Any],
+    optimizer: Optimizer,
+    kd_step: train.Step,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    key: int,
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+) -> tuple[Carry, list[list[dict[str, float]]]]:
+    """Rounds ``0 .. rounds``; returns the final carry and each round's history."""
+    out = first_round(params, state, masks, settings, optimizer=optimizer, train_fn=train_fn, key=key)
+    histories = [out.history]
+    for k in range(1, settings.rounds + 1):
+        out = next_round(
+            out.carry,
+            k,
+            settings,
+            apply=apply,
+            optimizer=optimizer,
+            kd_step=kd_step,
+            train_fn=train_fn,
+            score_fn=score_fn,
+            key=key,
+            groups=groups,
+            level=level,
+        )
+        histories.append(out.history)
+    return out.carry, histories

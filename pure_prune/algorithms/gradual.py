@@ -1,0 +1,176 @@
+"""Gradual pruning: the masks tighten on a schedule during one continuous training run.
+
+``schedule(epoch) -> target sparsity`` (``pure_prune.schedule``: ``polynomial`` (Zhu & Gupta),
+``linear`` (seeds Source D), ``linear_steps`` (seeds Source A: 5 steps every 15 epochs from epoch 30,
+8% → 40%)). Training epochs ``0 .. epochs − 1`` are cut into *segments*, the maximal runs of epochs
+with the same target. At the start of each segment whose target is above 0 the weights are scored
+and pruned to the target (nested: pruned entries stay pruned), then the segment is trained. The
+optimizer state carries on across segments (the masked optimizer zeroes the state of newly pruned
+entries); the data order of epoch ``e`` is the same as in an unpruned run. Masks are inputs of the
+train step, so a compiled step serves every segment without recompiling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pure_prune import mask, rng
+from pure_prune.algorithms import masking
+from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn
+from pure_prune.groups import ChannelGroup
+from pure_prune.optim import Optimizer
+
+__all__ = ["first_round", "next_round", "run", "segments"]
+
+_TRAIN, _SCORE = 0, 1 << 20
+
+
+def segments(schedule: Callable[[int], float], epochs: int) -> list[tuple[int, int, float]]:
+    """``[(start, stop, target), ...]``: epochs ``start .. stop − 1`` share ``target = schedule(start)``.
+
+    The segments cover ``0 .. epochs − 1`` in order; consecutive targets differ. Raises
+    ``ValueError`` when ``epochs < 1`` or a target leaves ``[0, 1]`` or decreases (masks only tighten).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    out: list[tuple[int, int, float]] = []
+    for e in range(epochs):
+        s = float(schedule(e))
+        if not 0.0 <= s <= 1.0:
+            raise ValueError(f"schedule({e}) = {s!r} is not a sparsity in [0, 1]")
+        if out and s < out[-1][2]:
+            raise ValueError(
+                f"schedule({e}) = {s} is below the previous target {out[-1][2]}; masks only tighten"
+            )
+        if out and s == out[-1][2]:
+            out[-1] = (out[-1][0], e + 1, s)
+        else:
+            out.append((e, e + 1, s))
+    return out
+
+
+def _segment(
+    carry: Carry,
+    seg: tuple[int, int, float],
+    index: int,
+    *,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    key: int,
+    struct: str,
+    scope: str,
+    groups: Sequence[ChannelGroup],
+    level: str,
+) -> RoundOut:
+    start, stop, target = seg
+    seconds = None
+    masks, params = carry.masks, carry.params
+    if target > 0.0:
+        t0 = time.perf_counter()
+        scores = score_fn(params, carry.state, masks, rng.fold_in(key, _SCORE + index))
+        masks = masking.prune_to(
+            scores, target, struct=struct, masks=masks, groups=groups, scope=scope, level=level
+        )
+        params = mask.apply(params, masks)
+        seconds = time.perf_counter() - t0
+    out = train_fn(
+        params, carry.state, carry.opt_state, masks, start=start, stop=stop, key=rng.fold_in(key, _TRAIN)
+    )
+    return RoundOut(
+        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
+    )
+
+
+def first_round(
+    params: Any,
+    state: Any,
+    masks: Any,
+    segs: Sequence[tuple[int, int, float]],
+    *,
+    optimizer: Optimizer,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    key: int,
+    struct: str = "unstructured",
+    scope: str = "global",
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+) -> RoundOut:
+    """Segment 0 from the initial trees (a fresh optimizer state)."""
+    params = mask.apply(params, masks)
+    carry = Carry(params, state, optimizer.init(params), masks, None, {})
+    return _segment(
+        carry,
+        segs[0],
+        0,
+        train_fn=train_fn,
+        score_fn=score_fn,
+        key=key,
+        struct=struct,
+        scope=scope,
+        groups=groups,
+        level=level,
+    )
+
+
+def next_round(
+    carry: Carry,
+    index: int,
+    segs: Sequence[tuple[int, int, float]],
+    *,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    key: int,
+    struct: str = "unstructured",
+    scope: str = "global",
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+) -> RoundOut:
+    """Segment ``index >= 1``: prune to its target, then train its epochs with the carried optimizer state."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index < len(segs):
+        raise ValueError(f"gradual: segment index must be in [1, {len(segs) - 1}], got {index!r}")
+    return _segment(
+        carry,
+        segs[index],
+        index,
+        train_fn=train_fn,
+        score_fn=score_fn,
+        key=key,
+        struct=struct,
+        scope=scope,
+        groups=groups,
+        level=level,
+    )
+
+
+def run(
+    params: Any,
+    state: Any,
+    masks: Any,
+    schedule: Callable[[int], float],
+    epochs: int,
+    *,
+    optimizer: Optimizer,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    key: int,
+    struct: str = "unstructured",
+    scope: str = "global",
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+) -> tuple[Carry, list[Any], list[list[dict[str, float]]]]:
+    """Train ``epochs`` epochs, pruning on ``schedule``. Returns the final carry, the masks after each
+    segment and each segment's history."""
+    segs = segments(schedule, epochs)
+    kw = dict(
+        train_fn=train_fn, score_fn=score_fn, key=key, struct=struct, scope=scope, groups=groups, level=level
+    )
+    out = first_round(params, state, masks, segs, optimizer=optimizer, **kw)
+    all_masks, histories = [out.carry.masks], [out.history]
+    for i in range(1, len(segs)):
+        out = next_round(out.carry, i, segs, **kw)
+        all_masks.append(out.carry.masks)
+        histories.append(out.history)
+    return out.carry, all_masks, histories

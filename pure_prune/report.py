@@ -1,0 +1,486 @@
+"""``pure-prune report DIR...``: the table of experiments and their plots, from run directories.
+
+Each ``DIR`` is a ``pure-prune run`` save directory (``run.json``, ``rounds.jsonl``, checkpoints).
+One row per run:
+
+* ``best_accuracy`` / ``final_accuracy``: the highest test accuracy measured during the last round
+  (over its epochs and at its end) and the one at its end — both at the final sparsity;
+* ``sparsity``: pruned share of the prunable weights; ``params_kept``/``params_total`` over all
+  parameters (dense leaves count as kept);
+* ``flops_kept``/``flops_total``: multiply-adds ×2 of the linear and conv layers for one sample, at
+  the final masks: a layer whose weight ``W`` computes ``P`` output positions (1 for a linear layer,
+  ``H_out·W_out`` for a conv, the sequence length for a recurrent matrix) costs ``2·numel(W)·P``
+  dense and ``2·nnz(W ⊙ M)·P`` kept (seeds Source D's unstructured count; for whole removed rows and
+  columns this equals its structured ``2·rows·cols·(1 − ratio)``). Positions are read off the
+  model's own forward pass on a zero input (:func:`count_flops`).
+
+The table is printed and written as ``report.csv`` and ``report.md``. With matplotlib installed
+(the ``plots`` extra; imported inside the plotting functions, the table works without it) the
+report directory also gets ``rounds.png`` (sparsity and accuracy across rounds),
+``accuracy_vs_weights.png`` (accuracy against remaining weights, log x axis, one line per run,
+coloured by method), ``accuracy_bars.png`` (best and final accuracy per run), and per run
+``masks_<run>.png`` (the final mask of every prunable layer) and ``mask_kinds_<run>.png``
+(unstructured, row, column and 2:4 masks of one layer at the run's sparsity, side by side).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from einops import rearrange
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pure_prune import checkpoint, select, tree
+from pure_prune import models as model_registry
+
+__all__ = [
+    "COLUMNS",
+    "Run",
+    "count_flops",
+    "format_table",
+    "load_run",
+    "markdown_table",
+    "mask_kinds",
+    "plot_accuracy_bars",
+    "plot_accuracy_vs_weights",
+    "plot_mask_kinds",
+    "plot_masks",
+    "plot_rounds",
+    "report",
+    "summarize",
+]
+
+COLUMNS = (
+    "run",
+    "method",
+    "model",
+    "data",
+    "rounds",
+    "best_accuracy",
+    "final_accuracy",
+    "sparsity",
+    "params_kept",
+    "params_total",
+    "flops_kept",
+    "flops_total",
+    "wall_seconds",
+)
+
+
+class Run(NamedTuple):
+    """A run directory read back: its name, path, ``run.json`` content, per-round metrics and the
+    trees of its last checkpoint (``{}`` when it has none)."""
+
+    name: str
+    path: Path
+    info: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    final: dict[str, Any]
+
+
+def _checkpoint_paths(path: Path) -> list[Path]:
+    return sorted((path / "checkpoints").glob("round_*.safetensors"))
+
+
+def load_run(directory: str | Path) -> Run:
+    """Read a run directory. Raises ``FileNotFoundError`` when it has no ``run.json`` and
+    ``ValueError`` when its files do not parse (naming the file)."""
+    path = Path(directory)
+    info_path = path / "run.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a pure-prune run directory (no run.json)")
+    try:
+        info = json.loads(info_path.read_text())
+        lines = (path / "rounds.jsonl").read_text().splitlines() if (path / "rounds.jsonl").is_file() else []
+        rounds = [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r}: a metrics file is not valid JSON ({e})") from e
+    ckpts = _checkpoint_paths(path)
+    final = checkpoint.load(ckpts[-1])[0] if ckpts else {}
+    return Run(path.resolve().name, path, info, rounds, final)
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+_MATMULS = {
+    torch.ops.aten.mm,
+    torch.ops.aten.addmm,
+    torch.ops.aten.bmm,
+    torch.ops.aten.baddbmm,
+    torch.ops.aten.convolution,
+    torch.ops.aten._convolution,
+}
+
+
+class _Uses(TorchDispatchMode):
+    """Records ``(leaf path, output numel)`` for every matmul/conv whose operand is a param leaf."""
+
+    def __init__(self, owners: dict[int, str]):
+        super().__init__()
+        self.owners = owners
+        self.calls: list[tuple[str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in _MATMULS:
+            for a in args:
+                if isinstance(a, torch.Tensor) and a.untyped_storage().nbytes():
+                    path = self.owners.get(a.untyped_storage().data_ptr())
+                    if path is not None:
+                        self.calls.append((path, out.numel()))
+                        break
+        return out
+
+
+def count_flops(
+    apply: Callable[..., Any],
+    params: Any,
+    state: Any,
+    masks: Any,
+    input_shape: Sequence[int],
+    *,
+    input_dtype: torch.dtype = torch.float32,
+) -> dict[str, tuple[int, int]]:
+    """``{leaf path: (dense FLOPs, kept FLOPs)}`` of one sample, for every param leaf that enters a
+    matmul or convolution (module docstring). ``apply(params, state, x, train=False)`` runs once on
+    a zero input of shape ``(1, *input_shape)``; ``masks`` (``None`` leaves = dense) give ``nnz``."""
+    tree.assert_same_structure(params, masks, ("params", "masks"))
+    names, p_leaves, _ = tree.flatten_with_paths(params)
+    owners = {
+        p.untyped_storage().data_ptr(): n for n, p in zip(names, p_leaves) if p is not None and p.ndim >= 2
+    }
+    shapes = {n: p for n, p in zip(names, p_leaves) if p is not None}
+    nnz = {
+        n: (int(m.sum()) if m is not None else shapes[n].numel())
+        for n, m in zip(names, tree.leaves(masks))
+        if n in shapes
+    }
+    x = torch.zeros((1, *input_shape), dtype=input_dtype)
+    uses = _Uses(owners)
+    with torch.no_grad(), uses:
+        apply(params, state, x, train=False)
+    out: dict[str, tuple[int, int]] = {}
+    for path, numel in uses.calls:
+        positions = numel // shapes[path].shape[0]
+        dense, kept = out.get(path, (0, 0))
+        out[path] = (dense + 2 * shapes[path].numel() * positions, kept + 2 * nnz[path] * positions)
+    return out
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    """The table row of ``run`` (``COLUMNS``); FLOPs need the final checkpoint (``None`` without)."""
+    cfg = run.info.get("config", {})
+    last = run.rounds[-1] if run.rounds else {}
+    row: dict[str, Any] = {
+        "run": run.name,
+        "method": cfg.get("method"),
+        "model": cfg.get("model"),
+        "data": cfg.get("data"),
+        "rounds": len(run.rounds),
+        "best_accuracy": last.get("best_test_accuracy"),
+        "final_accuracy": last.get("test_accuracy"),
+        "sparsity": last.get("sparsity"),
+        "params_kept": last.get("params_kept"),
+        "params_total": last.get("params_total"),
+        "flops_kept": None,
+        "flops_total": None,
+        "wall_seconds": last.get("elapsed_seconds"),
+    }
+    if run.final:
+        spec = model_registry.get(cfg["model"])
+        dtype = getattr(torch, run.info.get("input_dtype", "float32"))
+        flops = count_flops(
+            spec.apply,
+            run.final["params"],
+            run.final["state"],
+            run.final["masks"],
+            run.info["input_shape"],
+            input_dtype=dtype,
+        )
+        row["flops_total"] = sum(d for d, _ in flops.values())
+        row["flops_kept"] = sum(k for _, k in flops.values())
+    return row
+
+
+def _cell(key: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    if key in ("best_accuracy", "final_accuracy", "sparsity"):
+        return f"{100 * v:.2f}%"
+    if key == "wall_seconds":
+        return f"{v:.1f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+def _display(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = [*COLUMNS[:8], "weights_kept", "params", "flops_kept", "wall_s"]
+    body = []
+    for r in rows:
+        weights = None if r["sparsity"] is None else f"{100 * (1 - r['sparsity']):.2f}%"
+        params = "-" if r["params_kept"] is None else f"{r['params_kept']:,}/{r['params_total']:,}"
+        flops = "-"
+        if r["flops_kept"] is not None and r["flops_total"]:
+            flops = f"{r['flops_kept']:,} ({100 * r['flops_kept'] / r['flops_total']:.2f}%)"
+        body.append(
+            [
+                *(_cell(k, r[k]) for k in COLUMNS[:8]),
+                weights or "-",
+                params,
+                flops,
+                _cell("wall_seconds", r["wall_seconds"]),
+            ]
+        )
+    return head, body
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as an aligned plain-text table (one line per run)."""
+    head, body = _display(rows)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a GitHub Markdown table."""
+    head, body = _display(rows)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(b) + " |" for b in body]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(run: Run) -> str:
+    return f"{run.info.get('config', {}).get('method')} ({run.name})"
+
+
+def plot_rounds(runs: Sequence[Run], path: str | Path) -> Path:
+    """Sparsity (%) and test accuracy (%) against the round index, one line per run; a PNG at ``path``."""
+    plt = _pyplot()
+    fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        idx = [r["round"] for r in run.rounds]
+        ax_s.plot(idx, [100 * r["sparsity"] for r in run.rounds], marker="o", ms=3, label=_label(run))
+        ax_a.plot(idx, [100 * r["test_accuracy"] for r in run.rounds], marker="o", ms=3, label=_label(run))
+    ax_s.set(xlabel="round", ylabel="sparsity of prunable weights (%)", title="sparsity across rounds")
+    ax_a.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy across rounds")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_s, ax_a):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_a.legend(fontsize=7)
+    return _save_fig(fig, path)
+
+
+def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
+    """Test accuracy against the remaining share of prunable weights (log x axis, 100% on the left),
+    one line per run, one colour per method; a PNG at ``path``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = sorted({str(r.info.get("config", {}).get("method")) for r in runs})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    styles = ("-", "--", ":", "-.")
+    seen: dict[str, int] = {}
+    for run in runs:
+        kept = [max(100 * (1 - r["sparsity"]), 1e-3) for r in run.rounds]
+        acc = [100 * r["test_accuracy"] for r in run.rounds]
+        method = str(run.info.get("config", {}).get("method"))
+        style = styles[seen.get(method, 0) % len(styles)]  # runs of one method: one colour, own line style
+        seen[method] = seen.get(method, 0) + 1
+        ax.plot(kept, acc, style, marker="o", ms=3, color=colours[method], label=_label(run))
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set(
+        xlabel="weights remaining (%), log scale",
+        ylabel="test accuracy (%)",
+        title="accuracy vs remaining weights",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save_fig(fig, path)
+
+
+def plot_accuracy_bars(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Best and final accuracy per run as grouped bars (seeds Source C's comparison chart)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4))
+    xs = range(len(rows))
+    best = [100 * (r["best_accuracy"] or 0) for r in rows]
+    final = [100 * (r["final_accuracy"] or 0) for r in rows]
+    ax.bar([x - 0.2 for x in xs], best, width=0.4, label="best")
+    ax.bar([x + 0.2 for x in xs], final, width=0.4, label="final")
+    ax.set_xticks(list(xs), [r["run"] for r in rows], rotation=20, ha="right", fontsize=7)
+    ax.set(ylabel="test accuracy (%)", title="best and final accuracy")
+    ax.legend()
+    return _save_fig(fig, path)
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    return rearrange(x, "o ... -> o (...)") if x.ndim > 1 else rearrange(x, "n -> 1 n")
+
+
+def plot_masks(masks: Any, path: str | Path, *, title: str = "") -> Path:
+    """One panel per prunable leaf: its mask as a ``(rows, rest)`` picture, kept entries dark."""
+    plt = _pyplot()
+    items = [(p, m) for p, m in zip(tree.paths(masks), tree.leaves(masks)) if m is not None and m.ndim >= 2]
+    if not items:
+        raise ValueError("plot_masks: the mask tree has no prunable matrix")
+    cols = min(4, len(items))
+    rows = math.ceil(len(items) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    for ax, (p, m) in zip(axes.flat, items):
+        ax.imshow(
+            _as_2d(m).to(torch.float32).numpy(),
+            cmap="Greys",
+            interpolation="nearest",
+            aspect="auto",
+            vmin=0,
+            vmax=1,
+        )
+        ax.set_title(f"{p}\n{100 * float(m.float().mean()):.1f}% kept", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(items) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _save_fig(fig, path)
+
+
+def mask_kinds(
+    weight: torch.Tensor, sparsity: float, nm: tuple[int, int] = (2, 4)
+) -> dict[str, torch.Tensor]:
+    """Masks of one weight ``(out, in, ...)`` by ``|w|`` at ``sparsity``: ``unstructured``, ``rows``
+    (output rows), ``columns`` (input columns) and ``n:m`` along the last axis of its 2-D view (when
+    ``m`` divides it). Returns ``{name: bool (out, rest)}``."""
+    w = _as_2d(weight.detach().abs().to(torch.float32))
+    scores = {"w": w}
+    out = {
+        "unstructured": select.unstructured(scores, sparsity)["w"],
+        "rows": select.rows(scores, sparsity, axis=0)["w"],
+        "columns": select.rows(scores, sparsity, axis=1)["w"],
+    }
+    n, m = nm
+    if w.shape[1] % m == 0:
+        out[f"{n}:{m}"] = select.n_of_m(scores, n, m)["w"]
+    return out
+
+
+def plot_mask_kinds(weight: torch.Tensor, sparsity: float, path: str | Path, *, title: str = "") -> Path:
+    """:func:`mask_kinds` side by side (seeds Source D's picture), kept entries dark; a PNG at ``path``."""
+    plt = _pyplot()
+    kinds = mask_kinds(weight, sparsity)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 3.2), squeeze=False)
+    for ax, (name, m) in zip(axes.flat, kinds.items()):
+        ax.imshow(
+            m.to(torch.float32).numpy(), cmap="Greys", interpolation="nearest", aspect="auto", vmin=0, vmax=1
+        )
+        ax.set_title(f"{name}: {100 * (1 - float(m.float().mean())):.1f}% pruned", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    return _save_fig(fig, path)
+
+
+def _save_fig(fig: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _run_plots(run: Run, out: Path) -> list[Path]:
+    if not run.final:
+        return []
+    files = [
+        plot_masks(run.final["masks"], out / f"masks_{run.name}.png", title=f"final masks: {_label(run)}")
+    ]
+    ckpts = _checkpoint_paths(run.path)
+    dense = checkpoint.load(ckpts[0])[0]["params"]  # round 0: trained before (most) pruning
+    masks = run.final["masks"]
+    names, m_leaves, _ = tree.flatten_with_paths(masks)
+    layers = [(p, m) for p, m in zip(names, m_leaves) if m is not None and m.ndim >= 2]
+    if layers:
+        path, m = max(layers, key=lambda pm: pm[1].numel())
+        sparsity = 1.0 - float(m.float().mean())
+        weight = dict(zip(tree.paths(dense), tree.leaves(dense)))[path]
+        files.append(
+            plot_mask_kinds(
+                weight,
+                sparsity,
+                out / f"mask_kinds_{run.name}.png",
+                title=f"{path} of {run.name} at {100 * sparsity:.1f}% sparsity (round-0 weights)",
+            )
+        )
+    return files
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def report(
+    dirs: Sequence[str | Path], out: str | Path, *, plots: bool = True
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Read the run directories ``dirs``, write ``report.csv``/``report.md`` (and, with ``plots`` and
+    matplotlib available, the PNGs) into ``out``. Returns the rows and the files written."""
+    if not dirs:
+        raise ValueError("report: pass at least one run directory")
+    runs = [load_run(d) for d in dirs]
+    rows = [summarize(r) for r in runs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.csv").write_text(_csv(rows))
+    (out / "report.md").write_text(markdown_table(rows))
+    files = [out / "report.csv", out / "report.md"]
+    if plots:
+        try:
+            _pyplot()
+        except ImportError:
+            return rows, files
+        plotted = [r for r in runs if r.rounds]
+        if plotted:
+            files += [
+                plot_rounds(plotted, out / "rounds.png"),
+                plot_accuracy_vs_weights(plotted, out / "accuracy_vs_weights.png"),
+            ]
+            files.append(plot_accuracy_bars(rows, out / "accuracy_bars.png"))
+        for r in runs:
+            files += _run_plots(r, out)
+    return rows, files

@@ -1,0 +1,137 @@
+"""pure-prune report: FLOPs by hand, the table of experiments, plots and mask pictures."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pure_prune import cli, report, runner
+from pure_prune.runconfig import RunConfig
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def conv_apply(params, state, x, *, train):
+    """(N, 2, 5, 5) -> conv 3x3, padding 1 -> (N, 4, 5, 5) -> flatten -> linear (N, 3)."""
+    h = F.conv2d(x, params["conv"], padding=1)
+    return F.linear(torch.flatten(h, 1), params["fc"]["weight"], params["fc"]["bias"]), state
+
+
+def test_flops_by_hand_for_conv_and_linear():
+    params = {"conv": torch.randn(4, 2, 3, 3), "fc": {"bias": torch.zeros(3), "weight": torch.randn(3, 100)}}
+    masks = {"conv": torch.rand(4, 2, 3, 3) > 0.5, "fc": {"bias": None, "weight": None}}
+    got = report.count_flops(conv_apply, params, {}, masks, (2, 5, 5))
+    nnz = int(masks["conv"].sum())
+    assert got == {
+        "conv": (2 * 72 * 25, 2 * nnz * 25),
+        "fc.weight": (2 * 300, 2 * 300),
+    }  # 25 output positions
+
+
+def test_flops_count_every_use_of_a_recurrent_matrix():
+    def rnn(params, state, x, *, train):
+        h = torch.zeros(x.shape[0], 4)
+        for t in range(x.shape[1]):  # 3 steps: the recurrent matrix is used 3 times
+            h = torch.tanh(x[:, t] @ params["w_in"].T + h @ params["w_h"].T)
+        return h, state
+
+    params = {"w_h": torch.randn(4, 4), "w_in": torch.randn(4, 2)}
+    masks = {"w_h": torch.eye(4, dtype=torch.bool), "w_in": torch.ones(4, 2, dtype=torch.bool)}
+    got = report.count_flops(rnn, params, {}, masks, (3, 2))
+    assert got == {"w_h": (2 * 16 * 3, 2 * 4 * 3), "w_in": (2 * 8 * 3, 2 * 8 * 3)}
+
+
+def test_mask_kinds_are_exact():
+    w = torch.randn(8, 12)
+    kinds = report.mask_kinds(w, 0.5)
+    assert set(kinds) == {"unstructured", "rows", "columns", "2:4"}
+    assert int(kinds["unstructured"].sum()) == 48
+    assert int(kinds["rows"].all(dim=1).sum()) == 4 and int(kinds["rows"].any(dim=1).sum()) == 4
+    assert int(kinds["columns"].all(dim=0).sum()) == 6 and int(kinds["columns"].any(dim=0).sum()) == 6
+    assert bool((kinds["2:4"].reshape(8, 3, 4).sum(-1) == 2).all())
+    assert "2:4" not in report.mask_kinds(torch.randn(4, 6), 0.5)  # 4 does not divide 6
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    common = dict(
+        model_cfg={"sizes": (64, 16, 16, 10)}, epochs=1, batch_size=128, compile=False, progress=False
+    )
+    out = []
+    for name, knobs in (
+        ("imp", {"method": "imp", "rate": 0.5, "pruning_times": 2}),
+        ("one", {"method": "one_shot", "finetune_epochs": 1}),
+    ):
+        cfg = dataclasses.replace(RunConfig(), **common, **knobs, save_dir=str(root / name))
+        out.append(runner.run(cfg, log=lambda _: None))
+    return out
+
+
+def test_table_rows_and_files(runs, tmp_path):
+    rows, files = report.report([r.save_dir for r in runs], tmp_path / "rep")
+    imp_row, one_row = rows
+    last = runs[0].rounds[-1]
+    assert (
+        imp_row["final_accuracy"] == last["test_accuracy"]
+        and imp_row["best_accuracy"] == last["best_test_accuracy"]
+    )
+    assert imp_row["sparsity"] == pytest.approx(0.75, abs=1e-4) and imp_row["rounds"] == 3
+    dense = 2 * (64 * 16 + 16 * 16 + 16 * 10)
+    assert imp_row["flops_total"] == dense
+    assert imp_row["flops_kept"] == 2 * round(0.25 * (dense // 2))  # 2 * nnz of the linear weights
+    assert one_row["method"] == "one_shot" and one_row["sparsity"] == pytest.approx(0.8, abs=1e-4)
+    names = {f.name for f in files}
+    assert {"report.csv", "report.md", "rounds.png", "accuracy_vs_weights.png", "accuracy_bars.png"} <= names
+    assert {"masks_imp.png", "mask_kinds_imp.png", "masks_one.png", "mask_kinds_one.png"} <= names
+    assert all(f.read_bytes()[:8] == PNG for f in files if f.suffix == ".png")
+    table = list(csv.DictReader((tmp_path / "rep" / "report.csv").open()))
+    assert [r["run"] for r in table] == ["imp", "one"] and table[0]["flops_kept"] == str(
+        imp_row["flops_kept"]
+    )
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    assert md[0].startswith("| run | method") and len(md) == 4 and "25.00%" in md[2]
+    text = report.format_table(rows)
+    assert "weights_kept" in text.splitlines()[0] and "imp" in text.splitlines()[2]
+
+
+def test_table_only_and_cli(runs, tmp_path, capsys):
+    rows, files = report.report([runs[0].save_dir], tmp_path / "t", plots=False)
+    assert [f.name for f in files] == ["report.csv", "report.md"]
+    assert cli.main(["report", str(runs[0].save_dir), "--out", str(tmp_path / "c"), "--no-plots"]) == 0
+    assert "best_accuracy" in capsys.readouterr().out
+
+
+def test_bad_run_directories(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="not a pure-prune run directory"):
+        report.load_run(tmp_path)
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "rounds.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        report.load_run(tmp_path)
+    with pytest.raises(ValueError, match="at least one run directory"):
+        report.report([], tmp_path / "out")
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
+    assert "not a pure-prune run directory" in capsys.readouterr().err
+
+
+def test_plot_masks_needs_a_matrix(tmp_path):
+    with pytest.raises(ValueError, match="no prunable matrix"):
+        report.plot_masks({"b": None}, tmp_path / "m.png")
+    path = report.plot_masks({"w": torch.rand(6, 4) > 0.5, "b": None}, tmp_path / "m.png", title="t")
+    assert path.read_bytes()[:8] == PNG
+    rows = json.loads(json.dumps([{"run": "x", "best_accuracy": 0.5, "final_accuracy": None}]))
+    assert report.plot_accuracy_bars(rows, tmp_path / "b.png").read_bytes()[:8] == PNG
