@@ -1,0 +1,341 @@
+"""Many seeds at once: one vmapped (and compiled) program against a loop of single-seed runs.
+
+**One step, 32 seeds** of an MLP 64-64-10 (ReLU) on scikit-learn digits / 16, one batch of 64 per
+seed (seed ``i`` draws its own batch), SGD lr 0.05 momentum 0.9, float32, ``torch.set_num_threads(2)``.
+Peers, timed interleaved in one process (``bench/_common.py``), medians of ``--reps`` (>= 20)
+after warm-up:
+
+* ``pure_prune vmap+compile``: ``sweep.make_seed_step(..., per_seed_batches=True)`` (one
+  ``torch.compile``d ``vmap`` of ``train.make_step``'s step; eager checks of the stacked trees
+  on every call), dense (``masks=None``) and masked (80% global magnitude per seed);
+* ``pure_prune vmap eager``: the same without ``torch.compile``;
+* ``torch.optim loop``: 32 ``nn.Sequential`` + 32 ``torch.optim.SGD``, one after the other;
+* ``JAX jit(vmap)``: the same dense step in ``jax.numpy``, ``jax.jit(jax.vmap(step))`` (if JAX
+  is importable).
+
+All peers start from the same weights and batches; after one step their params are checked to
+agree (max |diff| is printed).
+
+**Whole pipeline, 8 seeds**: digits MLP ``--sizes`` (default 64-256-256-10, the ``mlp`` preset),
+batch 64, SGD lr 0.05 momentum 0.9; ``--train-epochs`` (5) dense epochs, one-shot global magnitude
+pruning to 80% per seed, ``--finetune-epochs`` (3) epochs of fine-tuning (fresh momentum), test
+accuracy after each phase. ``sweep.run_seeds`` (one vmapped program) against 8 sequential
+single-seed runs of the same pipeline written with ``experiment``/``train``/``select`` (the same
+sub-keys, so the results must agree). Each variant runs in a fresh process; wall seconds from
+``experiment.setup`` to the last evaluation (imports excluded, compile included): compiled with a
+fresh inductor cache (cold), then with that cache again (warm), and eager. The machine is shared,
+so every variant runs once per round for ``--rounds`` rounds; the table shows min and median.
+
+    python bench/seeds.py [--reps 50] [--train-epochs 5] [--finetune-epochs 3] [--rounds 2]
+                          [--sizes 64 256 256 10] [--skip-pipeline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, setup_threads, table, time_interleaved, write_json  # noqa: E402
+
+from pure_prune import data, experiment, losses, mask, optim, rng, select, sweep, train, tree  # noqa: E402
+from pure_prune.importance import magnitude  # noqa: E402
+from pure_prune.models import mlp  # noqa: E402
+
+SEEDS, BATCH, SIZES, LR, MOMENTUM = 32, 64, (64, 64, 10), 0.05, 0.9
+PIPE_SEEDS, PIPE_SPARSITY = 8, 0.8
+
+
+# ----------------------------------------------------------------------------- one step
+def step_setup() -> dict:
+    """Stacked params ``(32, ...)``, per-seed digits batches ``x (32, 64, 64)``, ``y (32, 64)``."""
+    ds = data.load("digits")
+    keys = rng.split(0, SEEDS)
+    params, state = sweep.init_seeds(lambda k: mlp.init(k, sizes=SIZES), keys)
+    x, y = next(sweep.seed_batches(ds, BATCH, keys, 0))
+    masks = sweep.masks_like_seeds(params)
+    masks = sweep.select_seeds(magnitude.magnitude(params, masks), 0.8, masks=masks)
+    return {"params": params, "state": state, "masks": masks, "x": x.contiguous(), "y": y.contiguous()}
+
+
+def torch_loop(setup: dict):
+    """32 ``nn.Sequential`` with the same weights, 32 SGD optimizers; ``run()`` does one step of each."""
+    nets, opts = [], []
+    for p in tree.unstack(setup["params"], SEEDS):
+        net = nn.Sequential(nn.Linear(SIZES[0], SIZES[1]), nn.ReLU(), nn.Linear(SIZES[1], SIZES[2]))
+        with torch.no_grad():
+            for layer, name in ((net[0], "fc1"), (net[2], "fc2")):
+                layer.weight.copy_(p[name]["weight"])
+                layer.bias.copy_(p[name]["bias"])
+        nets.append(net)
+        opts.append(torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM))
+    x, y = setup["x"], setup["y"]
+
+    def run() -> None:
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x[i]), y[i]).backward()
+            opt.step()
+
+    def weights() -> torch.Tensor:
+        return torch.stack([net[0].weight.detach().clone() for net in nets])
+
+    return run, weights
+
+
+def jax_step(setup: dict):
+    """``jax.jit(jax.vmap(step))`` of the dense SGD-momentum step, or ``None`` without JAX."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    p = setup["params"]
+    params = {k: {n: jnp.asarray(p[k][n].numpy()) for n in ("weight", "bias")} for k in ("fc1", "fc2")}
+    buf = jax.tree_util.tree_map(jnp.zeros_like, params)
+    x, y = jnp.asarray(setup["x"].numpy()), jnp.asarray(setup["y"].numpy())
+
+    def loss_fn(ps, xb, yb):
+        h = jax.nn.relu(xb @ ps["fc1"]["weight"].T + ps["fc1"]["bias"])
+        logits = h @ ps["fc2"]["weight"].T + ps["fc2"]["bias"]
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+
+    def step(ps, b, xb, yb):
+        loss, g = jax.value_and_grad(loss_fn)(ps, xb, yb)
+        b = jax.tree_util.tree_map(lambda bb, gg: MOMENTUM * bb + gg, b, g)
+        ps = jax.tree_util.tree_map(lambda pp, bb: pp - LR * bb, ps, b)
+        return ps, b, loss
+
+    fn = jax.jit(jax.vmap(step))
+
+    def run():
+        out = fn(params, buf, x, y)
+        jax.block_until_ready(out)
+        return out
+
+    return run
+
+
+def bench_step(reps: int) -> dict:
+    setup = step_setup()
+    opt = optim.sgd(LR, momentum=MOMENTUM)
+    opt_state = sweep.init_opt_seeds(opt, setup["params"])
+    args = (setup["params"], setup["state"], opt_state)
+    batch = (setup["x"], setup["y"])
+    compiled = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=True)
+    eager = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    t0 = time.perf_counter()
+    out_dense = compiled(*args, None, batch)
+    compile_dense_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled(*args, setup["masks"], batch)
+    compile_masked_s = time.perf_counter() - t0
+
+    loop_run, loop_weights = torch_loop(setup)
+    loop_run()
+    checks = {
+        "pure_prune vs torch.optim loop": (out_dense[0]["fc1"]["weight"] - loop_weights()).abs().max().item()
+    }
+    loop_run, _ = torch_loop(setup)
+    fns = {
+        "torch.optim loop": loop_run,
+        "pure_prune vmap+compile": lambda: compiled(*args, None, batch),
+        "pure_prune vmap+compile masked": lambda: compiled(*args, setup["masks"], batch),
+        "pure_prune vmap eager": lambda: eager(*args, None, batch),
+    }
+    jx = jax_step(setup)
+    if jx is not None:
+        t0 = time.perf_counter()
+        jx_params = jx()[0]
+        jx_w = torch.from_numpy(np.array(jx_params["fc1"]["weight"]))
+        checks["JAX vs pure_prune"] = (jx_w - out_dense[0]["fc1"]["weight"]).abs().max().item()
+        fns["JAX jit(vmap)"] = jx
+        jax_first_s = time.perf_counter() - t0
+    timing = time_interleaved(fns, reps=reps, warmup=5)
+    base = timing["torch.optim loop"]["median_ms"]
+    jax_ms = timing.get("JAX jit(vmap)", {}).get("median_ms")
+    rows = [
+        [
+            name,
+            t["median_ms"],
+            t["min_ms"],
+            base / t["median_ms"],
+            (jax_ms / t["median_ms"]) if jax_ms else "-",
+        ]
+        for name, t in timing.items()
+    ]
+    print(
+        table(
+            f"One SGD-momentum step, {SEEDS} seeds x MLP {'-'.join(map(str, SIZES))}, batch {BATCH} per seed "
+            f"(median of {reps})",
+            ["peer", "median ms", "min ms", "x vs loop", "x vs JAX"],
+            rows,
+        )
+    )
+    print("max |param diff| after one step:", {k: f"{v:.2e}" for k, v in checks.items()})
+    return {
+        "settings": {
+            "seeds": SEEDS,
+            "sizes": SIZES,
+            "batch_per_seed": BATCH,
+            "lr": LR,
+            "momentum": MOMENTUM,
+            "reps": reps,
+            "data": "sklearn digits / 16, per-seed shuffles",
+        },  # fmt: skip
+        "timing": timing,
+        "speedup_vs_loop": {n: base / t["median_ms"] for n, t in timing.items()},
+        "ratio_jax_over": {n: jax_ms / t["median_ms"] for n, t in timing.items()} if jax_ms else None,
+        "compile_s": {"dense": compile_dense_s, "masked": compile_masked_s},
+        "jax_first_call_s": jax_first_s if jx is not None else None,
+        "max_abs_param_diff": checks,
+    }
+
+
+# ---------------------------------------------------------------------------- pipeline
+def pipeline_child(
+    mode: str, compiled: bool, train_epochs: int, finetune_epochs: int, sizes: tuple[int, ...]
+) -> dict:
+    """One pipeline variant in this process: ``mode`` is ``"vmap"`` or ``"sequential"``."""
+    setup_threads()
+    keys = rng.split(0, PIPE_SEEDS)
+    t0 = time.perf_counter()
+    exp, init = experiment.setup(
+        "mlp", "digits", batch_size=64, lr=LR, momentum=MOMENTUM, compile=compiled, model_cfg={"sizes": sizes}
+    )
+    if mode == "vmap":
+        res = sweep.run_seeds(
+            exp, init, keys, sparsity=PIPE_SPARSITY, train_epochs=train_epochs, finetune_epochs=finetune_epochs,
+            compile=compiled,
+        )  # fmt: skip
+        metrics = res.metrics
+    else:
+        metrics = {"dense_accuracy": [], "accuracy": [], "sparsity": []}
+        for k in keys:
+            sub = sweep.seed_subkeys(k)
+            p, s = init(sub["init"])
+            m = mask.ones_like(p)
+            fit = train.fit(exp.step, p, s, exp.optimizer.init(p), m, exp.train_batches(sub["train"]), train_epochs,
+                            progress=False)  # fmt: skip
+            metrics["dense_accuracy"].append(exp.evaluate(fit.params, fit.state, m)["accuracy"])
+            m = select.unstructured(magnitude.magnitude(fit.params, m), PIPE_SPARSITY, masks=m)
+            p = mask.apply(fit.params, m)
+            tuned = train.fit(exp.step, p, fit.state, exp.optimizer.init(p), m, exp.train_batches(sub["finetune"]),
+                              finetune_epochs, progress=False)  # fmt: skip
+            metrics["accuracy"].append(exp.evaluate(tuned.params, tuned.state, m)["accuracy"])
+            metrics["sparsity"].append(mask.sparsity(m))
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "metrics": {k: metrics[k] for k in ("dense_accuracy", "accuracy", "sparsity")}}
+
+
+VARIANTS = (("vmap", True, "cold"), ("sequential", True, "cold"), ("vmap", True, "warm"),
+            ("sequential", True, "warm"), ("vmap", False, "-"), ("sequential", False, "-"))  # fmt: skip
+
+
+def _variant_name(mode: str, compiled: bool, cache: str) -> str:
+    who = f"{PIPE_SEEDS} seeds vmapped" if mode == "vmap" else f"{PIPE_SEEDS} sequential runs"
+    return f"{who}, " + (f"compiled ({cache} cache)" if compiled else "eager")
+
+
+def bench_pipeline(train_epochs: int, finetune_epochs: int, sizes: tuple[int, ...], rounds: int) -> dict:
+    """Every variant once per round, rounds one after the other; a fresh inductor cache per round."""
+    walls: dict[str, list[float]] = {_variant_name(*v): [] for v in VARIANTS}
+    metrics: dict[str, dict] = {}
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory() as cache_root:
+            for mode, compiled, cache in VARIANTS:
+                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(cache_root) / mode)}
+                cmd = [sys.executable, __file__, "--pipeline-child", mode, "--compiled", str(int(compiled)),
+                       "--train-epochs", str(train_epochs), "--finetune-epochs", str(finetune_epochs),
+                       "--sizes", *map(str, sizes)]  # fmt: skip
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"pipeline child {mode} failed:\n{proc.stderr[-3000:]}")
+                name = _variant_name(mode, compiled, cache)
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                walls[name].append(res["wall_s"])
+                metrics[name] = res["metrics"]
+                print(f"  round {r + 1}: {name}: {res['wall_s']:.1f} s", flush=True)
+    ref = metrics[_variant_name("sequential", False, "-")]["accuracy"]
+    agree = max(abs(a - b) for m in metrics.values() for a, b in zip(m["accuracy"], ref))
+    rows = []
+    for name, w in walls.items():
+        acc, dense = (
+            sweep.summarize(metrics[name]["accuracy"]),
+            sweep.summarize(metrics[name]["dense_accuracy"]),
+        )
+        rows.append([name, min(w), statistics.median(w), f"{dense['mean']:.4f} ± {dense['std']:.4f}",
+                     f"{acc['mean']:.4f} ± {acc['std']:.4f}"])  # fmt: skip
+    arch = "-".join(map(str, sizes))
+    print(
+        table(
+            f"Whole pipeline, {PIPE_SEEDS} seeds, digits MLP {arch}: {train_epochs} epochs, prune "
+            f"{PIPE_SPARSITY:.0%} global magnitude, {finetune_epochs} epochs fine-tuning ({rounds} rounds)",
+            ["variant", "min wall s", "median wall s", "dense test acc", "final test acc"],
+            rows,
+        )
+    )
+    print(f"max |final test accuracy difference| between variants (same sub-keys): {agree:.2e}")
+    return {
+        "settings": {"seeds": PIPE_SEEDS, "model": f"mlp {arch}", "data": "digits", "batch": 64, "lr": LR,
+                     "momentum": MOMENTUM, "train_epochs": train_epochs, "finetune_epochs": finetune_epochs,
+                     "sparsity": PIPE_SPARSITY, "criterion": "magnitude, global per seed", "rounds": rounds,
+                     "wall": "from experiment.setup to the last evaluation, imports excluded, compile included"},
+        "wall_s": walls,
+        "metrics": metrics,
+        "max_abs_final_accuracy_diff_between_variants": agree,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--train-epochs", type=int, default=5)
+    ap.add_argument("--finetune-epochs", type=int, default=3)
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", default=[64, 256, 256, 10], help="pipeline MLP layer sizes"
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="pipeline rounds (every variant once per round)")
+    ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--pipeline-child", choices=["vmap", "sequential"], help=argparse.SUPPRESS)
+    ap.add_argument("--compiled", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.pipeline_child:
+        res = pipeline_child(
+            args.pipeline_child,
+            bool(args.compiled),
+            args.train_epochs,
+            args.finetune_epochs,
+            tuple(args.sizes),
+        )
+        print(json.dumps(res))
+        return
+    if args.reps < 20:
+        raise SystemExit("--reps must be >= 20")
+    setup_threads()
+    payload = {"step": bench_step(args.reps)}
+    if not args.skip_pipeline:
+        print("pipeline variants (each in a fresh process):", flush=True)
+        payload["pipeline"] = bench_pipeline(
+            args.train_epochs, args.finetune_epochs, tuple(args.sizes), args.rounds
+        )
+    path = write_json("seeds", payload, args.out)
+    print(f"wrote {path}; machine: {machine()['cpu']}, load {machine()['loadavg_1m']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,599 @@
+"""pure_prune.sweep: stacked seeds under vmap equal the loop over single seeds.
+
+The central property (issue "vmap'd multi-seed sweeps"): for 4 seeds over 50 steps of a conv +
+BatchNorm model with a pruning step in between, the vmapped run equals the loop of single-seed
+runs. Also: exact per-seed selection under vmap, init/opt-state/batches equal their single-seed
+versions, chunking and the out-of-memory fallback, scoring by vmap or loop, the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pure_prune import data, experiment, losses, mask, optim, rng, select, sweep, train, tree
+from pure_prune.importance import magnitude, registry
+from pure_prune.models import layers, mlp
+from pure_prune.testing import exact_sparsity, vmapped_equals_loop
+from pure_prune.testing import strategies as pst
+from pure_prune.testing.plugin import scaled_examples
+
+
+# ------------------------------------------------------------------------------------ helpers
+def tiny_init(key: int, channels: int = 4) -> tuple[dict, dict]:
+    """A conv (1 -> channels, 3x3) + BatchNorm + ReLU + global pool + linear (channels -> 10) net."""
+    k_conv, k_fc = rng.split(key, 2)
+    bn_params, bn_state = layers.batch_norm_init(channels)
+    params = {
+        "bn": bn_params,
+        "conv": layers.dense_init(k_conv, (channels, 1, 3, 3)),
+        "fc": layers.dense_init(k_fc, (10, channels)),
+    }
+    return tree.canonical(params), {"bn": bn_state}
+
+
+def tiny_apply(params: dict, state: dict, x: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, dict]:
+    """Logits ``(N, 10)`` of ``x (N, 1, H, W)`` and the new BatchNorm state."""
+    h = layers.conv2d(x, params["conv"]["weight"], params["conv"]["bias"], padding=1)
+    h, bn_state = layers.batch_norm(h, params["bn"], state["bn"], train=train)
+    h = layers.global_avg_pool(torch.relu(h))
+    return layers.linear(h, params["fc"]["weight"], params["fc"]["bias"]), {"bn": bn_state}
+
+
+TINY = SimpleNamespace(apply=tiny_apply, groups=lambda params: ())
+MLP_SIZES = (8, 6, 3)
+
+
+def mlp_init(key: int) -> tuple[dict, dict]:
+    return mlp.init(key, sizes=MLP_SIZES)
+
+
+def mlp_data(key: int, n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    k_x, k_y = rng.split(key, 2)
+    x = rng.normal(k_x, (n, MLP_SIZES[0]))
+    y = torch.randint(0, MLP_SIZES[-1], (n,), generator=rng.generator(k_y))
+    return x, y
+
+
+def assert_tree_close(a, b, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+    tree.assert_same_structure(a, b)
+    for path, x, y in zip(tree.paths(a), tree.leaves(a), tree.leaves(b)):
+        if x is None or y is None:
+            assert x is None and y is None, path
+            continue
+        if x.dtype == torch.bool or not x.is_floating_point():
+            assert torch.equal(x, y), path
+        else:
+            torch.testing.assert_close(x, y, atol=atol, rtol=rtol, msg=lambda m, p=path: f"{p}: {m}")
+
+
+def assert_seed_equals(stacked, singles, **tol) -> None:
+    """Seed ``i`` of ``stacked`` is close to ``singles[i]`` for every ``i``."""
+    if any(x is not None for x in tree.leaves(stacked)):
+        assert sweep.num_seeds(stacked) == len(singles)
+    for i, single in enumerate(singles):
+        assert_tree_close(sweep.seed_slice(stacked, i), single, **tol)
+
+
+# -------------------------------------------------------------------- the central property
+@settings(max_examples=scaled_examples(1), deadline=None)
+@given(keys=st.lists(pst.keys(), min_size=4, max_size=4, unique=True), sparsity=st.floats(0.2, 0.9))
+def test_vmapped_run_equals_loop_with_batchnorm_and_pruning(keys, sparsity):
+    """4 seeds, 25 steps, magnitude pruning (per-seed global), fresh momentum, 25 more steps."""
+    x = rng.normal(1, (128, 1, 6, 6))
+    y = torch.randint(0, 10, (128,), generator=rng.generator(2))
+    opt = optim.sgd(0.1, momentum=0.9)
+
+    def epochs(batches_of_epoch):
+        return (b for e in range(7) for b in batches_of_epoch(e))
+
+    step = sweep.make_seed_step(TINY, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    params, state = sweep.init_seeds(tiny_init, keys)
+    masks = sweep.masks_like_seeds(params)
+    opt_state = sweep.init_opt_seeds(opt, params)
+    it = epochs(lambda e: sweep.seed_batches((x, y), 16, keys, e))
+    for _ in range(25):
+        params, state, opt_state, _ = step(params, state, opt_state, masks, next(it))
+    scores = sweep.score_seeds("magnitude", TINY, params, state, masks, keys=keys)
+    masks = sweep.select_seeds(scores, sparsity, masks=masks)
+    params = mask.apply(params, masks)
+    opt_state = sweep.init_opt_seeds(opt, params)
+    for _ in range(25):
+        params, state, opt_state, metrics = step(params, state, opt_state, masks, next(it))
+
+    single = train.make_step(tiny_apply, losses.cross_entropy, opt, compile=False)
+    loop = []
+    for k in keys:
+        p, s = tiny_init(k)
+        m = mask.ones_like(p)
+        o = opt.init(p)
+        it1 = epochs(lambda e, k=k: data.batches(x, y, 16, key=data.epoch_key(k, e)))
+        for _ in range(25):
+            p, s, o, _ = single(p, s, o, m, next(it1))
+        m = select.unstructured(magnitude.magnitude(p, m), sparsity, masks=m)
+        p = mask.apply(p, m)
+        o = opt.init(p)
+        for _ in range(25):
+            p, s, o, _ = single(p, s, o, m, next(it1))
+        loop.append((p, s, o, m))
+    assert_seed_equals(masks, [m for *_, m in loop])  # exact: bool leaves compare with equal
+    assert_seed_equals(params, [p for p, *_ in loop], atol=1e-5, rtol=1e-4)
+    assert_seed_equals(state, [s for _, s, *_ in loop], atol=1e-5, rtol=1e-4)
+    assert_seed_equals(opt_state, [o for *_, o, _ in loop], atol=1e-5, rtol=1e-4)
+    assert metrics["loss"].shape == (4,)
+    for i in range(4):
+        exact_sparsity(sweep.seed_slice(masks, i), sparsity)
+
+
+# ------------------------------------------------------------------------- stacked trees
+def test_init_seeds_equals_single_inits_exactly():
+    keys = [3, 1, 4]
+    params, state = sweep.init_seeds(tiny_init, keys)
+    assert params["conv"]["weight"].shape == (3, 4, 1, 3, 3)
+    assert state["bn"]["running_var"].shape == (3, 4)
+    for i, k in enumerate(keys):
+        p, s = tiny_init(k)
+        for a, b in zip(tree.leaves(sweep.seed_slice(params, i)), tree.leaves(p)):
+            assert torch.equal(a, b)
+        for a, b in zip(tree.leaves(sweep.seed_slice(state, i)), tree.leaves(s)):
+            assert torch.equal(a, b)
+    p_mlp, s_mlp = sweep.init_seeds(mlp_init, [7, 8])
+    assert s_mlp == {} and sweep.num_seeds(p_mlp) == 2
+    assert not torch.equal(p_mlp["fc1"]["weight"][0], p_mlp["fc1"]["weight"][1])  # keys differ, values differ
+
+
+def test_init_seeds_rejects_bad_input():
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        sweep.init_seeds(tiny_init, [])
+    with pytest.raises(ValueError, match=r"keys\[1\]"):
+        sweep.init_seeds(tiny_init, [1, -2])
+    with pytest.raises(TypeError, match=r"keys\[0\]"):
+        sweep.init_seeds(tiny_init, [1.5])
+    with pytest.raises(TypeError, match="must return"):
+        sweep.init_seeds(lambda k: {"w": torch.zeros(2)}, [1])
+
+
+def test_stack_and_unstack_are_the_tree_helpers():
+    assert sweep.stack is tree.stack and sweep.unstack is tree.unstack
+    a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 4.0])}
+    stacked = sweep.stack([a, b])
+    assert torch.equal(stacked["w"], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert torch.equal(sweep.unstack(stacked)[1]["w"], b["w"])
+
+
+def test_num_seeds_and_seed_slice_name_the_bad_leaf():
+    t = {"a": torch.zeros(3, 2), "b": None, "c": torch.zeros(3)}
+    assert sweep.num_seeds(t) == 3
+    assert torch.equal(sweep.seed_slice(t, -1)["a"], torch.zeros(2)) and sweep.seed_slice(t, 0)["b"] is None
+    with pytest.raises(ValueError, match="'c' has 2 seeds on axis 0, but 'a' has 3"):
+        sweep.num_seeds({"a": torch.zeros(3, 2), "c": torch.zeros(2)})
+    with pytest.raises(ValueError, match="'s' is 0-d"):
+        sweep.num_seeds({"s": torch.zeros(())})
+    with pytest.raises(ValueError, match="no tensor leaf"):
+        sweep.num_seeds({"a": None})
+    with pytest.raises(ValueError, match="seed index"):
+        sweep.seed_slice(t, 3)
+
+
+def test_masks_like_seeds_decides_prunability_per_seed():
+    params, _ = sweep.init_seeds(mlp_init, [1, 2])
+    masks = sweep.masks_like_seeds(params)
+    single = mask.ones_like(mlp_init(1)[0])
+    for leaf, one in zip(tree.leaves(masks), tree.leaves(single)):
+        assert (leaf is None) == (one is None)  # biases (2, out) are still dense leaves
+        if leaf is not None:
+            assert leaf.shape == (2, *one.shape) and leaf.dtype == torch.bool and bool(leaf.all())
+    excluded = sweep.masks_like_seeds(params, exclude_paths=("fc2.*",))
+    assert excluded["fc2"]["weight"] is None and excluded["fc1"]["weight"] is not None
+
+
+def test_init_opt_seeds_equals_single_inits():
+    params, _ = sweep.init_seeds(mlp_init, [1, 2])
+    for opt in (optim.sgd(0.1, momentum=0.9), optim.adam(1e-3)):
+        stacked = sweep.init_opt_seeds(opt, params)
+        assert stacked["count"].shape == (2,)
+        assert_seed_equals(stacked, [opt.init(p) for p in tree.unstack(params)], atol=0, rtol=0)
+    with pytest.raises(TypeError, match="optim.Optimizer"):
+        sweep.init_opt_seeds(object(), params)
+
+
+def test_seed_batches_equal_single_seed_batches():
+    x, y = mlp_data(5, n=26)
+    keys = [4, 9, 2]
+    for epoch in (0, 3):
+        got = list(sweep.seed_batches((x, y), 8, keys, epoch))
+        assert len(got) == 3  # 26 // 8 full batches
+        for i, k in enumerate(keys):
+            want = list(data.batches(x, y, 8, key=data.epoch_key(k, epoch)))
+            for (xs, ys), (xw, yw) in zip(got, want):
+                assert xs.shape == (3, 8, MLP_SIZES[0]) and ys.shape == (3, 8)
+                assert torch.equal(xs[i], xw) and torch.equal(ys[i], yw)
+    ds = data.load("digits")
+    xb, yb = next(sweep.seed_batches(ds, 4, [1], 0))
+    assert xb.shape == (1, 4, 64)
+    with pytest.raises(ValueError, match="batch_size"):
+        sweep.seed_batches((x, y), 0, keys, 0)
+    with pytest.raises(ValueError, match="epoch"):
+        sweep.seed_batches((x, y), 8, keys, -1)
+    with pytest.raises(TypeError, match="Dataset or a pair"):
+        sweep.seed_batches([x, y], 8, keys, 0)
+
+
+# ------------------------------------------------------------------------- steps and chunks
+def _mlp_setup(n_seeds: int = 5):
+    keys = list(range(10, 10 + n_seeds))
+    params, state = sweep.init_seeds(mlp_init, keys)
+    masks = sweep.masks_like_seeds(params)
+    scores = magnitude.magnitude(params, masks)
+    masks = sweep.select_seeds(scores, 0.5, masks=masks)
+    params = mask.apply(params, masks)
+    return keys, params, state, masks
+
+
+def test_step_shared_and_per_seed_batches_equal_single_steps():
+    opt = optim.sgd(0.05, momentum=0.9, weight_decay=1e-3)
+    keys, params, state, masks = _mlp_setup(3)
+    opt_state = sweep.init_opt_seeds(opt, params)
+    x, y = mlp_data(1)
+    single = train.make_step(mlp.apply, losses.cross_entropy, opt, compile=False)
+    shared = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=False, compile=False)
+    per_seed = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    assert not shared.per_seed_batches and per_seed.per_seed_batches
+    xs, ys = torch.stack([x, x.flip(0), 2 * x]), torch.stack([y, y.flip(0), y])
+    for step, batch, batch_of in (
+        (shared, (x, y), lambda i: (x, y)),
+        (per_seed, (xs, ys), lambda i: (xs[i], ys[i])),
+    ):
+        out = step(params, state, opt_state, masks, batch)
+        want = [
+            single(
+                sweep.seed_slice(params, i),
+                {},
+                sweep.seed_slice(opt_state, i),
+                sweep.seed_slice(masks, i),
+                batch_of(i),
+            )
+            for i in range(3)
+        ]
+        for j in range(4):
+            assert_seed_equals(out[j], [w[j] for w in want])
+    dense = shared(params, state, opt_state, None, (x, y))  # masks=None: dense training
+    assert dense[3]["accuracy"].shape == (3,)
+
+
+def test_step_rejects_inconsistent_input():
+    opt = optim.sgd(0.05)
+    _, params, state, masks = _mlp_setup(3)
+    opt_state = sweep.init_opt_seeds(opt, params)
+    x, y = mlp_data(1)
+    per_seed = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    with pytest.raises(ValueError, match=r"per-seed batch\[0\] must have the 3 seeds"):
+        per_seed(params, state, opt_state, masks, (x, y))
+    other = sweep.init_opt_seeds(opt, tree.map(lambda p: p[:2], params))
+    with pytest.raises(ValueError, match="opt_state has 2 seeds but params has 3"):
+        per_seed(params, state, other, masks, (x[None].expand(3, -1, -1), y[None].expand(3, -1)))
+    with pytest.raises(TypeError, match="per_seed_batches must be True or False"):
+        sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=None, compile=False)
+    with pytest.raises(ValueError, match="chunk_size"):
+        sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, chunk_size=0)
+
+
+def test_chunked_step_equals_unchunked():
+    opt = optim.adam(1e-2)
+    _, params, state, masks = _mlp_setup(5)
+    opt_state = sweep.init_opt_seeds(opt, params)
+    x, y = mlp_data(3)
+    batch = (x[None].expand(5, -1, -1), y[None].expand(5, -1))
+    whole = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    chunked = sweep.make_seed_step(
+        mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False, chunk_size=2
+    )
+    a, b = whole(params, state, opt_state, masks, batch), chunked(params, state, opt_state, masks, batch)
+    assert_tree_close(a, b, atol=1e-6, rtol=1e-6)
+    assert chunked.chunk_size == 2 and whole.chunk_size is None
+
+
+def _fake_allocating_fn(
+    limit: int, calls: list[int], message: str = "DefaultCPUAllocator: can't allocate memory"
+):
+    def fn(x: torch.Tensor, shared: torch.Tensor) -> dict:
+        calls.append(x.shape[0])
+        if x.shape[0] > limit:
+            raise RuntimeError(f"{message}: you tried to allocate {x.shape[0]} GB")
+        return {"y": x * shared, "none": None}
+
+    return fn
+
+
+def test_run_chunked_halves_on_out_of_memory_and_keeps_the_smaller_chunk():
+    x, shared = torch.arange(10.0).reshape(5, 2), torch.tensor([2.0, 3.0])
+    calls: list[int] = []
+    with pytest.warns(RuntimeWarning, match="out of memory with a chunk of 5 seeds.*chunks of 2"):
+        out, size = sweep.run_chunked(_fake_allocating_fn(2, calls), (x, shared), (True, False), None)
+    assert torch.equal(out["y"], x * shared) and out["none"] is None
+    assert size == 2 and calls == [5, 2, 2, 1]
+    fn = sweep.SeedFn(_fake_allocating_fn(3, []), (True, False), chunk_size=4)
+    with pytest.warns(RuntimeWarning, match="chunk of 4 seeds"):
+        assert torch.equal(fn(x, shared)["y"], x * shared)
+    assert fn.chunk_size == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the kept chunk fits: no second warning
+        fn(x, shared)
+
+
+def test_run_chunked_reraises_other_errors_and_oom_at_one_seed():
+    x, shared = torch.ones(4, 2), torch.ones(2)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        sweep.run_chunked(_fake_allocating_fn(0, [], "shape mismatch"), (x, shared), (True, False), None)
+    with pytest.raises(RuntimeError, match="can't allocate"), pytest.warns(RuntimeWarning):
+        sweep.run_chunked(_fake_allocating_fn(0, []), (x, shared), (True, False), None)
+    with pytest.raises(ValueError, match="seeded has 1 entries for 2 args"):
+        sweep.run_chunked(_fake_allocating_fn(9, []), (x, shared), (True,), None)
+    with pytest.raises(ValueError, match="args\\[1\\] has 3 seeds but args\\[0\\] has 4"):
+        sweep.run_chunked(_fake_allocating_fn(9, []), (x, torch.ones(3, 2)), (True, True), None)
+
+
+def test_over_seeds_passes_none_leaves_and_shared_arguments():
+    def fn(p: dict, scale: torch.Tensor) -> dict:
+        return {"a": p["w"].sum() * scale, "b": None, "c": p["w"] + 1}
+
+    stacked = {"w": torch.arange(6.0).reshape(3, 2)}
+    out = sweep.over_seeds(fn, (True, False), chunk_size=2)(stacked, torch.tensor(2.0))
+    assert torch.equal(out["a"], torch.tensor([2.0, 10.0, 18.0])) and out["b"] is None
+    assert torch.equal(out["c"], stacked["w"] + 1)
+    with pytest.raises(TypeError, match="expected 2 arguments"):
+        sweep.over_seeds(fn, (True, False))(stacked)
+
+
+def test_evaluate_and_fit_equal_single_seed_versions():
+    opt = optim.sgd(0.05, momentum=0.9)
+    keys, params, state, masks = _mlp_setup(2)
+    x, y = mlp_data(4)
+    step = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    res = sweep.fit_seeds(
+        step, params, state, sweep.init_opt_seeds(opt, params), masks,
+        lambda e: sweep.seed_batches((x, y), 8, keys, e), 2,
+    )  # fmt: skip
+    single = train.make_step(mlp.apply, losses.cross_entropy, opt, compile=False)
+    eval_single = train.make_eval_step(mlp.apply, losses.cross_entropy, compile=False)
+    eval_seeds = sweep.make_seed_eval_step(mlp, losses.cross_entropy, per_seed_batches=False, compile=False)
+    got = sweep.evaluate_seeds(eval_seeds, res.params, res.state, masks, [(x[:10], y[:10]), (x[10:], y[10:])])
+    assert got["count"] == 24
+    for i, k in enumerate(keys):
+        p, m = sweep.seed_slice(params, i), sweep.seed_slice(masks, i)
+        fit = train.fit(
+            single, p, {}, opt.init(p), m, lambda e, k=k: data.batches(x, y, 8, key=data.epoch_key(k, e)), 2,
+            progress=False,
+        )  # fmt: skip
+        assert_tree_close(sweep.seed_slice(res.params, i), fit.params)
+        for e in range(2):
+            for name in ("accuracy", "loss"):
+                assert math.isclose(res.history[e][name][i], fit.history[e][name], rel_tol=1e-5, abs_tol=1e-6)
+        want = train.evaluate(eval_single, fit.params, {}, m, [(x[:10], y[:10]), (x[10:], y[10:])])
+        assert math.isclose(got["accuracy"][i], want["accuracy"], abs_tol=1e-9)
+        assert math.isclose(got["loss"][i], want["loss"], rel_tol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        sweep.evaluate_seeds(eval_seeds, res.params, res.state, masks, [])
+    with pytest.raises(TypeError, match="make_seed_step"):
+        sweep.fit_seeds(eval_seeds, params, state, {}, masks, lambda e: [], 1)
+
+
+@pytest.fixture(scope="module")
+def compiled_step():
+    """A compiled seed step whose backend (inductor) counts the graphs it is given."""
+    from torch._inductor.compile_fx import compile_fx
+
+    graphs: list[int] = []
+
+    def counting_inductor(gm, example_inputs):
+        graphs.append(len(gm.graph.nodes))
+        return compile_fx(gm, example_inputs)
+
+    opt = optim.sgd(0.05, momentum=0.9)
+    step = sweep.make_seed_step(
+        mlp, losses.cross_entropy, opt, per_seed_batches=False, compile=True, backend=counting_inductor
+    )
+    return opt, step, graphs
+
+
+def test_compiled_step_equals_eager_loop_and_does_not_recompile_for_new_masks(compiled_step):
+    opt, step, graphs = compiled_step
+    keys, params, state, masks = _mlp_setup(3)
+    opt_state = sweep.init_opt_seeds(opt, params)
+    x, y = mlp_data(6)
+    single = train.make_step(mlp.apply, losses.cross_entropy, opt, compile=False)
+    for sparsity in (0.5, 0.7):  # new mask values: same compiled graph
+        masks = sweep.select_seeds(magnitude.magnitude(params, masks), sparsity, masks=masks)
+        out = step(params, state, opt_state, masks, (x, y))
+        want = [
+            single(
+                sweep.seed_slice(params, i),
+                {},
+                sweep.seed_slice(opt_state, i),
+                sweep.seed_slice(masks, i),
+                (x, y),
+            )
+            for i in range(3)
+        ]
+        for j in range(4):
+            assert_seed_equals(out[j], [w[j] for w in want])
+    assert len(graphs) == 1  # one graph for both mask values
+
+
+# --------------------------------------------------------------------- scoring and selection
+@settings(max_examples=25, deadline=None)
+@given(
+    data_=st.data(),
+    n_seeds=st.integers(1, 4),
+    sparsity=pst.sparsities(),
+    scope=st.sampled_from(["global", "layer"]),
+)
+def test_select_seeds_equals_per_seed_select_exactly(data_, n_seeds, sparsity, scope):
+    params = data_.draw(
+        pst.params_trees(min_prunable=1, max_leaves=4, dtype=st.just(torch.float32)), label="params"
+    )
+    ones = mask.ones_like(params)
+    old = tree.stack(
+        [data_.draw(pst.masks(params, kind="unstructured"), label="old") for _ in range(n_seeds)]
+    )
+    scores = tree.stack(
+        [
+            data_.draw(pst.scores(ones, ties=data_.draw(st.booleans()), dtype=torch.float32))
+            for _ in range(n_seeds)
+        ]
+    )
+    new = sweep.select_seeds(scores, sparsity, scope=scope, masks=old)
+    for i in range(n_seeds):
+        want = select.unstructured(
+            sweep.seed_slice(scores, i), sparsity, scope=scope, masks=sweep.seed_slice(old, i)
+        )
+        assert_tree_close(sweep.seed_slice(new, i), want)
+        kept, total = mask.count(sweep.seed_slice(old, i))
+        if scope == "global" and total and sparsity >= 1 - kept / total:
+            exact_sparsity(sweep.seed_slice(new, i), sparsity)  # nothing revived, exactly round(s·N)
+
+
+def test_lowest_k_under_vmap_takes_the_kthvalue_path_and_equals_eager():
+    values = torch.tensor([[3.0, 1.0, 2.0, 1.0, 5.0], [0.0, 0.0, 0.0, 4.0, -1.0]])
+    got = torch.func.vmap(lambda v: select.lowest_k([v[:2], v[2:]], 3))(values)
+    for i in range(2):
+        want = select.lowest_k([values[i, :2], values[i, 2:]], 3)
+        assert torch.equal(got[0][i], want[0]) and torch.equal(got[1][i], want[1])
+    # by hand: row 0 prunes 1 (idx 1), 1 (idx 3), 2 (idx 2); row 1 prunes -1 (idx 4) and the first
+    # two of the three 0s (idx 0, 1). got[j] is leaf j (v[:2], v[2:]) of both rows.
+    assert got[0].tolist() == [[False, True], [True, True]]
+    assert got[1].tolist() == [[True, True, False], [False, False, True]]
+    vmapped_equals_loop(lambda v: select.lowest_k([v], 2)[0], (values,), 2)
+
+
+def test_select_seeds_rejects_non_finite_scores_naming_seed_and_path():
+    scores = {"w": torch.zeros(3, 2, 2)}
+    scores["w"][2, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"score 'w' of seed 2 is not finite at index \(1, 0\)"):
+        sweep.select_seeds(scores, 0.5)
+    with pytest.raises(TypeError, match="floating-point"):
+        sweep.select_seeds({"w": torch.zeros(3, 2, 2, dtype=torch.int64)}, 0.5)
+    with pytest.raises(ValueError, match="masks have 2 seeds but scores have 3"):
+        sweep.select_seeds(
+            {"w": torch.zeros(3, 2, 2)}, 0.5, masks={"w": torch.ones(2, 2, 2, dtype=torch.bool)}
+        )
+
+
+def test_score_seeds_vmap_equals_loop_and_random_runs_per_seed_keys():
+    _, params, state, masks = _mlp_setup(3)
+    keys = [5, 6, 7]
+    for name in ("magnitude", "l2"):
+        a = sweep.score_seeds(name, mlp, params, state, masks, keys=keys)
+        b = sweep.score_seeds(name, mlp, params, state, masks, keys=keys, vmap=False)
+        assert_tree_close(a, b, atol=0, rtol=0)
+        assert a["fc1"]["bias"] is None
+    rand = sweep.score_seeds("random", mlp, params, state, masks, keys=keys)  # reads the key: loops
+    for i, k in enumerate(keys):
+        assert_tree_close(
+            sweep.seed_slice(rand, i), magnitude.random(sweep.seed_slice(masks, i), k), atol=0, rtol=0
+        )
+    assert not torch.equal(rand["fc1"]["weight"][0], rand["fc1"]["weight"][1])
+    with pytest.raises(ValueError, match="reads the random key"):
+        sweep.score_seeds("random", mlp, params, state, masks, keys=keys, vmap=True)
+    with pytest.raises(ValueError, match="got 2 keys for 3 seeds"):
+        sweep.score_seeds("magnitude", mlp, params, state, masks, keys=[1, 2])
+    with pytest.raises(ValueError, match="unknown criterion"):
+        sweep.score_seeds("nope", mlp, params, state, masks, keys=keys)
+
+
+def test_score_seeds_falls_back_to_a_loop_when_vmap_cannot_trace():
+    _, params, state, masks = _mlp_setup(2)
+    x, y = mlp_data(2, n=4)
+
+    def data_dependent(inp: registry.ScoreInput) -> dict:
+        grads = {"w": inp.params["fc1"]["weight"]}
+        if bool(grads["w"].sum() > 1e9):  # Python control flow on a value: vmap cannot trace it
+            raise AssertionError("unreachable")
+        out = inp.restrict(magnitude.magnitude(inp.params, inp.masks))
+        return tree.map(lambda s: None if s is None else s * float(inp.batches[0][0].shape[0]), out)
+
+    crit = registry.Criterion("data_dependent", data_dependent, "element", True, "test")
+    batch = (torch.stack([x, x]), torch.stack([y, y]))
+    with pytest.warns(RuntimeWarning, match="cannot run under vmap"):
+        got = sweep.score_seeds(
+            crit, mlp, params, state, masks, keys=[1, 2], batches=[batch], per_seed_batches=True
+        )
+    want = sweep.score_seeds("magnitude", mlp, params, state, masks, keys=[1, 2])
+    assert_tree_close(got, tree.map(lambda s: None if s is None else 4 * s, want))
+
+    def units(inp: registry.ScoreInput) -> dict:
+        return {"fc1": inp.params["fc1"]["weight"].abs().sum(1)}
+
+    unit_crit = registry.Criterion("unit_norm", units, "unit", False, "test")
+    scored = sweep.score_seeds(unit_crit, mlp, params, state, masks, keys=[1, 2])
+    assert scored["fc1"].shape == (2, MLP_SIZES[1])
+    assert torch.equal(scored["fc1"], params["fc1"]["weight"].abs().sum(2))
+
+
+# -------------------------------------------------------------------------------- summaries
+def test_summarize_by_hand():
+    s = sweep.summarize([1.0, 2.0, 4.0])
+    assert s["n"] == 3 and math.isclose(s["mean"], 7 / 3)
+    assert math.isclose(s["std"], math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert sweep.summarize(torch.tensor([0.5])) == {"mean": 0.5, "std": 0.0, "n": 1}
+    with pytest.raises(ValueError, match="no values"):
+        sweep.summarize([])
+    with pytest.raises(ValueError, match=r"values\[1\] = nan"):
+        sweep.summarize([1.0, float("nan")])
+    with pytest.raises(ValueError, match="1-D"):
+        sweep.summarize(torch.zeros(2, 2))
+
+
+# --------------------------------------------------------------------------------- pipeline
+def test_run_seeds_equals_the_loop_of_single_seed_pipelines():
+    exp, init = experiment.setup(
+        "mlp", "digits", batch_size=128, lr=0.05, compile=False, model_cfg={"sizes": (64, 12, 10)}
+    )
+    keys = [21, 22]
+    res = sweep.run_seeds(exp, init, keys, sparsity=0.75, train_epochs=1, finetune_epochs=1, compile=False)
+    assert set(res.metrics) == {
+        "dense_accuracy", "dense_loss", "pruned_accuracy", "pruned_loss", "accuracy", "loss", "sparsity",
+    }  # fmt: skip
+    assert res.summary["accuracy"] == sweep.summarize(res.metrics["accuracy"])
+    record = json.loads(json.dumps(res.as_json(), allow_nan=False))
+    assert record["keys"] == keys and record["metrics"] == res.metrics and record["summary"] == res.summary
+    assert len(res.history["train"]) == 1 and len(res.history["finetune"][0]["loss"]) == 2
+    for i, k in enumerate(keys):
+        sub = sweep.seed_subkeys(k)
+        p, s = init(sub["init"])
+        m = mask.ones_like(p)
+        fit = train.fit(
+            exp.step, p, s, exp.optimizer.init(p), m, exp.train_batches(sub["train"]), 1, progress=False
+        )
+        dense = exp.evaluate(fit.params, fit.state, m)
+        scores = registry.get("magnitude")(
+            registry.ScoreInput(mlp.apply, fit.params, fit.state, m, (), sub["score"])
+        )
+        m = select.unstructured(scores, 0.75, masks=m)
+        p = mask.apply(fit.params, m)
+        tuned = train.fit(
+            exp.step,
+            p,
+            fit.state,
+            exp.optimizer.init(p),
+            m,
+            exp.train_batches(sub["finetune"]),
+            1,
+            progress=False,
+        )
+        final = exp.evaluate(tuned.params, tuned.state, m)
+        assert_tree_close(sweep.seed_slice(res.masks, i), m)
+        assert_tree_close(sweep.seed_slice(res.params, i), tuned.params)
+        assert math.isclose(res.metrics["dense_accuracy"][i], dense["accuracy"], abs_tol=1e-9)
+        assert math.isclose(res.metrics["accuracy"][i], final["accuracy"], abs_tol=1e-9)
+        assert math.isclose(res.metrics["loss"][i], final["loss"], rel_tol=1e-4)
+        assert math.isclose(res.metrics["sparsity"][i], mask.sparsity(m))
+    with pytest.raises(ValueError, match="sparsity must be a number in"):
+        sweep.run_seeds(exp, init, keys, sparsity=1.5, train_epochs=1, finetune_epochs=1, compile=False)
