@@ -4,7 +4,11 @@ pure-prune demo                       dense training, one-shot 80% global magnit
                                       fine-tuning on sklearn's digits; prints a before/after table
 pure-prune train --model mlp --data digits [--epochs 30 --lr 0.05 ...]
 pure-prune run [--config run.toml] --method imp --rate 0.2 --pruning-times 20 ... [--resume]
-                                      a pruning experiment, checkpointed per round (pure_prune.runner)
+                                      a pruning experiment, checkpointed per round (pure_prune.runner);
+                                      --seeds N runs N seeds and reports mean ± std
+pure-prune sweep --model mlp --data digits --criteria magnitude,random --compression 2,4,8 --seeds 5
+                                      accuracy vs compression ratio for many criteria, each point over
+                                      all seeds (pure_prune.grid); also under torchrun
 pure-prune report DIR... [--out report]
                                       table and plots of finished or running experiments
 """
@@ -65,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="report", help="folder for report.csv/.md and the PNGs (default: report)"
     )
     rep.add_argument("--no-plots", action="store_true", help="write the table only")
+    _sweep_parser(sub)
     return ap
 
 
@@ -81,6 +86,8 @@ _RUN_HELP = {
     "exclude": "globs of leaves kept dense, comma separated (e.g. 'conv1.*')",
     "model_cfg": "model options as JSON (e.g. '{\"sizes\": [64, 32, 32, 10]}')",
     "save_dir": "the run's folder (default runs/<method>-<model>-<data>-seed<seed>)",
+    "seeds": "number of seeds, keys seed..seed+N-1; one vmapped program for one_shot, gradual and imp, "
+    "one after another for the other methods; metrics are reported as mean ± std",
 }
 
 
@@ -125,6 +132,92 @@ def _run_parser(sub) -> None:
     )
 
 
+def _sweep_parser(sub) -> None:
+    """``pure-prune sweep``: the flags of ``grid.SweepConfig``."""
+    from pure_prune import grid
+
+    d = grid.SweepConfig()
+    sp = sub.add_parser(
+        "sweep",
+        help="accuracy vs compression for many criteria over seeds (pure_prune.grid); "
+        "torchrun --nproc_per_node N -m pure_prune sweep ... shards the points",
+    )
+    sp.add_argument("--model", default=d.model, help=f"one of: {', '.join(model_registry.names())}")
+    sp.add_argument("--data", default=d.data, help=f"one of: {', '.join(data.names())}")
+    sp.add_argument("--root", default=None, help="folder (or .npz file) for data sets you already have")
+    sp.add_argument("--model-cfg", type=json.loads, default={}, help="model options as JSON")
+    sp.add_argument(
+        "--criteria",
+        default=None,
+        help="comma list of criteria, each name or name:scope (global|layer); default: every registered "
+        "one of " + ", ".join(f"{n}:{s}" for n, s, _ in grid.DEFAULT_CRITERIA),
+    )
+    sp.add_argument(
+        "--compression",
+        default=",".join(f"{c:g}" for c in grid.COMPRESSIONS),
+        help="compression ratios c >= 1, comma separated; sparsity 1 - 1/c (default: %(default)s)",
+    )
+    sp.add_argument("--seeds", type=int, default=d.seeds, help="seeds per point (default: %(default)s)")
+    sp.add_argument(
+        "--epochs", type=int, default=d.epochs, help="dense training epochs (default: %(default)s)"
+    )
+    sp.add_argument(
+        "--finetune-epochs", type=int, default=d.finetune_epochs, help="after pruning (default: %(default)s)"
+    )
+    sp.add_argument("--batch-size", type=int, default=d.batch_size)
+    sp.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    sp.add_argument("--lr", type=float, default=d.lr)
+    sp.add_argument("--momentum", type=float, default=d.momentum)
+    sp.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    sp.add_argument(
+        "--score-batches", type=int, default=d.score_batches, help="batches for data-driven criteria"
+    )
+    sp.add_argument("--seed", type=int, default=d.seed, help="key of the first seed (default: %(default)s)")
+    sp.add_argument("--save-dir", default=None, help="results folder (default runs/sweep-<model>-<data>)")
+    sp.add_argument("--eager", action="store_true", help="do not torch.compile the vmapped steps")
+    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    sp.add_argument("--no-plots", action="store_true", help="skip sweep.png")
+
+
+def _float_list(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def _sweep(args) -> int:
+    from pure_prune import grid
+
+    cfg = grid.SweepConfig(
+        model=args.model,
+        data=args.data,
+        root=args.root,
+        model_cfg=args.model_cfg,
+        criteria=tuple(grid.parse_criteria(args.criteria)) if args.criteria is not None else (),
+        compression=_float_list(args.compression, "compression"),
+        seeds=args.seeds,
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        score_batches=args.score_batches,
+        seed=args.seed,
+        eager=args.eager,
+        threads=args.threads,
+        save_dir=args.save_dir,
+    )
+    t0 = time.perf_counter()
+    res = grid.run(cfg, plots=not args.no_plots)
+    if res is not None:  # rank 0 (or the only process)
+        print(res.markdown)
+        print(f"{res.computed} points computed, wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
@@ -152,9 +245,11 @@ def _run(args) -> int:
     res = runner.run(_run_config(args), resume=args.resume)
     if res.rounds:
         last = res.rounds[-1]
+        std = last.get("test_accuracy_std")
+        seeds = "" if std is None else f" ± {100 * std:.2f}% (mean ± std over {last['seeds']} seeds)"
         print(
-            f"{res.save_dir}: {len(res.rounds)} rounds, final test accuracy {100 * last['test_accuracy']:.2f}% at "
-            f"{100 * (1 - last['sparsity']):.2f}% of the prunable weights, {last['elapsed_seconds']:.1f} s"
+            f"{res.save_dir}: {len(res.rounds)} rounds, final test accuracy {100 * last['test_accuracy']:.2f}%"
+            f"{seeds} at {100 * (1 - last['sparsity']):.2f}% of the prunable weights, {last['elapsed_seconds']:.1f} s"
         )
     return 0
 
@@ -306,9 +401,9 @@ def _demo(args) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
-    if args.command in ("run", "report"):
+    if args.command in ("run", "report", "sweep"):
         try:
-            return {"run": _run, "report": _report}[args.command](args)
+            return {"run": _run, "report": _report, "sweep": _sweep}[args.command](args)
         except (ValueError, TypeError, FileNotFoundError) as e:
             print(f"pure-prune: error: {e}", file=sys.stderr)
             return 2

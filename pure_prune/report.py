@@ -21,6 +21,14 @@ report directory also gets ``rounds.png`` (sparsity and accuracy across rounds),
 coloured by method), ``accuracy_bars.png`` (best and final accuracy per run), and per run
 ``masks_<run>.png`` (the final mask of every prunable layer) and ``mask_kinds_<run>.png``
 (unstructured, row, column and 2:4 masks of one layer at the run's sparsity, side by side).
+
+**Runs of several seeds** (``pure-prune run --seeds N``): the row shows the accuracies as
+``mean ± std`` over the seeds (``best_accuracy_std``, ``final_accuracy_std``; sample std), and
+``sparsity``, ``params_kept`` and the FLOPs are means over the seeds (every seed's FLOPs are
+counted on its own final masks). The curves of ``rounds.png`` and ``accuracy_vs_weights.png``
+carry ``mean ± std`` bands (``fill_between``), the bars error bars; the mask pictures show seed 0.
+:attr:`Run.final` then holds the seeds' final trees stacked (seed axis first), read from the run's
+own checkpoints (vmapped seeds) or from its seed directories (sequential seeds).
 """
 
 from __future__ import annotations
@@ -43,11 +51,13 @@ from pure_prune import models as model_registry
 __all__ = [
     "COLUMNS",
     "Run",
+    "n_seeds",
     "count_flops",
     "format_table",
     "load_run",
     "markdown_table",
     "mask_kinds",
+    "mean_std_band",
     "plot_accuracy_bars",
     "plot_accuracy_vs_weights",
     "plot_mask_kinds",
@@ -63,8 +73,11 @@ COLUMNS = (
     "model",
     "data",
     "rounds",
+    "seeds",
     "best_accuracy",
+    "best_accuracy_std",
     "final_accuracy",
+    "final_accuracy_std",
     "sparsity",
     "params_kept",
     "params_total",
@@ -76,7 +89,8 @@ COLUMNS = (
 
 class Run(NamedTuple):
     """A run directory read back: its name, path, ``run.json`` content, per-round metrics and the
-    trees of its last checkpoint (``{}`` when it has none)."""
+    trees of its last checkpoint (``{}`` when it has none; stacked over the seeds for a run of
+    several seeds, see the module docstring)."""
 
     name: str
     path: Path
@@ -87,6 +101,40 @@ class Run(NamedTuple):
 
 def _checkpoint_paths(path: Path) -> list[Path]:
     return sorted((path / "checkpoints").glob("round_*.safetensors"))
+
+
+def n_seeds(run: Run) -> int:
+    """The number of seeds of ``run``: ``len(run.json["seeds"]["keys"])``, 1 for a single-seed run."""
+    return len(run.info.get("seeds", {}).get("keys", [])) or 1
+
+
+def _seed_dirs(path: Path, info: dict[str, Any]) -> list[Path]:
+    """The seed directories of a run whose seeds ran one after another (``[]`` otherwise)."""
+    seeds = info.get("seeds", {})
+    return [path / d for d in seeds.get("dirs", [])] if seeds.get("mode") == "sequential" else []
+
+
+def _final_trees(path: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The last checkpoint's trees; for sequential seeds the seeds' ``params``/``state``/``masks``
+    stacked (``{}`` until every seed has reached the same last round)."""
+    dirs = _seed_dirs(path, info)
+    if not dirs:
+        ckpts = _checkpoint_paths(path)
+        return checkpoint.load(ckpts[-1])[0] if ckpts else {}
+    last = [_checkpoint_paths(d)[-1:] for d in dirs]
+    if any(not c or c[0].name != last[0][0].name for c in last):
+        return {}  # a seed has not reached the round of the others yet
+    finals = [checkpoint.load(c[0])[0] for c in last]
+    out = {name: tree.stack([f[name] for f in finals]) for name in ("params", "masks")}
+    out["state"] = tree.stack([f["state"] for f in finals]) if tree.leaves(finals[0]["state"]) else {}
+    return out
+
+
+def _seed(trees: Any, run: Run, i: int = 0) -> Any:
+    """Seed ``i`` of a stacked tree of a several-seed run; the tree itself for one seed."""
+    if n_seeds(run) == 1 or not tree.leaves(trees):
+        return trees
+    return tree.map(lambda x: None if x is None else x[i], trees)
 
 
 def load_run(directory: str | Path) -> Run:
@@ -102,9 +150,7 @@ def load_run(directory: str | Path) -> Run:
         rounds = [json.loads(line) for line in lines if line.strip()]
     except json.JSONDecodeError as e:
         raise ValueError(f"{str(path)!r}: a metrics file is not valid JSON ({e})") from e
-    ckpts = _checkpoint_paths(path)
-    final = checkpoint.load(ckpts[-1])[0] if ckpts else {}
-    return Run(path.resolve().name, path, info, rounds, final)
+    return Run(path.resolve().name, path, info, rounds, _final_trees(path, info))
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -179,19 +225,26 @@ def count_flops(
 
 
 def summarize(run: Run) -> dict[str, Any]:
-    """The table row of ``run`` (``COLUMNS``); FLOPs need the final checkpoint (``None`` without)."""
+    """The table row of ``run`` (``COLUMNS``); FLOPs need the final checkpoint (``None`` without).
+
+    Several seeds: accuracies, sparsity and ``params_kept`` are the means of the round row (with
+    the accuracies' ``_std``); FLOPs are counted per seed and averaged (rounded to an int)."""
     cfg = run.info.get("config", {})
     last = run.rounds[-1] if run.rounds else {}
+    kept = last.get("params_kept")
     row: dict[str, Any] = {
         "run": run.name,
         "method": cfg.get("method"),
         "model": cfg.get("model"),
         "data": cfg.get("data"),
         "rounds": len(run.rounds),
+        "seeds": n_seeds(run),
         "best_accuracy": last.get("best_test_accuracy"),
+        "best_accuracy_std": last.get("best_test_accuracy_std"),
         "final_accuracy": last.get("test_accuracy"),
+        "final_accuracy_std": last.get("test_accuracy_std"),
         "sparsity": last.get("sparsity"),
-        "params_kept": last.get("params_kept"),
+        "params_kept": kept if kept is None else round(kept),
         "params_total": last.get("params_total"),
         "flops_kept": None,
         "flops_total": None,
@@ -200,24 +253,21 @@ def summarize(run: Run) -> dict[str, Any]:
     if run.final:
         spec = model_registry.get(cfg["model"])
         dtype = getattr(torch, run.info.get("input_dtype", "float32"))
-        flops = count_flops(
-            spec.apply,
-            run.final["params"],
-            run.final["state"],
-            run.final["masks"],
-            run.info["input_shape"],
-            input_dtype=dtype,
-        )
-        row["flops_total"] = sum(d for d, _ in flops.values())
-        row["flops_kept"] = sum(k for _, k in flops.values())
+        per_seed = []
+        for i in range(n_seeds(run)):
+            trees = [_seed(run.final[name], run, i) for name in ("params", "state", "masks")]
+            flops = count_flops(spec.apply, *trees, run.info["input_shape"], input_dtype=dtype)
+            per_seed.append((sum(d for d, _ in flops.values()), sum(k for _, k in flops.values())))
+        row["flops_total"] = per_seed[0][0]
+        row["flops_kept"] = round(math.fsum(k for _, k in per_seed) / len(per_seed))
     return row
 
 
-def _cell(key: str, v: Any) -> str:
+def _cell(key: str, v: Any, std: float | None = None) -> str:
     if v is None:
         return "-"
     if key in ("best_accuracy", "final_accuracy", "sparsity"):
-        return f"{100 * v:.2f}%"
+        return f"{100 * v:.2f}%" if std is None else f"{100 * v:.2f} ± {100 * std:.2f}%"
     if key == "wall_seconds":
         return f"{v:.1f}"
     if isinstance(v, int) and not isinstance(v, bool):
@@ -225,8 +275,12 @@ def _cell(key: str, v: Any) -> str:
     return str(v)
 
 
+_SHOWN = ("run", "method", "model", "data", "rounds", "seeds", "best_accuracy", "final_accuracy", "sparsity")
+
+
 def _display(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    head = [*COLUMNS[:8], "weights_kept", "params", "flops_kept", "wall_s"]
+    """Header and cells; accuracies of several-seed rows read ``mean ± std%``."""
+    head = [*_SHOWN, "weights_kept", "params", "flops_kept", "wall_s"]
     body = []
     for r in rows:
         weights = None if r["sparsity"] is None else f"{100 * (1 - r['sparsity']):.2f}%"
@@ -236,7 +290,7 @@ def _display(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             flops = f"{r['flops_kept']:,} ({100 * r['flops_kept'] / r['flops_total']:.2f}%)"
         body.append(
             [
-                *(_cell(k, r[k]) for k in COLUMNS[:8]),
+                *(_cell(k, r.get(k), r.get(f"{k}_std")) for k in _SHOWN),
                 weights or "-",
                 params,
                 flops,
@@ -284,17 +338,40 @@ def _pyplot():
 
 
 def _label(run: Run) -> str:
-    return f"{run.info.get('config', {}).get('method')} ({run.name})"
+    seeds = n_seeds(run)
+    tail = f", {seeds} seeds" if seeds > 1 else ""
+    return f"{run.info.get('config', {}).get('method')} ({run.name}{tail})"
+
+
+def mean_std_band(
+    rows: Sequence[dict[str, Any]], key: str, *, scale: float = 100.0
+) -> tuple[list, list] | None:
+    """``(lower, upper)`` = ``scale · (mean ∓ std)`` of ``key`` per row, from ``row[key]`` (the mean
+    over seeds) and ``row[key + "_std"]``; ``None`` unless every row has both (a single-seed run)."""
+    if not rows or any(r.get(key) is None or r.get(f"{key}_std") is None for r in rows):
+        return None
+    lower = [scale * (r[key] - r[f"{key}_std"]) for r in rows]
+    upper = [scale * (r[key] + r[f"{key}_std"]) for r in rows]
+    return lower, upper
+
+
+def _line(ax: Any, xs: list, rows: Sequence[dict[str, Any]], key: str, **kw: Any) -> None:
+    """``100 · row[key]`` against ``xs``, with a ``mean ± std`` band when the rows have one."""
+    (line,) = ax.plot(xs, [100 * r[key] for r in rows], **kw)
+    band = mean_std_band(rows, key)
+    if band is not None:
+        ax.fill_between(xs, *band, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
 def plot_rounds(runs: Sequence[Run], path: str | Path) -> Path:
-    """Sparsity (%) and test accuracy (%) against the round index, one line per run; a PNG at ``path``."""
+    """Sparsity (%) and test accuracy (%) against the round index, one line per run; runs of several
+    seeds draw the mean with a ``mean ± std`` band. A PNG at ``path``."""
     plt = _pyplot()
     fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
         idx = [r["round"] for r in run.rounds]
-        ax_s.plot(idx, [100 * r["sparsity"] for r in run.rounds], marker="o", ms=3, label=_label(run))
-        ax_a.plot(idx, [100 * r["test_accuracy"] for r in run.rounds], marker="o", ms=3, label=_label(run))
+        _line(ax_s, idx, run.rounds, "sparsity", marker="o", ms=3, label=_label(run))
+        _line(ax_a, idx, run.rounds, "test_accuracy", marker="o", ms=3, label=_label(run))
     ax_s.set(xlabel="round", ylabel="sparsity of prunable weights (%)", title="sparsity across rounds")
     ax_a.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy across rounds")
     from matplotlib.ticker import MaxNLocator
@@ -308,7 +385,8 @@ def plot_rounds(runs: Sequence[Run], path: str | Path) -> Path:
 
 def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
     """Test accuracy against the remaining share of prunable weights (log x axis, 100% on the left),
-    one line per run, one colour per method; a PNG at ``path``."""
+    one line per run, one colour per method, ``mean ± std`` bands for runs of several seeds (at the
+    mean remaining share); a PNG at ``path``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = sorted({str(r.info.get("config", {}).get("method")) for r in runs})
@@ -317,11 +395,20 @@ def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
     seen: dict[str, int] = {}
     for run in runs:
         kept = [max(100 * (1 - r["sparsity"]), 1e-3) for r in run.rounds]
-        acc = [100 * r["test_accuracy"] for r in run.rounds]
         method = str(run.info.get("config", {}).get("method"))
         style = styles[seen.get(method, 0) % len(styles)]  # runs of one method: one colour, own line style
         seen[method] = seen.get(method, 0) + 1
-        ax.plot(kept, acc, style, marker="o", ms=3, color=colours[method], label=_label(run))
+        _line(
+            ax,
+            kept,
+            run.rounds,
+            "test_accuracy",
+            linestyle=style,
+            marker="o",
+            ms=3,
+            color=colours[method],
+            label=_label(run),
+        )
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set(
@@ -335,14 +422,15 @@ def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
 
 
 def plot_accuracy_bars(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Best and final accuracy per run as grouped bars (seeds Source C's comparison chart)."""
+    """Best and final accuracy per run as grouped bars (seeds Source C's comparison chart), with
+    ``± std`` error bars for runs of several seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4))
     xs = range(len(rows))
-    best = [100 * (r["best_accuracy"] or 0) for r in rows]
-    final = [100 * (r["final_accuracy"] or 0) for r in rows]
-    ax.bar([x - 0.2 for x in xs], best, width=0.4, label="best")
-    ax.bar([x + 0.2 for x in xs], final, width=0.4, label="final")
+    for name, shift in (("best", -0.2), ("final", 0.2)):
+        heights = [100 * (r[f"{name}_accuracy"] or 0) for r in rows]
+        errors = [100 * (r.get(f"{name}_accuracy_std") or 0) for r in rows]
+        ax.bar([x + shift for x in xs], heights, width=0.4, label=name, yerr=errors, capsize=3)
     ax.set_xticks(list(xs), [r["run"] for r in rows], rotation=20, ha="right", fontsize=7)
     ax.set(ylabel="test accuracy (%)", title="best and final accuracy")
     ax.legend()
@@ -427,14 +515,17 @@ def _save_fig(fig: Any, path: str | Path) -> Path:
 
 
 def _run_plots(run: Run, out: Path) -> list[Path]:
+    """The final masks and the mask kinds of ``run`` (seed 0 of a several-seed run)."""
     if not run.final:
         return []
-    files = [
-        plot_masks(run.final["masks"], out / f"masks_{run.name}.png", title=f"final masks: {_label(run)}")
-    ]
-    ckpts = _checkpoint_paths(run.path)
+    which = " (seed 0)" if n_seeds(run) > 1 else ""
+    masks = _seed(run.final["masks"], run)
+    files = [plot_masks(masks, out / f"masks_{run.name}.png", title=f"final masks: {_label(run)}{which}")]
+    dirs = _seed_dirs(run.path, run.info)
+    ckpts = _checkpoint_paths(dirs[0] if dirs else run.path)
     dense = checkpoint.load(ckpts[0])[0]["params"]  # round 0: trained before (most) pruning
-    masks = run.final["masks"]
+    if not dirs:
+        dense = _seed(dense, run)
     names, m_leaves, _ = tree.flatten_with_paths(masks)
     layers = [(p, m) for p, m in zip(names, m_leaves) if m is not None and m.ndim >= 2]
     if layers:

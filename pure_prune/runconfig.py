@@ -10,6 +10,10 @@ a TOML key may use ``-`` for ``_``.
 names the knob and its value: an unknown key or method (listing the known ones), ``rate >= 1``, a
 rewind epoch past the end of training, a knob set away from its default that the chosen method
 does not use. :func:`config_hash` identifies a run's results (every knob that can change them).
+
+``seeds`` (default 1) runs the seeds with keys ``seed, seed + 1, ..., seed + seeds - 1``
+(:meth:`RunConfig.seed_keys`) in one run; seed ``i`` is the run ``seed = seed + i`` (see
+``pure_prune.runner``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ GRADUAL_SCHEDULES = ("linear_steps", "linear", "polynomial")
 BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends a run may use
 # knobs that never change a run's results: excluded from the hash, allowed to differ on --resume
 NOT_HASHED = ("save_dir", "progress", "threads", "root")
+# knobs added after runs were first saved: left out of the hash at these values, so the hash of a run
+# saved before the knob existed stays the same
+HASH_NEUTRAL: dict[str, Any] = {"seeds": 1}
 
 _ALL = METHODS
 _ITER = ("imp", "refill", "rsst", "distill")
@@ -111,6 +118,7 @@ class RunConfig:
     batch_size: int = 64
     score_batches: int = 1
     seed: int = 0
+    seeds: int = 1
     compile: bool = True
     backend: str = "inductor"
     eval_every_epoch: bool = True
@@ -122,17 +130,23 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """A copy with the method defaults filled in: ``struct`` (``channels`` for rsst, else
         ``unstructured``), ``scope`` (``layer`` for channels, else ``global``), ``schedule`` (``linear_steps`` for gradual, else ``geometric``),
-        ``criteria`` (``remain``) and ``save_dir`` (``runs/<method>-<model>-<data>-seed<seed>``)."""
+        ``criteria`` (``remain``) and ``save_dir`` (``runs/<method>-<model>-<data>-seed<seed>``, or
+        ``...-seeds<first>-<last>`` for several seeds)."""
         rsst = self.method == "rsst"
         struct = self.struct or ("channels" if rsst else "unstructured")
+        tag = f"seed{self.seed}" if self.seeds == 1 else f"seeds{self.seed}-{self.seed + self.seeds - 1}"
         return dataclasses.replace(
             self,
             struct=struct,
             scope=self.scope or ("layer" if struct == "channels" else "global"),
             schedule=self.schedule or ("linear_steps" if self.method == "gradual" else "geometric"),
             criteria=self.criteria or "remain",
-            save_dir=self.save_dir or f"runs/{self.method}-{self.model}-{self.data}-seed{self.seed}",
+            save_dir=self.save_dir or f"runs/{self.method}-{self.model}-{self.data}-{tag}",
         )
+
+    def seed_keys(self) -> list[int]:
+        """The random keys of the run's seeds: ``[seed, seed + 1, ..., seed + seeds - 1]``."""
+        return [self.seed + i for i in range(self.seeds)]
 
     def check(self) -> RunConfig:
         """Return ``self`` (resolved) or raise ``ValueError`` naming the bad knob and its value."""
@@ -155,7 +169,7 @@ class RunConfig:
             raise ValueError(f"sparsity must be in [0, 1), got {c.sparsity!r}")
         if not 0.0 <= c.fillback_rate <= 1.0:
             raise ValueError(f"fillback_rate must be in [0, 1], got {c.fillback_rate!r}")
-        for knob in ("epochs", "batch_size", "score_batches"):
+        for knob in ("epochs", "batch_size", "score_batches", "seeds"):
             if getattr(c, knob) < 1:
                 raise ValueError(f"{knob} must be >= 1, got {getattr(c, knob)!r}")
         for knob in ("pruning_times", "rewind_epoch", "finetune_epochs", "gradual_start", "seed"):
@@ -326,6 +340,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def config_hash(config: RunConfig) -> str:
-    """SHA-256 (hex) of the resolved knobs that can change a run's results (all but ``NOT_HASHED``)."""
-    data = {k: v for k, v in config.resolved().to_json().items() if k not in NOT_HASHED}
+    """SHA-256 (hex) of the resolved knobs that can change a run's results (all but ``NOT_HASHED``,
+    and those of ``HASH_NEUTRAL`` at their neutral value)."""
+    data = {
+        k: v
+        for k, v in config.resolved().to_json().items()
+        if k not in NOT_HASHED and not (k in HASH_NEUTRAL and v == HASH_NEUTRAL[k])
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

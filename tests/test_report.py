@@ -135,3 +135,74 @@ def test_plot_masks_needs_a_matrix(tmp_path):
     assert path.read_bytes()[:8] == PNG
     rows = json.loads(json.dumps([{"run": "x", "best_accuracy": 0.5, "final_accuracy": None}]))
     assert report.plot_accuracy_bars(rows, tmp_path / "b.png").read_bytes()[:8] == PNG
+
+
+# ----------------------------------------------------------------------------- several seeds
+
+
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory):
+    """A vmapped 2-seed IMP run and a sequential 2-seed Refill run (tiny, eager)."""
+    root = tmp_path_factory.mktemp("seed_runs")
+    common = dict(
+        model_cfg={"sizes": (64, 16, 16, 10)},
+        epochs=1,
+        batch_size=128,
+        compile=False,
+        progress=False,
+        seeds=2,
+    )
+    out = []
+    for name, knobs in (
+        ("imp2", {"method": "imp", "rate": 0.5, "pruning_times": 2}),
+        ("refill2", {"method": "refill", "rate": 0.5, "pruning_times": 1, "fillback_rate": 0.2}),
+    ):
+        cfg = dataclasses.replace(RunConfig(), **common, **knobs, save_dir=str(root / name))
+        out.append(runner.run(cfg, log=lambda _: None))
+    return out
+
+
+def test_mean_std_band_by_hand():
+    rows = [{"acc": 0.5, "acc_std": 0.1}, {"acc": 0.7, "acc_std": 0.0}]
+    lower, upper = report.mean_std_band(rows, "acc")
+    assert lower == pytest.approx([40.0, 70.0]) and upper == pytest.approx([60.0, 70.0])
+    assert report.mean_std_band([{"acc": 0.5}], "acc") is None  # one seed: no band
+    assert report.mean_std_band([{"acc": 0.5, "acc_std": None}], "acc") is None
+    assert report.mean_std_band([], "acc") is None
+
+
+def test_several_seeds_give_mean_std_rows_bands_and_pictures(seed_runs, runs, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    bands = []
+    fill_between = Axes.fill_between
+    monkeypatch.setattr(
+        Axes, "fill_between", lambda ax, *a, **k: bands.append(a) or fill_between(ax, *a, **k)
+    )
+    rows, files = report.report([r.save_dir for r in seed_runs], tmp_path / "rep")
+    # rounds.png: sparsity and accuracy bands per run; accuracy_vs_weights.png: one per run
+    assert len(bands) == 3 * len(seed_runs)
+    imp_row, refill_row = rows
+    last = seed_runs[0].rounds[-1]
+    assert imp_row["seeds"] == 2 and refill_row["seeds"] == 2
+    assert imp_row["final_accuracy"] == last["test_accuracy"]
+    assert imp_row["final_accuracy_std"] == last["test_accuracy_std"] > 0
+    assert imp_row["best_accuracy_std"] == last["best_test_accuracy_std"]
+    dense = 2 * (64 * 16 + 16 * 16 + 16 * 10)
+    assert imp_row["flops_total"] == dense and imp_row["flops_kept"] == 2 * round(0.25 * (dense // 2))
+    assert refill_row["flops_kept"] is not None and refill_row["params_kept"] == round(
+        seed_runs[1].rounds[-1]["params_kept"]
+    )
+    md = (tmp_path / "rep" / "report.md").read_text()
+    mean, std = 100 * last["test_accuracy"], 100 * last["test_accuracy_std"]
+    assert f"{mean:.2f} ± {std:.2f}%" in md and "| seeds |" in md
+    assert " ± " in report.format_table(rows)
+    names = {f.name for f in files}
+    assert {"rounds.png", "accuracy_vs_weights.png", "accuracy_bars.png"} <= names
+    assert {"masks_imp2.png", "mask_kinds_imp2.png", "masks_refill2.png", "mask_kinds_refill2.png"} <= names
+    assert all(f.read_bytes()[:8] == PNG for f in files if f.suffix == ".png")
+    table = list(csv.DictReader((tmp_path / "rep" / "report.csv").open()))
+    assert float(table[0]["final_accuracy_std"]) == pytest.approx(last["test_accuracy_std"])
+    bands.clear()
+    single, _ = report.report([runs[0].save_dir], tmp_path / "one")
+    assert bands == [] and single[0]["seeds"] == 1 and single[0]["final_accuracy_std"] is None

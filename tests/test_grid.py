@@ -1,0 +1,338 @@
+"""pure-prune sweep (pure_prune.grid): compression by hand, criteria lists, the grid's files, resume
+of missing points, the dense cache, equality with sweep.run_seeds, channel pruning by unit scores,
+torchrun, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pure_prune import cli, grid, importance, losses, select, sweep, tree
+from pure_prune.algorithms import masking
+from pure_prune.experiment import setup
+from pure_prune.importance import magnitude
+from pure_prune.importance.registry import Criterion, ScoreInput
+
+TINY = {"sizes": [64, 16, 16, 10]}
+SMALL = dict(model_cfg=TINY, seeds=2, epochs=2, finetune_epochs=1, batch_size=128, eager=True, threads=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """2 criteria x 2 compressions x 2 seeds, tiny MLP on digits, eager: (config, result, log lines,
+    the CSV text as first written)."""
+    cfg = grid.SweepConfig(
+        criteria=(("magnitude", "global"), ("random", "global")),
+        compression=(2, 8),
+        save_dir=str(tmp_path_factory.mktemp("sweep") / "out"),
+        **SMALL,
+    )
+    lines: list[str] = []
+    res = grid.run(cfg, log=lines.append)
+    return cfg, res, lines, res.files[0].read_text()
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_sparsity_of_compression_by_hand():
+    assert [grid.sparsity_of(c) for c in (1, 2, 4, 8, 16, 32)] == [0.0, 0.5, 0.75, 0.875, 0.9375, 0.96875]
+    assert grid.sparsity_of(1.25) == pytest.approx(0.2)
+    for bad in (0.5, 0, -2, float("nan"), float("inf"), True, "4"):
+        with pytest.raises(ValueError, match="compression ratio must be"):
+            grid.sparsity_of(bad)
+
+
+def test_criteria_lists_follow_the_registry():
+    known = importance.names()
+    default = grid.default_criteria()
+    assert (
+        ("magnitude", "global") in default
+        and ("magnitude", "layer") in default
+        and ("random", "global") in default
+    )
+    assert all(n in known for n, _ in default) and not {"l1", "l2"} & {n for n, _ in default}
+    order = [(n, s) for n, s, _ in grid.DEFAULT_CRITERIA]
+    assert [order.index(c) for c in default] == sorted(order.index(c) for c in default)
+    assert grid.parse_criteria("magnitude, random:layer,magnitude:layer") == [
+        ("magnitude", "global"),
+        ("random", "layer"),
+        ("magnitude", "layer"),
+    ]
+    assert grid.parse_criteria(["l2"]) == [("l2", "global")]
+    with pytest.raises(
+        ValueError, match=f"unknown criterion 'oracle' in --criteria; known criteria: {', '.join(known)}"
+    ):
+        grid.parse_criteria("magnitude,oracle")
+    with pytest.raises(ValueError, match="unknown scope 'block'; known: global, layer"):
+        grid.parse_criteria("magnitude:block")
+    with pytest.raises(ValueError, match="listed twice"):
+        grid.parse_criteria("random,random:global")
+    with pytest.raises(ValueError, match="at least one criterion"):
+        grid.parse_criteria(" , ")
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"seeds": 0}, "seeds must be an int >= 1, got 0"),
+        ({"epochs": 0}, "epochs must be an int >= 1"),
+        ({"finetune_epochs": -1}, "finetune_epochs must be an int >= 0"),
+        ({"compression": (2, 0.5)}, r"compression ratio must be >= 1 .*got 0.5"),
+        ({"compression": (2, 2.0)}, "compression ratios repeat"),
+        ({"compression": ()}, "at least one ratio"),
+        ({"criteria": (("magnitude", "global"), ("nope", "global"))}, "known criteria: "),
+        ({"lr": 0.0}, "lr must be a positive number"),
+    ],
+)
+def test_bad_settings_give_clear_errors(changes, needle):
+    with pytest.raises(ValueError, match=needle):
+        grid.SweepConfig(**{**SMALL, **changes}).check()
+
+
+def test_cli_bad_input_exits_2_with_the_reason(tmp_path, capsys):
+    base = [
+        "sweep",
+        "--model-cfg",
+        '{"sizes": [64, 16, 16, 10]}',
+        "--eager",
+        "--save-dir",
+        str(tmp_path / "s"),
+    ]
+    cases = [
+        (["--criteria", "magnitude,oracle"], f"known criteria: {', '.join(importance.names())}"),
+        (["--compression", "2,0.5"], "compression ratio must be >= 1"),
+        (["--compression", "2,x"], "--compression must be comma-separated numbers, got '2,x'"),
+        (["--seeds", "0"], "seeds must be an int >= 1, got 0"),
+    ]
+    for flags, needle in cases:
+        assert cli.main([*base, *flags]) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+# ----------------------------------------------------------------------------- tables by hand
+
+
+def _result(dense, pruned, tuned, sparsity):
+    def s(v):
+        return {"mean": v[0], "std": v[1], "n": 2}
+
+    return {
+        "summary": {
+            "dense_accuracy": s(dense),
+            "pruned_accuracy": s(pruned),
+            "accuracy": s(tuned),
+            "sparsity": s((sparsity, 0.0)),
+        }
+    }
+
+
+def test_table_and_markdown_by_hand():
+    points = [
+        {"criterion": "magnitude", "scope": "global", "level": "element", "compression": 2.0},
+        {"criterion": "magnitude", "scope": "global", "level": "element", "compression": 4.0},
+    ]
+    results = [
+        _result((0.9, 0.01), (0.8, 0.02), (0.85, 0.005), 0.5),
+        _result((0.9, 0.01), (0.5, 0.1), (0.7, 0.0), 0.75),
+    ]
+    rows = grid.table(points, results)
+    assert [(r["criterion"], r["compression"], r["finetuned"]) for r in rows] == [
+        ("dense", 1.0, False),
+        ("magnitude", 2.0, False),
+        ("magnitude", 2.0, True),
+        ("magnitude", 4.0, False),
+        ("magnitude", 4.0, True),
+    ]
+    assert rows[3] == {
+        "criterion": "magnitude",
+        "scope": "global",
+        "compression": 4.0,
+        "sparsity": 0.75,
+        "finetuned": False,
+        "accuracy_mean": 0.5,
+        "accuracy_std": 0.1,
+        "n": 2,
+        "level": "element",
+        "achieved_sparsity": 0.75,
+    }
+    assert grid.markdown(rows, title="t").splitlines() == [
+        "t: test accuracy (%), mean ± std over 2 seeds; dense 90.00 ± 1.00.",
+        "",
+        "| criterion | scope | fine-tuned | ×2 (50.0%) | ×4 (75.0%) |",
+        "|---|---|---|---:|---:|",
+        "| magnitude | global | no | 80.00 ± 2.00 | 50.00 ± 10.00 |",
+        "| magnitude | global | yes | 85.00 ± 0.50 | 70.00 ± 0.00 |",
+    ]
+    with pytest.raises(ValueError, match="one result per point"):
+        grid.table(points, results[:1])
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def test_sweep_writes_the_csv_markdown_and_plot(swept):
+    cfg, res, lines, _ = swept
+    assert res.computed == 4
+    assert "dense: training 2 seeds x 2 epochs as one vmapped program" in lines[0]
+    assert any("4 points (2 criteria x 2 compressions), 4 to compute on 1 process" in x for x in lines)
+    save = res.files[0].parent
+    table = list(csv.DictReader((save / "sweep.csv").open()))
+    assert list(table[0]) == list(grid.CSV_COLUMNS) and len(table) == 1 + 2 * 2 * 2
+    assert (table[0]["criterion"], table[0]["compression"], table[0]["n"]) == ("dense", "1.0", "2")
+    keys = [(r["criterion"], r["scope"], r["compression"], r["sparsity"], r["finetuned"]) for r in table[1:]]
+    assert keys == [
+        (c, "global", comp, sp, ft)
+        for c in ("magnitude", "random")
+        for comp, sp in (("2.0", "0.5"), ("8.0", "0.875"))
+        for ft in ("False", "True")
+    ]
+    for r in table[1:]:
+        assert float(r["achieved_sparsity"]) == pytest.approx(float(r["sparsity"]), abs=1e-3)
+        assert 0.0 <= float(r["accuracy_mean"]) <= 1.0 and float(r["accuracy_std"]) >= 0.0 and r["n"] == "2"
+    md = (save / "sweep.md").read_text()
+    assert md == res.markdown and "| criterion | scope | fine-tuned | ×2 (50.0%) | ×8 (87.5%) |" in md
+    cell = f"{100 * float(table[1]['accuracy_mean']):.2f} ± {100 * float(table[1]['accuracy_std']):.2f}"
+    assert f"| magnitude | global | no | {cell} |" in md
+    assert (save / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((save / "points").glob("*/*.json"))) == 4 and len(list((save / "dense").iterdir())) == 1
+
+
+def test_resume_computes_only_missing_points_and_reuses_the_dense_cache(swept):
+    cfg, first, _, _ = swept
+    save = first.files[0].parent
+    files = sorted((save / "points").glob("*/*.json"))
+    before = {p: p.read_bytes() for p in files}
+    dense = next((save / "dense").iterdir())
+    dense_stat = dense.stat().st_mtime_ns
+    csv_before = (save / "sweep.csv").read_text()
+    files[1].unlink()
+    lines: list[str] = []
+    again = grid.run(cfg, log=lines.append)
+    assert again.computed == 1 and any(
+        "4 points (2 criteria x 2 compressions), 1 to compute" in x for x in lines
+    )
+    assert lines[0].startswith("dense: loaded 2 seeds from cache") and dense.stat().st_mtime_ns == dense_stat
+    assert sum(x.startswith("point ") for x in lines) == 1
+    for p in files:
+        if p != files[1]:
+            assert p.read_bytes() == before[p]  # untouched
+    assert (save / "sweep.csv").read_text() == csv_before  # the recomputed point gives the same numbers
+    lines.clear()
+    other = grid.run(dataclasses.replace(cfg, finetune_epochs=0), log=lines.append, plots=False)
+    assert other.computed == 4 and lines[0].startswith("dense: loaded")  # new points, same dense models
+    assert len(list((save / "points").glob("*/*.json"))) == 8  # beside the first sweep's, not over them
+    assert all(p.read_bytes() == before[p] for p in files if p != files[1])
+
+
+def test_a_point_equals_run_seeds_trained_from_scratch():
+    exp, init = setup("mlp", "digits", batch_size=128, compile=False, model_cfg=TINY)
+    steps = sweep.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
+    keys = [7, 8]
+    params, state, dense = grid.train_dense(exp, init, keys, 2, steps)
+    point = grid.run_point(
+        exp,
+        grid.dense_init(params, state, keys),
+        keys,
+        criterion="magnitude",
+        scope="layer",
+        compression=4,
+        finetune_epochs=1,
+        steps=steps,
+    )
+    whole = sweep.run_seeds(
+        exp, init, keys, sparsity=0.75, train_epochs=2, finetune_epochs=1, scope="layer", steps=steps
+    )
+    assert point.metrics["dense_accuracy"] == pytest.approx(dense["accuracy"])
+    for k, v in whole.metrics.items():
+        assert point.metrics[k] == pytest.approx(v, abs=1e-6), k
+    for a, b in zip(tree.leaves(point.masks), tree.leaves(whole.masks), strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    for a, b in zip(tree.leaves(point.params), tree.leaves(whole.params), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="no dense model for init key 5"):
+        grid.dense_init(params, state, keys)(5)
+
+
+def _unit_l1(inp: ScoreInput):
+    """A unit-level criterion for the test: the L1 norm of every unit's weights (select.unit_norms)."""
+    return select.unit_norms(magnitude.magnitude(inp.params, inp.masks), inp.groups)
+
+
+def test_a_unit_level_criterion_removes_whole_channels_per_seed():
+    exp, init = setup("mlp", "digits", batch_size=128, compile=False, model_cfg=TINY)
+    steps = sweep.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
+    keys = [1, 2]
+    params, state, _ = grid.train_dense(exp, init, keys, 1, steps)
+    crit = Criterion("unit_l1", _unit_l1, "unit", False, "test: unit L1 norms")
+    res = grid.run_point(
+        exp,
+        grid.dense_init(params, state, keys),
+        keys,
+        criterion=crit,
+        scope="layer",
+        compression=2,
+        finetune_epochs=1,
+        steps=steps,
+    )
+    groups = exp.model.groups(sweep.seed_slice(params, 0))
+    for i in range(2):
+        m, p = sweep.seed_slice(res.masks, i), sweep.seed_slice(res.params, i)
+        for layer in ("fc1", "fc2"):  # the hidden groups: 8 of 16 units removed in each
+            dead = ~m[layer]["weight"].any(dim=1)
+            assert int(dead.sum()) == 8
+            assert not bool(m[layer]["bias"][dead].any()) and not bool(p[layer]["weight"][dead].any())
+        ones = masking.initial(sweep.seed_slice(params, i), "channels", groups)
+        inp = ScoreInput(exp.model.apply, sweep.seed_slice(params, i), {}, ones, (), 0, groups)
+        expected = masking.prune_to(
+            crit(inp), 0.5, struct="channels", masks=ones, groups=groups, scope="layer", level="unit"
+        )
+        for a, b in zip(tree.leaves(m), tree.leaves(expected), strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
+    assert res.summary["pruned_accuracy"]["n"] == 2 and len(res.history["finetune"]) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_one_process_table(swept, tmp_path):
+    *_, csv_text = swept
+    out = tmp_path / "tr"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "pure_prune", "sweep"]
+    cmd += [
+        "--model-cfg",
+        '{"sizes": [64, 16, 16, 10]}',
+        "--criteria",
+        "magnitude,random",
+        "--compression",
+        "2,8",
+    ]
+    cmd += ["--seeds", "2", "--epochs", "2", "--finetune-epochs", "1", "--batch-size", "128", "--eager"]
+    cmd += ["--threads", "1", "--no-plots", "--save-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[rank 1] point " in proc.stderr  # rank 1 computed points too
+    assert "| magnitude | global | no |" in proc.stdout and "4 points computed" in proc.stdout
+    assert (out / "sweep.csv").read_text() == csv_text

@@ -1,0 +1,173 @@
+"""pure-prune run --seeds N: vmapped seeds equal single-seed runs; rows, tables, resume; sequential methods."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+
+from pure_prune import checkpoint, cli, runconfig, runner, sweep, tree
+from pure_prune.runconfig import RunConfig
+
+TINY = {"sizes": (64, 16, 16, 10)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(tmp_path, name: str, **knobs) -> RunConfig:
+    base = dict(
+        model_cfg=TINY, epochs=2, batch_size=128, compile=False, progress=False, save_dir=str(tmp_path / name)
+    )
+    return dataclasses.replace(RunConfig(), **{**base, **knobs})
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def assert_seed_equals_single(multi: runner.RunResult, i: int, single: runner.RunResult) -> None:
+    """Seed ``i`` of the several-seed run equals the single-seed run: params, masks, per-round metrics."""
+    for name in ("params", "masks", "opt_state"):
+        a, b = sweep.seed_slice(getattr(multi.carry, name), i), getattr(single.carry, name)
+        pairs = list(zip(tree.leaves(a), tree.leaves(b), strict=True))
+        assert pairs
+        for x, y in pairs:
+            assert (x is None) == (y is None)
+            if x is None:
+                continue
+            if x.dtype == torch.bool:
+                assert torch.equal(x, y), name
+            else:
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    for row, one in zip(multi.rounds, single.rounds, strict=True):
+        for m in runner.SEED_METRICS:
+            assert row["per_seed"][m][i] == pytest.approx(one[m], abs=1e-6), (row["round"], m)
+
+
+@pytest.mark.parametrize(
+    ("method", "knobs"),
+    [
+        ("imp", {"rate": 0.5, "pruning_times": 2, "rewind_epoch": 1}),
+        ("imp", {"rate": 0.5, "pruning_times": 1, "control": "reinit"}),
+        ("imp", {"rate": 0.5, "pruning_times": 1, "control": "random_masks", "importance": "random"}),
+        ("one_shot", {"sparsity": 0.7, "finetune_epochs": 1, "struct": "rows"}),
+        (
+            "gradual",
+            {"sparsity": 0.6, "gradual_start": 1, "gradual_every": 1, "gradual_steps": 2, "epochs": 3},
+        ),
+    ],
+)
+def test_vmapped_seeds_equal_single_seed_runs(tmp_path, method, knobs):
+    lines = []
+    multi = runner.run(tiny(tmp_path, "m", method=method, seed=3, seeds=2, **knobs), log=lines.append)
+    assert "2 seeds (keys 3..4) as one vmapped program" in lines[0]
+    for i, key in enumerate((3, 4)):
+        single = runner.run(tiny(tmp_path, f"s{key}", method=method, seed=key, **knobs), log=quiet)
+        assert_seed_equals_single(multi, i, single)
+    a, b = (sweep.seed_slice(multi.carry.params, i) for i in (0, 1))
+    assert not torch.equal(a["fc1"]["weight"], b["fc1"]["weight"])  # the seeds differ
+
+
+def test_seed_rows_tables_and_checkpoints(tmp_path):
+    lines = []
+    cfg = tiny(tmp_path, "m", method="imp", rate=0.5, pruning_times=2, seeds=2)
+    res = runner.run(cfg, log=lines.append)
+    save = res.save_dir
+    for row in res.rounds:
+        assert row["seeds"] == 2 and row["keys"] == [0, 1] and row["mode"] == "vmap"
+        a, b = row["per_seed"]["test_accuracy"]
+        assert row["test_accuracy"] == pytest.approx((a + b) / 2)
+        assert row["test_accuracy_std"] == pytest.approx(abs(a - b) / math.sqrt(2))  # sample std of 2 values
+        assert row["sparsity"] == pytest.approx([0.0, 0.5, 0.75][row["round"]], abs=1e-3)
+        assert set(row["layer_sparsity"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert [json.loads(x) for x in (save / "rounds.jsonl").read_text().splitlines()] == json.loads(
+        json.dumps(res.rounds)
+    )
+    table = list(csv.DictReader((save / "summary.csv").open()))
+    assert [r["round"] for r in table] == ["0", "1", "2"] and table[2]["seeds"] == "2"
+    assert float(table[2]["test_accuracy_std"]) == pytest.approx(res.rounds[2]["test_accuracy_std"])
+    info = json.loads((save / "run.json").read_text())
+    assert info["seeds"] == {"keys": [0, 1], "mode": "vmap", "dirs": []}
+    trees, meta = checkpoint.load(save / "checkpoints" / "round_0002.safetensors")
+    assert trees["params"]["fc1"]["weight"].shape == (2, 16, 64) and trees["opt_state"]["count"].shape == (2,)
+    assert meta["rng"] == {"seed": 0, "next_round": 3, "keys": [0, 1]}
+    assert any(" ± " in x and "test acc" in x for x in lines)
+
+
+def test_killed_seed_run_resumes_to_the_same_result(tmp_path):
+    cfg = tiny(tmp_path, "m", method="imp", rate=0.5, pruning_times=2, rewind_epoch=1, seeds=2)
+    whole = runner.run(cfg, log=quiet)
+    (whole.save_dir / "checkpoints" / "round_0002.safetensors").unlink()  # as if killed in round 2
+    lines = []
+    resumed = runner.run(cfg, resume=True, log=lines.append)
+    assert lines[0] == "resume: loaded round 1 from round_0001.safetensors; 1 rounds left"
+    for x, y in zip(tree.leaves(whole.carry.params), tree.leaves(resumed.carry.params), strict=True):
+        assert torch.equal(x, y)
+    assert resumed.rounds[2]["per_seed"] == whole.rounds[2]["per_seed"]
+
+
+def test_methods_without_vmapped_rounds_run_their_seeds_one_after_another(tmp_path):
+    knobs = dict(method="rsst", rate=0.5, pruning_times=1, finetune_epochs=1, criteria="l1", seed=5)
+    lines = []
+    multi = runner.run(tiny(tmp_path, "m", seeds=2, **knobs), log=lines.append)
+    assert "run one after another in this process (method 'rsst' has no vmapped rounds" in lines[0]
+    assert any(x.startswith("[seed 6] round 2/2") for x in lines) and "2 seeds done: test acc" in lines[-1]
+    info = json.loads((multi.save_dir / "run.json").read_text())
+    assert info["seeds"] == {"keys": [5, 6], "mode": "sequential", "dirs": ["seed_5", "seed_6"]}
+    for i, key in enumerate((5, 6)):
+        single = runner.run(tiny(tmp_path, f"s{key}", seeds=1, **{**knobs, "seed": key}), log=quiet)
+        assert_seed_equals_single(multi, i, single)
+        # the seed's directory is exactly that single-seed run (same config hash)
+        sub = json.loads((multi.save_dir / f"seed_{key}" / "run.json").read_text())
+        assert sub["config_hash"] == runconfig.config_hash(tiny(tmp_path, "x", **{**knobs, "seed": key}))
+    last = multi.rounds[-1]
+    assert last["mode"] == "sequential" and last["test_accuracy"] == pytest.approx(
+        sum(last["per_seed"]["test_accuracy"]) / 2
+    )
+    again = []
+    runner.run(tiny(tmp_path, "m", seeds=2, **knobs), resume=True, log=again.append)
+    assert sum("run already complete (3 rounds)" in x for x in again) == 2
+
+
+def test_seeds_knob_checks_hash_and_cli(tmp_path, capsys):
+    with pytest.raises(ValueError, match="seeds must be >= 1, got 0"):
+        RunConfig(seeds=0).check()
+    with pytest.raises(TypeError, match="config key 'seeds' must be int"):
+        runconfig.from_mapping({"seeds": 2.5})
+    assert RunConfig(seed=3, seeds=4).seed_keys() == [3, 4, 5, 6]
+    assert RunConfig(seed=3, seeds=4).resolved().save_dir == "runs/imp-mlp-digits-seeds3-6"
+    # seeds = 1 leaves the hash of runs saved before the knob existed unchanged
+    legacy = {
+        k: v for k, v in RunConfig().resolved().to_json().items() if k not in (*runconfig.NOT_HASHED, "seeds")
+    }
+    expected = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()
+    assert runconfig.config_hash(RunConfig()) == expected
+    assert runconfig.config_hash(RunConfig(seeds=2)) != expected
+    argv = ["run", "--model-cfg", '{"sizes": [64, 16, 16, 10]}', "--epochs", "1", "--pruning-times", "1"]
+    argv += ["--eager", "--no-progress", "--batch-size", "128", "--save-dir", str(tmp_path / "c")]
+    assert cli.main([*argv, "--seeds", "0"]) == 2
+    assert "seeds must be >= 1" in capsys.readouterr().err
+    assert cli.main([*argv, "--seeds", "2"]) == 0
+    assert "(mean ± std over 2 seeds)" in capsys.readouterr().out
+
+
+def test_compiled_seed_steps_compile_once_for_all_rounds(tmp_path):
+    lines = []
+    cfg = tiny(tmp_path, "c", method="imp", rate=0.5, pruning_times=2, epochs=1, seeds=2, compile=True)
+    res = runner.run(dataclasses.replace(cfg, backend="eager"), log=lines.append)
+    assert [r["compiled_graphs"] for r in res.rounds] == [2, 0, 0]  # the vmapped train and eval steps
+    assert "compiled new step (2 graphs" in lines[1] and sum("reused compiled step" in x for x in lines) == 2
+    eager = runner.run(dataclasses.replace(cfg, compile=False, save_dir=str(tmp_path / "e")), log=quiet)
+    for x, y in zip(tree.leaves(res.carry.params), tree.leaves(eager.carry.params), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
