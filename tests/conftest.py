@@ -1,6 +1,28 @@
 """Shared test configuration: pure_prune's pytest plugin (hypothesis profiles, compact tensor output).
 
 Choose the hypothesis profile with ``PURE_PRUNE_HYPOTHESIS_PROFILE=ci|thorough`` (default ``ci``).
+
+Process-wide torch state is isolated between tests: the CPU thread count (the runner's
+``--threads`` sets it) is restored after each test, and dynamo's in-memory caches are reset before
+each test module, so compile counters in one module never see graphs (or recompile-limit
+pressure, or changed global-state guards) left by another. Compiled functions are still shared
+within a module through module-scoped fixtures, and inductor's on-disk cache keeps recompiles warm.
 """
 
+import pytest
+import torch
+
 pytest_plugins = ["pure_prune.testing.plugin"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_dynamo_per_module():
+    torch._dynamo.reset()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,214 @@
+"""Tests for pure_prune.stage: one compile per stage signature, counted from torch's own metrics;
+Source A's rematerialisation decision by hand; the log lines.
+
+Compiles use ``backend="eager"`` (dynamo traces and guards exactly as with inductor; only the
+code generation is skipped, which keeps this file fast); one test compiles with inductor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo.utils as dynamo_utils
+
+from pure_prune import compact, losses, mask, optim, select, stage, train, tree
+from pure_prune import models as model_registry
+
+SIZES = (16, 8, 8, 4)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    spec = model_registry.get("mlp")
+    params, state = spec.init(0, sizes=SIZES)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(32, SIZES[0], generator=g), torch.randint(0, SIZES[-1], (32,), generator=g))
+    return spec, params, state, batch
+
+
+def _graphs() -> int:
+    return dynamo_utils.counters["stats"]["unique_graphs"]
+
+
+# ------------------------------------------------------------------------------------ Compiled
+def test_mask_only_imp_compiles_train_and_eval_step_once(mlp):
+    spec, params, state, batch = mlp
+    opt = optim.sgd(0.05, momentum=0.9)
+    step = stage.Compiled(train.make_step(spec, losses.cross_entropy, opt, compile=False), backend="eager")
+    evaluate = stage.Compiled(
+        train.make_eval_step(spec, losses.cross_entropy, compile=False), backend="eager"
+    )
+    opt_state = opt.init(params)
+    masks = mask.ones_like(params)
+    graphs = _graphs()
+    for r in range(20):
+        scores = tree.map(lambda p, m: None if m is None else p.abs(), params, masks)
+        masks = select.unstructured(scores, 1.0 - 0.8 ** (r + 1), masks=masks)
+        opt_state = optim.set_lr(opt_state, 0.05 * 0.9**r)  # a new learning rate: a tensor input
+        for _ in range(2):
+            params, state, opt_state, _ = step(params, state, opt_state, masks, batch)
+        evaluate(params, state, masks, batch)
+    assert _graphs() - graphs == 2  # torch's own counter: one train graph, one eval graph
+    (train_stats,) = step.stats().values()
+    (eval_stats,) = evaluate.stats().values()
+    assert train_stats["compiles"] == 1 and train_stats["calls"] == 40
+    assert eval_stats["compiles"] == 1 and eval_stats["calls"] == 20
+    assert train_stats["compile_seconds"] > 0 and eval_stats["compile_seconds"] > 0
+    assert mask.sparsity(masks) == pytest.approx(1 - 0.8**20, abs=0.02)
+    # the step kept every pruned weight at exactly zero
+    assert all(
+        bool((p[~m] == 0).all()) for p, m in zip(tree.leaves(params), tree.leaves(masks)) if m is not None
+    )
+
+
+def test_compacted_stage_compiles_once_more_and_form_tag_forces_a_new_stage(mlp):
+    spec, params, state, batch = mlp
+    opt = optim.sgd(0.05)
+    step = stage.Compiled(train.make_step(spec, losses.cross_entropy, opt, compile=False), backend="eager")
+    groups = spec.groups(params)
+    masks = select.channels(tree.map(torch.abs, params), 0.5, groups)
+    for _ in range(3):
+        params, state, _, _ = step(params, state, opt.init(params), masks, batch)
+    small_p, small_s, small_m, kept = compact.compact(params, state, masks, groups)
+    for _ in range(3):
+        small_p, small_s, _, _ = step.at("compact")(small_p, small_s, opt.init(small_p), small_m, batch)
+    step.at("masked-recompiled")(params, state, opt.init(params), masks, batch)  # same shapes, new tag
+    stats = step.stats()
+    assert [s.split("/")[0] for s in stats] == ["masked", "compact", "masked-recompiled"]
+    assert [v["compiles"] for v in stats.values()] == [1, 1, 1]
+    assert [v["calls"] for v in stats.values()] == [3, 3, 1]
+    full = compact.expand(small_p, small_s, small_m, kept, groups)[0]
+    assert tree.structure(full) == tree.structure(params)
+
+
+def test_more_stages_than_dynamo_recompile_limit_each_compile_once():
+    def f(x):
+        return (x * 2).sum(0)
+
+    run = stage.Compiled(f, backend="eager")
+    limit = torch._dynamo.config.recompile_limit
+    for n in range(1, limit + 3):
+        assert torch.equal(run(torch.ones(n, 3)), torch.full((3,), 2.0 * n))
+    assert [v["compiles"] for v in run.stats().values()] == [1] * (limit + 2)
+
+
+def test_inductor_stage_with_compile_kwargs():
+    run = stage.Compiled(lambda x, y: torch.relu(x @ y), options={"cpp.min_chunk_size": 4096})
+    x, y = torch.randn(8, 4), torch.randn(4, 5)
+    assert torch.allclose(run(x, y), torch.relu(x @ y))
+    assert torch.allclose(run(2 * x, y), torch.relu(2 * x @ y))
+    (s,) = run.stats().values()
+    assert s["compiles"] == 1 and s["calls"] == 2
+
+
+def test_signature_ignores_values_and_sees_shapes_dtypes_scalars_and_form():
+    a = {"w": torch.zeros(3, 2), "m": None, "lr": 0.1}
+    sig = stage.signature("masked", a)
+    assert sig.startswith("masked/") and len(sig) == len("masked/") + 12
+    assert stage.signature("masked", {"w": torch.ones(3, 2), "m": None, "lr": 0.1}) == sig
+    assert stage.signature("masked", {"w": torch.ones(3, 3), "m": None, "lr": 0.1}) != sig
+    assert (
+        stage.signature("masked", {"w": torch.ones(3, 2, dtype=torch.float64), "m": None, "lr": 0.1}) != sig
+    )
+    assert stage.signature("masked", {"w": torch.ones(3, 2), "m": None, "lr": 0.2}) != sig
+    assert stage.signature("masked", {"w": torch.ones(3, 2), "m": torch.ones(1), "lr": 0.1}) != sig
+    assert stage.signature("compact", a) != sig
+    assert stage.signature("masked", a, k=1) != sig
+
+
+def test_bad_inputs_name_the_leaf_or_the_form():
+    with pytest.raises(TypeError, match=r"'args\[1\]\.w'"):
+        stage.signature("masked", torch.ones(1), {"w": object()})
+    with pytest.raises(TypeError, match=r"'opt\.lr\.1'"):
+        stage.signature("masked", opt={"lr": [1.0, object()]})
+    for form in ("", "a/b", 3):
+        with pytest.raises(ValueError, match="form"):
+            stage.signature(form, torch.ones(1))
+    with pytest.raises(TypeError, match="callable"):
+        stage.Compiled(3)
+
+
+def test_fn_error_surfaces_instead_of_dynamo_error(mlp):
+    spec, params, state, batch = mlp
+    opt = optim.sgd(0.05)
+    step = stage.Compiled(train.make_step(spec, losses.cross_entropy, opt, compile=False), backend="eager")
+    masks = mask.ones_like(params)
+    bad = {**masks, "fc1": {**masks["fc1"], "weight": masks["fc1"]["weight"][:, :3]}}
+    with pytest.raises(ValueError, match=r"mask 'fc1\.weight' has shape \(8, 3\)"):
+        step(params, state, opt.init(params), bad, batch)
+
+
+# ------------------------------------------------------------------------ should_rematerialize
+SCHEDULE = [0.08, 0.16, 0.24, 0.32, 0.40]  # Source A: 5 steps of 8%
+
+
+def _run(knobs: stage.Knobs, last: float | None = None) -> list[bool]:
+    out = []
+    for i, s in enumerate(SCHEDULE, start=1):
+        decision, _ = stage.should_rematerialize(
+            i, s, last, recompile_every=knobs.recompile_every, threshold=knobs.threshold
+        )
+        out.append(decision)
+        if decision:
+            last = s
+    return out
+
+
+def test_source_a_variants_by_hand():
+    assert stage.VARIANTS["default"] == (2, 0.05)
+    assert stage.VARIANTS["aggressive"] == (1, 0.02)
+    assert stage.VARIANTS["conservative"] == (5, 0.10)
+    # first compile at 8%; then every change of 8 points exceeds 0.05 and 0.02
+    assert _run(stage.VARIANTS["default"]) == [True] * 5
+    assert _run(stage.VARIANTS["aggressive"]) == [True] * 5
+    # conservative: 16-8 = 8 <= 10 (no); 24-8 = 16 > 10 (yes); 32-24 = 8 (no); 40-24 = 16 and step 5 (yes)
+    assert _run(stage.VARIANTS["conservative"]) == [True, False, True, False, True]
+    # starting from a dense compile (last = 0.0): default still fires every step, conservative at 16/32/40%
+    assert _run(stage.VARIANTS["default"], last=0.0) == [True] * 5
+    assert _run(stage.VARIANTS["conservative"], last=0.0) == [False, True, False, True, True]
+
+
+def test_should_rematerialize_reasons_and_rules():
+    assert stage.should_rematerialize(1, 0.08, None) == (True, "no compiled model yet")
+    ok, why = stage.should_rematerialize(2, 0.16, 0.08)
+    assert ok and "multiple of recompile_every=2" in why and "changed by 0.080 > 0.050" in why
+    ok, why = stage.should_rematerialize(3, 0.10, 0.08)
+    assert not ok and "0.020 <= 0.050" in why
+    # the threshold is strict: a change equal to it (with float noise) does not fire
+    assert not stage.should_rematerialize(1, 0.26, 0.16, recompile_every=5, threshold=0.10)[0]
+    assert stage.should_rematerialize(1, 0.2601, 0.16, recompile_every=5, threshold=0.10)[0]
+    # a drop in sparsity counts too (|change|)
+    assert stage.should_rematerialize(1, 0.1, 0.3, recompile_every=5, threshold=0.1)[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"step_index": 0}, "step_index"),
+        ({"step_index": True}, "step_index"),
+        ({"sparsity": 1.5}, "sparsity"),
+        ({"last_sparsity": -0.1}, "last_sparsity"),
+        ({"recompile_every": 0}, "recompile_every"),
+        ({"threshold": -0.01}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+    ],
+)
+def test_should_rematerialize_rejects_bad_arguments(kwargs, match):
+    args = {"step_index": 1, "sparsity": 0.1, "last_sparsity": 0.0, **kwargs}
+    knobs = {k: args.pop(k) for k in ("recompile_every", "threshold") if k in args}
+    with pytest.raises(ValueError, match=match):
+        stage.should_rematerialize(args["step_index"], args["sparsity"], args["last_sparsity"], **knobs)
+
+
+def test_log_lines():
+    first = stage.log_lines(1, 0.08, 0.012, (True, "no compiled model yet"), 9.126)
+    assert first == ["step 1: sparsity 8.0% (0.01 s)", "compiled new model in 9.13 s"]
+    forced = stage.log_lines(2, 0.16, 0.5, stage.should_rematerialize(2, 0.16, 0.08), 3.0)
+    assert forced[1].startswith("forcing recompilation: compression 2 is a multiple")
+    assert forced[2] == "compiled new model in 3.00 s"
+    assert stage.log_lines(3, 0.24, 0.0, (False, "x"), 0.0004) == [
+        "step 3: sparsity 24.0% (0.00 s)",
+        "reused compiled model (0.000 s)",
+    ]
+    with pytest.raises(ValueError, match="seconds"):
+        stage.log_lines(1, 0.1, -1.0, (False, ""), 0.0)
