@@ -1,0 +1,535 @@
+"""Importance scores on the digits MLP: cost as multiples of one plain forward+backward, peers side by side.
+
+Model ``pure_prune.models.mlp`` 64-256-256-10 (ReLU) at init key 0, float32; data: scikit-learn digits
+divided by 16, one batch of 128; ``torch.set_num_threads(2)``. The unit is an ``nn.Sequential``
+forward + ``loss.backward()`` of the same weights. Every case call is timed right after a unit call,
+rep by rep, after warm-up; a case's ratio is the median over ``--reps`` of these paired ratios
+(on a shared, busy machine it follows the load from second to second, where a ratio of medians
+drifts with it); its milliseconds are the median, and the ratio of the fastest times is shown too.
+
+* Hessian diagonal (exact for this ReLU net): pure_prune's GGN route (linear taps / generic vmap)
+  vs BackPACK ``DiagHessian`` (skipped with a note when BackPACK is not installed).
+* Hutchinson, K = 64: pure_prune (vmapped forward-over-reverse HVPs), the same HVP under
+  ``torch.compile``, and the PyHessian-style loop of double-backward HVPs.
+* Gradient SNR over per-sample gradients: pure_prune (linear taps / generic ``vmap(grad)``), a compiled
+  ``vmap(grad)`` with the reduction in the graph, the per-sample loop, BackPACK ``BatchGrad`` + ``Variance``.
+* Hutchinson relative L2 error against the exact diagonal for K = 1, 4, 16, 64, 256, with seconds.
+* Checks: the GGN diagonal against exact HVP diagonal entries at sampled coordinates; pure_prune's
+  SNR against the per-sample loop; BackPACK's diagonal and SNR against pure_prune's (when installed).
+
+    python bench/importance.py [--reps 20] [--out bench/results/importance.json] [--no-compile]
+                               [--quiet-wait S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch.func import grad, vmap
+
+from pure_prune import rng, tree
+from pure_prune.importance import gradient as G
+from pure_prune.importance import hessian as H
+from pure_prune.models import mlp
+
+BATCH = 128
+EPS = 1e-12
+KS = (1, 4, 16, 64, 256)
+
+
+def setup() -> dict:
+    """Params, the functional model, the equivalent nn.Module and one digits batch."""
+    digits = load_digits()
+    order = torch.randperm(len(digits.target), generator=rng.generator(0))[:BATCH]
+    x = torch.tensor(digits.data, dtype=torch.float32)[order] / 16.0
+    y = torch.tensor(digits.target, dtype=torch.int64)[order]
+    params, state = mlp.init(0, sizes=(64, 256, 256, 10))
+
+    def model_fn(p: dict, xx: torch.Tensor) -> torch.Tensor:
+        return mlp.apply(p, state, xx, train=False)[0]
+
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 10),
+    )
+    with torch.no_grad():
+        for layer, name in zip(net[::2], ("fc1", "fc2", "fc3")):
+            layer.weight.copy_(params[name]["weight"])
+            layer.bias.copy_(params[name]["bias"])
+    return {"params": params, "model_fn": model_fn, "net": net, "x": x, "y": y}
+
+
+def round_robin(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int = 3
+) -> dict[str, tuple[float, float]]:
+    """``(median, min)`` seconds per call of each function, calls interleaved rep by rep."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+
+
+def flat(t) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in tree.leaves(t) if v is not None])
+
+
+# --------------------------------------------------------------------------------------- peers
+
+
+def module_fwd_bwd(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    net.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+
+
+def pyhessian_hutchinson(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int
+) -> list[torch.Tensor]:
+    """PyHessian-style: gradients with ``create_graph=True``, then one double backward per probe."""
+    ps = list(net.parameters())
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), ps, create_graph=True)
+    diag = [torch.zeros_like(p) for p in ps]
+    for _ in range(k):
+        vs = [torch.randint_like(p, high=2) * 2 - 1 for p in ps]
+        hv = torch.autograd.grad(grads, ps, vs, retain_graph=True)
+        for d, v, h in zip(diag, vs, hv):
+            d.add_(v * h / k)
+    return diag
+
+
+def loop_snr(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """Per-sample loop: one forward+backward per sample, running sums of g and g²."""
+    ps = list(net.parameters())
+    s1 = [torch.zeros_like(p) for p in ps]
+    s2 = [torch.zeros_like(p) for p in ps]
+    for n in range(x.shape[0]):
+        g = torch.autograd.grad(F.cross_entropy(net(x[n : n + 1]), y[n : n + 1]), ps)
+        for a, b, gi in zip(s1, s2, g):
+            a.add_(gi)
+            b.add_(gi * gi)
+    out = []
+    for a, b in zip(s1, s2):
+        m = a / x.shape[0]
+        out.append(m * m / ((b / x.shape[0] - m * m).clamp_min(0) + EPS))
+    return out
+
+
+def vmap_grad_snr(model_fn: Callable, params: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """``vmap(grad)`` per-sample gradients reduced to the SNR in one function (for torch.compile)."""
+
+    def one(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model_fn(p, xi[None]), yi[None])
+
+    g = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+
+    def snr(t: torch.Tensor) -> torch.Tensor:
+        m = t.mean(0)
+        return m * m / (((t * t).mean(0) - m * m).clamp_min(0) + EPS)
+
+    return tree.map(snr, g)
+
+
+def backpack_cases(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[dict[str, Callable], torch.nn.Module | None, str | None]:
+    """BackPACK's DiagHessian and BatchGrad+Variance on a copy of ``net``: ``(cases, model, None)``,
+    or ``({}, None, why they are skipped)``. Results land on ``model``'s parameters."""
+    try:
+        from backpack import backpack, extend
+        from backpack.extensions import BatchGrad, DiagHessian, Variance
+    except ImportError as err:
+        return (
+            {},
+            None,
+            f"BackPACK not installed ({err}); skipped (anchors: DiagHessian 5.3 ms, BatchGrad+Variance 13.9 ms)",
+        )
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # x needs no grad
+    model = extend(copy.deepcopy(net))
+    mean_loss = extend(torch.nn.CrossEntropyLoss())
+    sum_loss = extend(torch.nn.CrossEntropyLoss(reduction="sum"))
+
+    def diag_hessian() -> None:
+        model.zero_grad()
+        with backpack(DiagHessian()):
+            mean_loss(model(x), y).backward()
+
+    def batchgrad_variance() -> None:
+        model.zero_grad()
+        with backpack(BatchGrad(), Variance()):
+            sum_loss(model(x), y).backward()
+        for p in model.parameters():
+            m = p.grad / x.shape[0]
+            _ = m * m / (p.variance + EPS)
+
+    return (
+        {"BackPACK DiagHessian": diag_hessian, "BackPACK BatchGrad+Variance": batchgrad_variance},
+        model,
+        None,
+    )
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def timing_groups(s: dict, taps: G.LinearTaps, bp: dict[str, Callable]) -> dict[str, dict[str, Callable]]:
+    """The timed cases, by group (each group is timed round-robin with the unit)."""
+    params, model_fn, net, x, y = s["params"], s["model_fn"], s["net"], s["x"], s["y"]
+    batch = (x, y)
+
+    def func_fwd_bwd() -> dict:
+        return grad(lambda q: F.cross_entropy(model_fn(q, x), y))(params)
+
+    return {
+        "unit": {"torch.func.grad (functional fwd+bwd)": func_fwd_bwd},
+        "Hessian diagonal (exact, ReLU)": {
+            "pure_prune ggn_diag, linear taps": lambda: H.ggn_diag(model_fn, params, batch, fast=taps),
+            "pure_prune hessian_diag auto (+ exactness check)": lambda: H.hessian_diag(
+                model_fn, params, batch, fast=taps
+            ),
+            "pure_prune ggn_diag, generic vmap": lambda: H.ggn_diag(model_fn, params, batch, fast=False),
+            **{k: v for k, v in bp.items() if "Diag" in k},
+        },
+        "Hutchinson K=64": {
+            "pure_prune hessian_diag hutchinson (vmapped HVPs)": lambda: H.hessian_diag(
+                model_fn, params, batch, method="hutchinson", probes=64, key=0
+            ),
+            "PyHessian-style double-backward loop": lambda: pyhessian_hutchinson(net, x, y, 64),
+        },
+        "gradient SNR": {
+            "pure_prune gradient_snr, linear taps": lambda: G.gradient_snr(
+                model_fn, params, batch, fast=taps
+            ),
+            "pure_prune gradient_stats (all 7), linear taps": lambda: G.gradient_stats(
+                model_fn, params, batch, fast=taps
+            ),
+            "pure_prune gradient_snr, generic vmap(grad)": lambda: G.gradient_snr(
+                model_fn, params, batch, fast=False
+            ),
+            "per-sample loop": lambda: loop_snr(net, x, y),
+            **{k: v for k, v in bp.items() if "Batch" in k},
+        },
+    }
+
+
+def add_compiled(s: dict, groups: dict[str, dict[str, Callable]]) -> dict[str, float]:
+    """Add the torch.compile cases to ``groups``; returns seconds to each one's first result."""
+    params, model_fn, x, y = s["params"], s["model_fn"], s["x"], s["y"]
+    vs = tree.map(lambda w: torch.where(rng.uniform(1, (64, *w.shape)) < 0.5, -1.0, 1.0), params)
+    hvp_c = torch.compile(functools.partial(H.hvp, model_fn))
+    snr_c = torch.compile(functools.partial(vmap_grad_snr, model_fn))
+
+    def hutch_compiled() -> list[torch.Tensor]:
+        return [(v * h).mean(0) for v, h in zip(tree.leaves(vs), tree.leaves(hvp_c(params, (x, y), vs)))]
+
+    def snr_compiled() -> dict:
+        return snr_c(params, x, y)
+
+    compile_s = {}
+    for name, f in (("hvp", hutch_compiled), ("snr", snr_compiled)):
+        t0 = time.perf_counter()
+        f()
+        compile_s[name] = time.perf_counter() - t0
+    groups["Hutchinson K=64"]["torch.compile(pure_prune hvp), probes drawn once"] = hutch_compiled
+    groups["gradient SNR"]["torch.compile(vmap(grad) + SNR reduction)"] = snr_compiled
+    return compile_s
+
+
+def cpu_pressure() -> float | None:
+    """Linux PSI: share of the last 10 s in which runnable tasks waited for a CPU (%), or None."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            return float(fh.readline().split("avg10=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_quiet(max_wait_s: float, below: float = 15.0) -> float | None:
+    """Wait up to ``max_wait_s`` for CPU pressure to drop below ``below`` %; returns the last reading."""
+    deadline = time.monotonic() + max_wait_s
+    reading = cpu_pressure()
+    while reading is not None and reading >= below and time.monotonic() < deadline:
+        time.sleep(2.0)
+        reading = cpu_pressure()
+    return reading
+
+
+def paired_ratios(
+    unit: Callable[[], object], fns: dict[str, Callable[[], object]], reps: int, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Each case timed right after a unit call, rep by rep: per case the median and fastest seconds
+    and the median of the per-rep ratios case / preceding unit. Paired ratios follow the load of
+    a shared machine from second to second, where ratios of medians drift with it."""
+    for f in (unit, *fns.values()):
+        for _ in range(warmup):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    ratios: dict[str, list[float]] = {k: [] for k in fns}
+    units: list[float] = []
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            unit()
+            t1 = time.perf_counter()
+            f()
+            t2 = time.perf_counter()
+            units.append(t1 - t0)
+            times[k].append(t2 - t1)
+            ratios[k].append((t2 - t1) / (t1 - t0))
+    out = {
+        k: {"s": statistics.median(v), "min_s": min(v), "x_unit": statistics.median(ratios[k])}
+        for k, v in times.items()
+    }
+    out["unit"] = {"s": statistics.median(units), "min_s": min(units), "x_unit": 1.0}
+    return out
+
+
+def time_groups(
+    groups: dict[str, dict[str, Callable]], unit: Callable, reps: int, quiet_wait_s: float
+) -> list[dict]:
+    """Per case: median and fastest milliseconds, the median paired ratio to the unit, and the
+    ratio of the fastest times."""
+    cases = []
+    for group, fns in groups.items():
+        pressure = wait_quiet(quiet_wait_s)
+        res = paired_ratios(unit, fns, reps)
+        unit_min = res["unit"]["min_s"]
+        names = (["unit"] if group == "unit" else []) + list(fns)
+        for name in names:
+            r = res[name]
+            cases.append(
+                {
+                    "group": group,
+                    "case": "nn.Module fwd + loss.backward() (unit)" if name == "unit" else name,
+                    "ms": r["s"] * 1e3,
+                    "x_unit": r["x_unit"],
+                    "min_ms": r["min_s"] * 1e3,
+                    "x_unit_of_mins": r["min_s"] / unit_min,
+                    "unit_ms": res["unit"]["s"] * 1e3,
+                    "cpu_pressure_before": pressure,
+                }
+            )
+    return cases
+
+
+def hutchinson_errors(s: dict, exact: torch.Tensor, quiet_wait_s: float) -> list[dict]:
+    """Relative L2 error of Hutchinson against ``exact`` and median seconds (of 3), per K, for
+    pure_prune and the double-backward loop."""
+    params, model_fn, net, x, y = s["params"], s["model_fn"], s["net"], s["x"], s["y"]
+    rows = []
+    for k in KS:
+        wait_quiet(quiet_wait_s)
+        est = flat(H.hessian_diag(model_fn, params, (x, y), method="hutchinson", probes=k, key=k))
+        loop = _module_order(torch.cat([d.reshape(-1) for d in pyhessian_hutchinson(net, x, y, k)]), params)
+        sec = round_robin(
+            {
+                "ours": lambda k=k: H.hessian_diag(
+                    model_fn, params, (x, y), method="hutchinson", probes=k, key=k
+                ),
+                "loop": lambda k=k: pyhessian_hutchinson(net, x, y, k),
+            },
+            reps=3,
+            warmup=1,
+        )
+        rows.append(
+            {
+                "K": k,
+                "rel_l2_error": float((est - exact).norm() / exact.norm()),
+                "negative_share": float((est < 0).float().mean()),
+                "seconds": sec["ours"][0],
+                "loop_rel_l2_error": float((loop - exact).norm() / exact.norm()),
+                "loop_seconds": sec["loop"][0],
+            }
+        )
+    return rows
+
+
+def correctness_checks(
+    s: dict, taps: G.LinearTaps, exact: torch.Tensor, bp: dict, bp_model: torch.nn.Module | None
+) -> dict:
+    """GGN == exact Hessian diagonal at 128 sampled coordinates (basis-vector HVPs); fast SNR ==
+    per-sample loop; BackPACK's numbers against pure_prune's."""
+    params, model_fn, net, x, y = s["params"], s["model_fn"], s["net"], s["x"], s["y"]
+    width = exact.numel()
+    picks = torch.randperm(width, generator=rng.generator(3))[:128]
+    basis = torch.zeros(picks.numel(), width)
+    basis[torch.arange(picks.numel()), picks] = 1.0
+    leaves, spec = tree.flatten(params)
+    parts = torch.split(basis, [w.numel() for w in leaves], dim=1)
+    vs = tree.unflatten(spec, [p.reshape(picks.numel(), *w.shape) for p, w in zip(parts, leaves)])
+    hv = torch.cat(
+        [h.reshape(picks.numel(), -1) for h in tree.leaves(H.hvp(model_fn, params, (x, y), vs))], 1
+    )
+    true_diag = hv[torch.arange(picks.numel()), picks]
+    snr_fast = flat(G.gradient_snr(model_fn, params, (x, y), fast=taps))
+    snr_loop = _module_order(torch.cat([t.reshape(-1) for t in loop_snr(net, x, y)]), params)
+    return {
+        "ggn_vs_exact_hvp_max_abs_diff_over_max_diag": float(
+            (true_diag - exact[picks]).abs().max() / exact.abs().max()
+        ),
+        **backpack_checks(bp, bp_model, exact, snr_fast, params),
+        "ggn_is_exact_verdict": H.ggn_is_exact(model_fn, params, (x, y)),
+        "snr_fast_vs_loop_max_rel_diff_where_snr_gt_1e-3": float(
+            ((snr_fast - snr_loop).abs() / snr_loop.abs().clamp_min(1e-3)).max()
+        ),
+    }
+
+
+def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
+    load_start = os.getloadavg()[0]
+    torch.set_num_threads(2)
+    s = setup()
+    bp, bp_model, why = backpack_cases(s["net"], s["x"], s["y"])
+    notes = [why] if why else []
+    t0 = time.perf_counter()
+    taps = G.linear_taps(s["model_fn"], s["params"], s["x"])
+    trace_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    G.linear_taps(s["model_fn"], s["params"], s["x"])
+    trace_again_s = time.perf_counter() - t0
+
+    groups = timing_groups(s, taps, bp)
+    compile_s = add_compiled(s, groups) if compile_ else {}
+    if not compile_:
+        notes.append("compiled cases skipped (--no-compile)")
+    unit = functools.partial(module_fwd_bwd, s["net"], s["x"], s["y"])
+    cases = time_groups(groups, unit, reps, quiet_wait_s)
+    exact = flat(H.ggn_diag(s["model_fn"], s["params"], (s["x"], s["y"]), fast=taps))
+    return {
+        "meta": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "reps": reps,
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "model": "mlp 64-256-256-10 ReLU, float32, digits batch 128",
+            "linear_taps_trace_s": {"first": trace_s, "again": trace_again_s},
+            "compile_s": compile_s,
+            "load_average_1min": {"start": load_start, "after_timing": os.getloadavg()[0]},
+            "notes": notes,
+        },
+        "cases": cases,
+        "hutchinson_error": hutchinson_errors(s, exact, quiet_wait_s),
+        "checks": correctness_checks(s, taps, exact, bp, bp_model),
+    }
+
+
+def backpack_checks(
+    bp: dict, model: torch.nn.Module | None, exact: torch.Tensor, snr: torch.Tensor, params: dict
+) -> dict:
+    """BackPACK's diagonal and SNR against pure_prune's (max relative difference), when installed."""
+    if model is None:
+        return {}
+    bp["BackPACK DiagHessian"]()
+    diag = _module_order(torch.cat([p.diag_h.reshape(-1) for p in model.parameters()]), params)
+    bp["BackPACK BatchGrad+Variance"]()
+    n = BATCH
+    theirs = torch.cat([((p.grad / n) ** 2 / (p.variance + EPS)).reshape(-1) for p in model.parameters()])
+    theirs = _module_order(theirs, params)
+    return {
+        "backpack_diag_h_vs_ggn_max_abs_diff_over_max_diag": float(
+            (diag - exact).abs().max() / exact.abs().max()
+        ),
+        "backpack_snr_vs_ours_max_rel_diff_where_snr_gt_1e-3": float(
+            ((theirs - snr).abs() / snr.abs().clamp_min(1e-3)).max()
+        ),
+    }
+
+
+def _module_order(flat_module: torch.Tensor, params: dict) -> torch.Tensor:
+    """nn.Sequential parameter order (w1, b1, w2, ...) -> pure_prune leaf order (b1, w1, b2, ...)."""
+    sizes = []
+    for name in sorted(params):
+        sizes += [params[name]["weight"].numel(), params[name]["bias"].numel()]
+    chunks = torch.split(flat_module, sizes)
+    return torch.cat([c for pair in zip(chunks[1::2], chunks[0::2]) for c in pair])
+
+
+def report(res: dict) -> None:
+    print(
+        f"# importance bench: {res['meta']['model']}, torch {res['meta']['torch']}, {res['meta']['threads']} threads"
+    )
+    load = res["meta"]["load_average_1min"]
+    cpus = res["meta"]["cpus"]
+    print(
+        f"machine load (1-min average, {cpus} cpus): {load['start']:.1f} at start, {load['after_timing']:.1f} after timing"
+    )
+    for note in res["meta"]["notes"]:
+        print(f"note: {note}")
+    taps = res["meta"]["linear_taps_trace_s"]
+    print(
+        f"linear_taps trace: {taps['first'] * 1e3:.0f} ms first call, {taps['again'] * 1e3:.1f} ms again (one-off per shape)"
+    )
+    for name, sec in res["meta"]["compile_s"].items():
+        print(f"torch.compile {name}: {sec:.1f} s to first result")
+    group = None
+    for c in res["cases"]:
+        if c["group"] != group:
+            group = c["group"]
+            if c["cpu_pressure_before"] is not None:
+                print(f"\n(cpu pressure before this group: {c['cpu_pressure_before']:.0f}%)", end="")
+            print(f"\n{group:<60s} {'ms':>9s} {'x unit':>8s} {'(mins)':>8s}")
+        print(f"  {c['case']:<58s} {c['ms']:9.2f} {c['x_unit']:8.2f} {c['x_unit_of_mins']:8.2f}")
+    print(
+        f"\n{'Hutchinson error vs K':<30s} {'rel L2':>8s} {'neg':>6s} {'s':>8s} {'loop rel':>9s} {'loop s':>8s}"
+    )
+    for e in res["hutchinson_error"]:
+        print(
+            f"  K={e['K']:<26d} {e['rel_l2_error']:8.3f} {e['negative_share']:6.2f} {e['seconds']:8.3f} "
+            f"{e['loop_rel_l2_error']:9.3f} {e['loop_seconds']:8.3f}"
+        )
+    print("\nchecks:")
+    for k, v in res["checks"].items():
+        print(f"  {k}: {v if isinstance(v, dict) else f'{v:.2e}'}")
+
+
+def main() -> None:
+    torch._logging.set_logs(dynamo=logging.ERROR)  # graph breaks at the input checks are expected
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default="bench/results/importance.json")
+    ap.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile cases (~30 s of compiling)"
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="on a shared Linux machine, wait up to S seconds before each group for CPU pressure < 15%%",
+    )
+    args = ap.parse_args()
+    if args.reps < 1:
+        raise SystemExit("--reps must be >= 1")
+    res = run(args.reps, not args.no_compile, args.quiet_wait)
+    report(res)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(res, fh, indent=2)
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
