@@ -2,17 +2,22 @@
 
 Every score in :mod:`pure_prune.importance.gradient` and :mod:`pure_prune.importance.hessian` takes
 
-* ``model_fn(params, x) -> logits``: a pure function, ``logits`` of shape ``(N, C)``; state and
-  ``train=False`` are closed over by the caller. Samples must not interact (BatchNorm in eval mode).
+* ``model_fn(params, x) -> logits``: a pure function, ``logits`` of shape ``(N, C)`` or, for
+  token-level models (language models), ``(N, ..., C)``; state and ``train=False`` are closed over
+  by the caller. Samples must not interact (BatchNorm in eval mode).
 * ``params``: a canonical dict tree of float tensors.
 * ``batches``: one ``(x, y)`` pair or a non-empty sequence of them; ``x`` has ``N`` rows, ``y`` is an
-  integer tensor of shape ``(N,)`` with values in ``[0, C)``.
+  integer tensor of shape ``(N,)`` (or ``(N, ...)``, the logits' shape without ``C``) with values in
+  ``[0, C)``.
 * ``masks``: ``None`` (every leaf is scored) or a tree like ``params``: a bool tensor of the leaf's
   shape where the leaf is scored, ``None`` where it is not. Derivatives are taken at the masked
   parameters ``theta = W * M`` and with respect to ``theta``, so pruned entries get scores too.
 
-The loss is the cross-entropy of the logits, averaged over the batch; over several batches, the
-average over all their samples (batches are weighted by their size).
+The loss of a batch is the cross-entropy averaged over all its label entries (``N`` for ``(N,)``
+labels, ``N * T`` for ``(N, T)``); over several batches, batches are weighted by their sample
+count ``N`` (the mean over all label entries when every sample has as many). A *sample* of the
+per-sample statistics is one row of ``x``: for token-level models one sequence, whose loss is the
+mean cross-entropy over its tokens (so the batch loss is the mean of the sample losses).
 
 Per-sample moments (:func:`batch_moments`) have two routes that give the same numbers:
 
@@ -193,13 +198,17 @@ def _as_batches(where: str, batches: Any) -> tuple[Batch, ...]:
         x, y = b
         if not isinstance(x, torch.Tensor) or x.ndim == 0:
             raise TypeError(f"{where}: batches[{i}] x must be a tensor with a batch axis, got {x!r:.80}")
-        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.ndim != 1:
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.ndim == 0:
             got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else repr(y)
-            raise TypeError(f"{where}: batches[{i}] y must be an int64 tensor of shape (N,), got {got}")
+            raise TypeError(
+                f"{where}: batches[{i}] y must be an int64 tensor of shape (N,) or (N, ...), got {got}"
+            )
         if y.shape[0] != x.shape[0] or x.shape[0] == 0:
             raise ValueError(
                 f"{where}: batches[{i}] has {x.shape[0]} inputs and {y.shape[0]} labels (need equal, > 0)"
             )
+        if y.numel() == 0:
+            raise ValueError(f"{where}: batches[{i}] y of shape {tuple(y.shape)} holds no label")
         out.append((x, y.long()))
     return tuple(out)
 
@@ -238,16 +247,23 @@ def prepare(
     return Problem(model_fn, spec, tuple(paths), theta, scored, bs, sum(b[0].shape[0] for b in bs))
 
 
+def _fits(logits: Any, y: torch.Tensor) -> bool:
+    """Whether ``logits`` has the shape ``(*y.shape, C)``."""
+    return isinstance(logits, torch.Tensor) and logits.ndim == y.ndim + 1 and logits.shape[:-1] == y.shape
+
+
 def checked_logits(where: str, logits: Any, y: torch.Tensor) -> torch.Tensor:
-    """Check that a model output fits cross-entropy with labels ``y`` (outside any transform)."""
+    """Check that a model output fits cross-entropy with labels ``y`` (outside any transform):
+    float logits of shape ``(*y.shape, C)`` (``(N, C)`` for ``(N,)`` labels, ``(N, T, C)`` for
+    ``(N, T)``) and labels in ``[0, C)``. Returns ``logits``."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"{where}: model_fn must return a logits tensor (N, C), got {type(logits).__name__}")
-    if logits.ndim != 2 or logits.shape[0] != y.shape[0] or not logits.is_floating_point():
+    if not _fits(logits, y) or not logits.is_floating_point():
         raise ValueError(
             f"{where}: model_fn output has shape {tuple(logits.shape)} ({logits.dtype}); cross-entropy "
-            f"needs float logits of shape (N, C) with N = {y.shape[0]} labels"
+            f"with labels of shape {tuple(y.shape)} needs float logits of shape {(*y.shape, 'C')}"
         )
-    n_cls = logits.shape[1]
+    n_cls = logits.shape[-1]
     lo, hi = (int(v) for v in torch.aminmax(y))
     if lo < 0 or hi >= n_cls:
         raise ValueError(f"{where}: labels y span [{lo}, {hi}], the model output has {n_cls} classes")
@@ -255,11 +271,22 @@ def checked_logits(where: str, logits: Any, y: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of ``logits`` ``(N, C)`` against int labels ``(N,)``; a scalar (or ``(N,)``)."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != y.shape[0]:
+    """Cross-entropy of ``logits`` ``(N, ..., C)`` against int labels ``(N, ...)``.
+
+    The loss of sample ``n`` is ``l_n``, the mean over its label entries (its tokens; one entry for
+    ``(N,)`` labels). ``reduction``: ``"mean"`` -> scalar ``(1/N) sum_n l_n`` (= the mean over all
+    label entries), ``"sum"`` -> scalar ``sum_n l_n``, ``"none"`` -> ``(N,)`` the ``l_n``.
+    """
+    if not _fits(logits, y):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model_fn output {shape} does not fit cross-entropy with {y.shape[0]} labels")
-    return F.cross_entropy(logits, y, reduction=reduction)
+        raise ValueError(f"model_fn output {shape} does not fit cross-entropy with labels {tuple(y.shape)}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if y.ndim == 1:
+        return F.cross_entropy(logits, y, reduction=reduction)
+    per_entry = F.cross_entropy(rearrange(logits, "n ... c -> n c ..."), y, reduction="none")
+    per_sample = reduce(per_entry, "n ... -> n", "mean")
+    return per_sample if reduction == "none" else reduce(per_sample, "n ->", reduction)
 
 
 def merge(problem: Problem, sub: Sequence[torch.Tensor]) -> tree.Tree:
@@ -442,8 +469,9 @@ def linear_taps(model_fn: ModelFn, params: tree.Tree, x: torch.Tensor) -> Linear
     bias leaf added. The trace (``make_fx``, ~40 ms) fixes shapes and Python control flow, so pass
     the result as ``fast=`` to score many batches of one shape without tracing again.
 
-    Returns a :class:`LinearTaps`; ``layers`` is empty when nothing qualifies or when rows of the
-    model's outputs mix samples (then every leaf takes the generic route). Mixing is found with a
+    Returns a :class:`LinearTaps`; ``layers`` is empty when nothing qualifies, when the logits are
+    token-level (``(N, T, C)``: a sample's gradient sums over tokens and is no single outer product)
+    or when rows of the model's outputs mix samples (then every leaf takes the generic route). Mixing is found with a
     forward-mode perturbation of one row of ``x`` and of the taps; for integer ``x`` (token ids)
     only of the taps, so mixing before the first linear layer goes unseen there (``model_fn`` must
     keep samples apart in any case: per-sample statistics mean nothing otherwise).
@@ -462,7 +490,9 @@ def linear_taps(model_fn: ModelFn, params: tree.Tree, x: torch.Tensor) -> Linear
     if not isinstance(output.args[0], torch.fx.Node):
         raise TypeError("linear_taps: model_fn must return one logits tensor (N, C)")
     leaf_of = {node: i for i, node in enumerate(placeholders[:n_leaves])}
-    found = _match_linear(graph, leaf_of, x.shape[0])
+    # the fast formulas need one logit row per sample: token-level logits take the generic route
+    per_row = output.args[0].meta["val"].ndim == 2
+    found = _match_linear(graph, leaf_of, x.shape[0]) if per_row else []
     last = placeholders[-1]
     for k, (_, _, z) in enumerate(found):
         with graph.inserting_after(last):
@@ -538,12 +568,24 @@ def linear_grads(
 
 
 def softmax_factor(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, C, C)``: row ``c`` of sample ``n`` is ``sqrt(p_nc) (e_c - p_n)``, ``p = softmax(logits)``;
-    summing the outer products of the rows gives ``diag(p_n) - p_n p_n^T``, the Hessian of the
-    cross-entropy w.r.t. the logits."""
+    """``(N, C, C)`` for logits ``(N, C)``: row ``c`` of sample ``n`` is ``sqrt(p_nc) (e_c - p_n)``,
+    ``p = softmax(logits)``; summing the outer products of the rows gives ``diag(p_n) - p_n p_n^T``,
+    the Hessian of the cross-entropy w.r.t. the logits.
+
+    Token-level logits ``(N, T, C)`` (any number of middle axes, flattened to ``T``) give
+    ``(N, T*C, T, C)``: row ``(t, c)`` holds the row ``c`` of token ``t``'s factor at token ``t`` and
+    zeros at the other tokens, so the rows factor the block-diagonal Hessian of the per-token
+    cross-entropies (memory ``N (T C)²``: build it for a few samples at a time).
+    """
     p = logits.detach().softmax(-1)
-    eye = torch.eye(p.shape[1], dtype=p.dtype)
-    return p.sqrt()[:, :, None] * (eye[None] - p[:, None, :])
+    eye = torch.eye(p.shape[-1], dtype=p.dtype)
+    if p.ndim == 2:
+        return p.sqrt()[:, :, None] * (eye[None] - p[:, None, :])
+    flat = rearrange(p, "n ... c -> n (...) c")
+    rows = flat.sqrt()[..., None] * (eye - flat[:, :, None, :])  # (n, t, c, c')
+    at = torch.eye(flat.shape[1], dtype=p.dtype)  # (t, t')
+    out = rearrange(at[None, :, None, :, None] * rows[:, :, :, None, :], "n t c s k -> n (t c) s k")
+    return out.reshape(out.shape[0], out.shape[1], *p.shape[1:])
 
 
 def fast_layers(problem: Problem, taps: LinearTaps | None) -> list[tuple[int, LinearLayer]]:

@@ -243,9 +243,10 @@ def _exact(problem: Problem, chunk_size: int | None) -> list[torch.Tensor]:
     return _weighted(problem, per_batch)
 
 
-def _ggn_generic(problem: Problem, x: torch.Tensor, factor: torch.Tensor, chunk_size: int | None) -> list:
+def _ggn_generic(problem: Problem, x: torch.Tensor, logits: torch.Tensor, chunk_size: int | None) -> list:
     """``sum_n sum_c (J_n^T s_nc)²`` for the scored leaves: ``vmap`` over samples of ``vmap`` over
-    ``c`` of a one-sample vjp, in chunks of samples."""
+    the factor rows ``c`` (:func:`softmax_factor` of ``logits``, built chunk by chunk; ``T*C`` rows
+    per sample for token-level logits) of a one-sample vjp, in chunks of samples."""
     sub0 = [problem.theta[i] for i in problem.scored]
 
     def one(xi: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
@@ -254,10 +255,11 @@ def _ggn_generic(problem: Problem, x: torch.Tensor, factor: torch.Tensor, chunk_
         return [reduce(g * g, "c ... -> ...", "sum") for g in gs]
 
     per_sample = vmap(one)
-    step = auto_chunk(x.shape[0], factor.shape[1] * _width(problem), chunk_size)
+    step = auto_chunk(x.shape[0], logits[0].numel() * _width(problem), chunk_size)
     total = None
     for s in range(0, x.shape[0], step):
-        part = [reduce(t, "n ... -> ...", "sum") for t in per_sample(x[s : s + step], factor[s : s + step])]
+        factor = softmax_factor(logits[s : s + step])
+        part = [reduce(t, "n ... -> ...", "sum") for t in per_sample(x[s : s + step], factor)]
         total = part if total is None else [a + c for a, c in zip(total, part)]
     return total
 
@@ -266,7 +268,7 @@ def _ggn_batch(
     problem: Problem, taps: LinearTaps | None, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None
 ) -> list[torch.Tensor]:
     """The GGN diagonal of one batch's mean loss, ``(1/N) sum_n sum_c (J_n^T s_nc)²``, one tensor per
-    scored leaf. Traced linear layers as in :func:`ggn_diag`; the other leaves: :func:`_ggn_generic`."""
+    scored leaf (token-level: ``(1/(N T)) sum_n sum_(t,c) (J_n^T s_ntc)²``). Traced linear layers as in :func:`ggn_diag`; the other leaves: :func:`_ggn_generic`."""
     pos_of = {leaf: j for j, leaf in enumerate(problem.scored)}
     out: list = [None] * len(problem.scored)
     layers = fast_layers(problem, taps)
@@ -282,8 +284,8 @@ def _ggn_batch(
     if rest:
         logits = checked_logits("ggn_diag", problem.model_fn(merge(problem, []), x), y)
         sub = problem._replace(scored=tuple(problem.scored[j] for j in rest))
-        for j, v in zip(rest, _ggn_generic(sub, x, softmax_factor(logits), chunk_size)):
-            out[j] = v / x.shape[0]
+        for j, v in zip(rest, _ggn_generic(sub, x, logits, chunk_size)):
+            out[j] = v / y.numel()
     return out
 
 
@@ -335,8 +337,11 @@ def fisher_diag_mc(
     ``ŷ_ns`` are ``samples`` labels per input drawn from the model's softmax (key ``fold_in(key, b)``
     for batch ``b``) and ``g_n(ŷ)`` the gradient of ``CE(logits_n, ŷ)``. Unbiased for
     :func:`ggn_diag`: ``E[(J^T (p - e_ŷ))²] = diag(J^T (diag p - p p^T) J)``. Each batch is scored
-    as one batch of ``samples * N`` rows (memory grows with ``samples``). Returns a tree like
-    ``params`` (``None`` at unscored leaves).
+    as one batch of ``samples * N`` rows (memory grows with ``samples``). Token-level labels
+    ``(N, T)``: one label per token is drawn, ``g_n`` is the gradient of sequence ``n``'s mean loss
+    and the sum is multiplied by ``T``: the cross-token terms of ``g_n²`` have zero mean, so
+    ``T E[g_n²] = (1/T) sum_t diag(J_nt^T (diag p_nt - p_nt p_nt^T) J_nt)``, again unbiased for
+    :func:`ggn_diag`. Returns a tree like ``params`` (``None`` at unscored leaves).
     """
     rng.check_key(key)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
@@ -347,12 +352,15 @@ def fisher_diag_mc(
     for b, (x, y) in enumerate(problem.batches):
         logits = checked_logits("fisher_diag_mc", model_fn(merge(problem, []), x), y)
         gen = rng.generator(rng.fold_in(key, b))
-        drawn = torch.multinomial(logits.softmax(-1), samples, replacement=True, generator=gen)
+        probs = rearrange(logits.softmax(-1), "... c -> (...) c")
+        drawn = torch.multinomial(probs, samples, replacement=True, generator=gen).reshape(*y.shape, samples)
         xs = repeat(x, "n ... -> (s n) ...", s=samples)
         taps = resolve_taps(current, problem, xs)
         current = current if taps is None else taps
-        sums = batch_moments(problem, taps, xs, rearrange(drawn, "n s -> (s n)"), ("sumsq",), chunk_size)
-        part = split_leaves(problem, sums["sumsq"] / (problem.samples * samples))
+        ys = rearrange(torch.movedim(drawn, -1, 0), "s n ... -> (s n) ...")
+        sums = batch_moments(problem, taps, xs, ys, ("sumsq",), chunk_size)
+        tokens = y[0].numel()  # 1 for (N,) labels
+        part = split_leaves(problem, sums["sumsq"] * (tokens / (problem.samples * samples)))
         out = part if out is None else [a + c for a, c in zip(out, part)]
     check_result("fisher_diag_mc", problem, out)
     return to_tree(problem, out)
@@ -387,7 +395,7 @@ def ggn_is_exact(
 def _ggn_is_exact(problem: Problem, coords: int, rtol: float) -> dict[str, bool]:
     x, y = (t[:_CHECK_ROWS] for t in problem.batches[0])
     logits = checked_logits("ggn_is_exact", problem.model_fn(merge(problem, []), x), y)
-    r = (logits.softmax(-1) - torch.nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)) / x.shape[0]
+    r = (logits.softmax(-1) - torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)) / y.numel()
 
     def residual(sub: list[torch.Tensor]) -> torch.Tensor:
         return (r * problem.model_fn(merge(problem, sub), x)).sum()
