@@ -23,6 +23,7 @@ from pure_prune import rng, tree
 from pure_prune.groups import ChannelGroup
 
 from . import layers, structure
+from .conv import fc_head
 
 __all__ = ["apply", "groups", "init"]
 
@@ -68,7 +69,6 @@ def apply(
     ``"fc<i>" (N, h_i)`` (hidden fcs). ``train`` has no effect.
     """
     convs = structure.numbered(params, "conv")
-    fcs = structure.numbered(params, "fc")
     w1 = params[convs[0]]["weight"]
     h = x[:, None] if x.ndim == 2 else x
     if h.ndim != 3 or h.shape[1] != w1.shape[1]:
@@ -80,14 +80,8 @@ def apply(
         w = params[name]["weight"]
         h = torch.relu(layers.conv1d(h, w, params[name]["bias"], stride=2, padding=w.shape[-1] // 2))
         acts[name] = h
-    h = layers.flatten(h)
-    w_fc = params[fcs[0]]["weight"]
-    structure.check_features(h, w_fc.shape[1], f"{fcs[0]}.weight", w_fc, what=f"x {tuple(x.shape)} flattened")
-    for name in fcs[:-1]:
-        h = torch.relu(layers.linear(h, params[name]["weight"], params[name]["bias"]))
-        acts[name] = h
-    out = layers.linear(h, params[fcs[-1]]["weight"], params[fcs[-1]]["bias"])
-    return (out, state, acts) if capture else (out, state)
+    out, fc_acts = fc_head(params, h, tuple(x.shape))
+    return (out, state, {**acts, **fc_acts}) if capture else (out, state)
 
 
 def groups(params: dict[str, Any]) -> tuple[ChannelGroup, ...]:

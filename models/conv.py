@@ -26,7 +26,7 @@ from pure_prune.groups import ChannelGroup
 
 from . import layers, structure
 
-__all__ = ["apply", "groups", "init"]
+__all__ = ["apply", "fc_head", "groups", "init"]
 
 
 def init(
@@ -74,7 +74,6 @@ def apply(
     (before pooling) and ``"fc<i>"`` ``(N, h_i)``. ``train`` has no effect.
     """
     convs = structure.numbered(params, "conv")
-    fcs = structure.numbered(params, "fc")
     w1 = params[convs[0]]["weight"]
     if x.ndim != 4 or x.shape[1] != w1.shape[1]:
         raise ValueError(
@@ -88,14 +87,25 @@ def apply(
         acts[name] = h
         if i % 2 == 1:
             h = layers.max_pool(h)
+    out, fc_acts = fc_head(params, h, tuple(x.shape))
+    return (out, state, {**acts, **fc_acts}) if capture else (out, state)
+
+
+def fc_head(params: dict[str, Any], h: Tensor, x_shape: tuple[int, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The classifier after the convolutions: flatten ``h (N, ...)`` and run ``fc1 .. fc<k>`` (ReLU
+    on every layer but the last). ``x_shape`` (the model input's shape) names the input in the error
+    raised when the flattened width does not fit ``fc1.weight``.
+
+    Returns the logits ``(N, classes)`` and the hidden activations ``{"fc<i>": (N, h_i)}``."""
+    fcs = structure.numbered(params, "fc")
     h = layers.flatten(h)
     w_fc = params[fcs[0]]["weight"]
-    structure.check_features(h, w_fc.shape[1], f"{fcs[0]}.weight", w_fc, what=f"x {tuple(x.shape)} flattened")
+    structure.check_features(h, w_fc.shape[1], f"{fcs[0]}.weight", w_fc, what=f"x {x_shape} flattened")
+    acts: dict[str, Tensor] = {}
     for name in fcs[:-1]:
         h = torch.relu(layers.linear(h, params[name]["weight"], params[name]["bias"]))
         acts[name] = h
-    out = layers.linear(h, params[fcs[-1]]["weight"], params[fcs[-1]]["bias"])
-    return (out, state, acts) if capture else (out, state)
+    return layers.linear(h, params[fcs[-1]]["weight"], params[fcs[-1]]["bias"]), acts
 
 
 def groups(params: dict[str, Any]) -> tuple[ChannelGroup, ...]:

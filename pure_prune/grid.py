@@ -52,8 +52,9 @@ import torch.distributed as dist
 from pure_prune import checkpoint, distributed, importance, losses, mask, rng, tree
 from pure_prune import sweep as seeds
 from pure_prune.algorithms import masking
-from pure_prune.experiment import OPTIMIZERS, Experiment, setup
+from pure_prune.experiment import OPTIMIZERS, Experiment
 from pure_prune.importance.registry import Criterion
+from pure_prune.runner import setup_eager
 
 __all__ = [
     "COMPRESSIONS",
@@ -288,17 +289,31 @@ def train_dense(
     params, state = seeds.init_seeds(init, [s["init"] for s in sub])
     masks = seeds.masks_like_seeds(params)
     order = [s["train"] for s in sub]
-    fit = seeds.fit_seeds(
+    fit = _fit_fresh(steps, exp, params, state, masks, order, epochs)
+    test = seeds.evaluate_seeds(steps.eval, fit.params, fit.state, masks, exp.test_batches())
+    return fit.params, fit.state, {"accuracy": test["accuracy"], "loss": test["loss"]}
+
+
+def _fit_fresh(
+    steps: seeds.SeedSteps,
+    exp: Experiment,
+    params: Any,
+    state: Any,
+    masks: Any,
+    orders: Sequence[int],
+    epochs: int,
+) -> seeds.SeedFitResult:
+    """``sweep.fit_seeds`` of stacked seeds (``(S, *shape)`` leaves) for ``epochs`` epochs from fresh
+    optimizer states; seed ``i``'s data order comes from ``orders[i]``. Returns the stacked fit result."""
+    return seeds.fit_seeds(
         steps.train,
         params,
         state,
         seeds.init_opt_seeds(exp.optimizer, params),
         masks,
-        lambda epoch: seeds.seed_batches(exp.dataset, exp.batch_size, order, epoch),
+        lambda epoch: seeds.seed_batches(exp.dataset, exp.batch_size, orders, epoch),
         epochs,
     )
-    test = seeds.evaluate_seeds(steps.eval, fit.params, fit.state, masks, exp.test_batches())
-    return fit.params, fit.state, {"accuracy": test["accuracy"], "loss": test["loss"]}
 
 
 def _dense_path(save: Path, cfg: SweepConfig) -> Path:
@@ -419,15 +434,7 @@ def _channel_point(
     )
     params = mask.apply(params, masks)
     pruned = on_test(params, state, masks)
-    tuned = seeds.fit_seeds(
-        steps.train,
-        params,
-        state,
-        seeds.init_opt_seeds(exp.optimizer, params),
-        masks,
-        lambda epoch: seeds.seed_batches(ds, bs, [s["finetune"] for s in sub], epoch),
-        finetune_epochs,
-    )
+    tuned = _fit_fresh(steps, exp, params, state, masks, [s["finetune"] for s in sub], finetune_epochs)
     final = on_test(tuned.params, tuned.state, masks)
     metrics = {
         "dense_accuracy": dense["accuracy"],
@@ -665,18 +672,7 @@ def run(cfg: SweepConfig, *, plots: bool = True, log: Callable[[str], None] = _s
     cfg = cfg.check()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    exp, init = setup(
-        cfg.model,
-        cfg.data,
-        root=cfg.root,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        compile=False,
-        model_cfg=dict(cfg.model_cfg),
-    )
+    exp, init = setup_eager(cfg)
     points = _points(cfg)
     if any(p["level"] == "unit" for p in points):
         params, _ = init(0)

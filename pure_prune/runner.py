@@ -74,7 +74,16 @@ from pure_prune.experiment import Experiment, make_optimizer, setup
 from pure_prune.runconfig import NOT_HASHED, RunConfig, config_hash, parse_nm
 from pure_prune.schedule import linear, linear_steps, polynomial
 
-__all__ = ["FORMAT", "SEED_METRICS", "VMAPPED_METHODS", "RunResult", "compile_counter", "n_rounds", "run"]
+__all__ = [
+    "FORMAT",
+    "SEED_METRICS",
+    "VMAPPED_METHODS",
+    "RunResult",
+    "compile_counter",
+    "n_rounds",
+    "run",
+    "setup_eager",
+]
 
 FORMAT = "pure_prune.run/1"
 VMAPPED_METHODS = ("one_shot", "gradual", "imp")
@@ -186,8 +195,12 @@ class _Setup(NamedTuple):
     stats: dict[str, float]
 
 
-def _setup(cfg: RunConfig) -> _Setup:
-    exp, init = setup(
+def setup_eager(cfg: Any) -> tuple[Experiment, Callable[[int], tuple[Any, Any]]]:
+    """:func:`pure_prune.experiment.setup` from a config's ``model``/``data``/``root``/``batch_size``/
+    ``optimizer``/``lr``/``momentum``/``weight_decay``/``model_cfg`` fields, with eager steps
+    (``compile=False``). ``cfg`` is a :class:`~pure_prune.runconfig.RunConfig` or a grid
+    ``SweepConfig``. Returns ``(experiment, init)`` with ``init(key) -> (params, state)``."""
+    return setup(
         cfg.model,
         cfg.data,
         root=cfg.root,
@@ -199,6 +212,10 @@ def _setup(cfg: RunConfig) -> _Setup:
         compile=False,
         model_cfg=dict(cfg.model_cfg),
     )
+
+
+def _setup(cfg: RunConfig) -> _Setup:
+    exp, init = setup_eager(cfg)
     spe = data.num_batches(len(exp.dataset.y_train), cfg.batch_size)
     lr = (
         optim.multistep(cfg.lr, [m * spe for m in cfg.decreasing_lr], cfg.gamma)
@@ -309,17 +326,7 @@ class _Round(NamedTuple):
 
 def _imp_round(ctx: _Ctx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
-    s = imp.Settings(
-        rate=cfg.rate,
-        rounds=cfg.pruning_times,
-        epochs=cfg.epochs,
-        rewind_epoch=cfg.rewind_epoch,
-        steps_per_epoch=ctx.spe,
-        schedule=cfg.schedule,
-        scope=cfg.scope,
-        struct=cfg.struct,
-        control=cfg.control,
-    )
+    s = _imp_settings(cfg, ctx.spe)
     kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
         return imp.first_round(*_start(ctx), s, **kw)
@@ -649,7 +656,7 @@ def _seed_one_shot_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _
         out = train_fn(
             params, state, _seed_opt_state(ctx, params), masks, start=0, stop=cfg.epochs, keys=_fold(keys, 0)
         )
-        return RoundOut(Carry(out.params, out.state, out.opt_state, masks, None, {}), list(out.history), None)
+        return base.carry_out(out, masks, extra={})
     t0 = time.perf_counter()
     scores, level = _seed_scores(ctx, carry.params, carry.state, carry.masks, _fold(keys, 1 << 20))
     masks = _seed_prune(ctx, scores, cfg.sparsity, carry.masks, level)
@@ -664,9 +671,7 @@ def _seed_one_shot_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _
         stop=cfg.finetune_epochs,
         keys=_fold(keys, 1),
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
-    )
+    return base.carry_out(out, masks, extra=carry.extra, seconds=seconds)
 
 
 def _imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
@@ -732,11 +737,7 @@ def _seed_imp_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedT
         stop=s.epochs,
         keys=_fold(keys, imp._TRAIN + r),
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, carry.rewind, carry.extra),
-        list(out.history),
-        prune_seconds,
-    )
+    return base.carry_out(out, masks, rewind=carry.rewind, extra=carry.extra, seconds=prune_seconds)
 
 
 def _seed_gradual_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainFn) -> RoundOut:
@@ -757,9 +758,7 @@ def _seed_gradual_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _S
     out = train_fn(
         params, carry.state, carry.opt_state, masks, start=start, stop=stop, keys=_fold(keys, gradual._TRAIN)
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
-    )
+    return base.carry_out(out, masks, extra=carry.extra, seconds=seconds)
 
 
 _SEED_ROUNDS: dict[str, Callable[[_SeedCtx, Carry | None, int, _SeedTrainFn], RoundOut]] = {

@@ -31,8 +31,10 @@ __all__ = [
     "TrainFn",
     "Trained",
     "fit_trainer",
+    "carry_out",
     "fresh_opt_state",
     "no_training",
+    "train_fresh",
 ]
 
 Batch = tuple[torch.Tensor, ...]
@@ -178,3 +180,32 @@ def fresh_opt_state(optimizer: Optimizer, params: Any, count: int = 0) -> dict[s
         raise ValueError(f"count must be an int >= 0, got {count!r}")
     st = optimizer.init(params)
     return {**st, "count": torch.full_like(st["count"], count)}
+
+
+def train_fresh(
+    train_fn: TrainFn,
+    optimizer: Optimizer,
+    params: Any,
+    state: Any,
+    masks: Any,
+    *,
+    stop: int,
+    key: int,
+    **train_kw: Any,
+) -> Trained:
+    """``train_fn`` over epochs ``0 .. stop-1`` from a fresh ``optimizer.init(params)`` state.
+
+    ``params`` should already be masked; ``train_kw`` (``step``, ``batch_map``) is passed through.
+    Returns the :class:`Trained` trees and history."""
+    return train_fn(params, state, optimizer.init(params), masks, start=0, stop=stop, key=key, **train_kw)
+
+
+def carry_out(
+    out: Trained, masks: Any, *, rewind: Any = None, extra: Any = None, seconds: float | None = None
+) -> RoundOut:
+    """The :class:`RoundOut` of a round that trained to ``out`` under ``masks``: the carry holds
+    ``out``'s trees with ``masks``/``rewind``/``extra``, the history is ``out.history`` (a new list)
+    and ``seconds`` the time spent choosing the masks (``None``: the round did not prune)."""
+    return RoundOut(
+        Carry(out.params, out.state, out.opt_state, masks, rewind, extra), list(out.history), seconds
+    )

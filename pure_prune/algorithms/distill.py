@@ -21,14 +21,14 @@ import torch
 
 from pure_prune import losses, mask, rng, train
 from pure_prune.algorithms import imp
-from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn
+from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out, train_fresh
 from pure_prune.groups import ChannelGroup
 from pure_prune.optim import Optimizer
 
 __all__ = ["Settings", "first_round", "kd", "make_step", "next_round", "run", "teacher_fn", "with_teacher"]
 
 Batch = tuple[torch.Tensor, ...]
-_TRAIN, _SCORE = 0, 1 << 20
+_TRAIN = 0  # round k trains on fold_in(key, _TRAIN + k); imp.score_and_prune keys the scoring
 
 
 class Settings(NamedTuple):
@@ -118,15 +118,8 @@ def first_round(
     """Round 0: train the dense teacher; the carry's ``extra["teacher"]`` holds its trees."""
     s = settings.check()
     params = mask.apply(params, masks)
-    out = train_fn(
-        params, state, optimizer.init(params), masks, start=0, stop=s.epochs, key=rng.fold_in(key, _TRAIN)
-    )
-    teacher = {"params": out.params, "state": out.state}
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, {"teacher": teacher}),
-        list(out.history),
-        None,
-    )
+    out = train_fresh(train_fn, optimizer, params, state, masks, stop=s.epochs, key=rng.fold_in(key, _TRAIN))
+    return carry_out(out, masks, extra={"teacher": {"params": out.params, "state": out.state}})
 
 
 def next_round(
@@ -151,34 +144,21 @@ def next_round(
     if teacher is None:
         raise ValueError("distill: the carry holds no teacher (run first_round first)")
     t0 = time.perf_counter()
-    scores = score_fn(carry.params, carry.state, carry.masks, rng.fold_in(key, _SCORE + round))
-    masks = imp.prune_round(
-        carry.masks,
-        scores,
-        round,
-        s.rate,
-        schedule=s.schedule,
-        scope=s.scope,
-        struct=s.struct,
-        groups=groups,
-        level=level,
-    )
+    masks = imp.score_and_prune(carry, round, s, score_fn=score_fn, key=key, groups=groups, level=level)
     params = mask.apply(carry.params, masks)
     seconds = time.perf_counter() - t0
-    out = train_fn(
+    out = train_fresh(
+        train_fn,
+        optimizer,
         params,
         carry.state,
-        optimizer.init(params),
         masks,
-        start=0,
         stop=s.finetune_epochs,
         key=rng.fold_in(key, _TRAIN + round),
         step=kd_step,
         batch_map=with_teacher(teacher_fn(apply, teacher["params"], teacher["state"])),
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
-    )
+    return carry_out(out, masks, extra=carry.extra, seconds=seconds)
 
 
 def run(

@@ -18,7 +18,7 @@ from typing import Any
 
 from pure_prune import mask, rng
 from pure_prune.algorithms import masking
-from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn
+from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out
 from pure_prune.groups import ChannelGroup
 from pure_prune.optim import Optimizer
 
@@ -78,9 +78,7 @@ def _segment(
     out = train_fn(
         params, carry.state, carry.opt_state, masks, start=start, stop=stop, key=rng.fold_in(key, _TRAIN)
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
-    )
+    return carry_out(out, masks, extra=carry.extra, seconds=seconds)
 
 
 def first_round(

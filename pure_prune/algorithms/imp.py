@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from pure_prune import mask, rng, select
 from pure_prune import schedule as schedules
 from pure_prune.algorithms import masking
-from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, fresh_opt_state
+from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out, fresh_opt_state
 from pure_prune.groups import ChannelGroup
 from pure_prune.importance import magnitude
 from pure_prune.optim import Optimizer
@@ -47,6 +47,7 @@ __all__ = [
     "prune_round",
     "random_masks_like",
     "run",
+    "score_and_prune",
     "target",
 ]
 
@@ -144,6 +145,35 @@ def prune_round(
     )
 
 
+def score_and_prune(
+    carry: Carry,
+    round: int,  # noqa: A002
+    settings: Any,
+    *,
+    score_fn: ScoreFn,
+    key: int,
+    groups: Sequence[ChannelGroup] = (),
+    level: str = "element",
+) -> Any:
+    """Score ``carry``'s trained weights with key ``fold_in(key, 2**20 + round)`` and return its masks
+    pruned further by :func:`prune_round` to round ``round``'s target.
+
+    ``settings`` is any settings tuple with ``rate``/``schedule``/``scope``/``struct`` (:class:`Settings`,
+    ``distill.Settings``). Returns a masks tree like ``carry.masks``."""
+    scores = score_fn(carry.params, carry.state, carry.masks, rng.fold_in(key, _SCORE + round))
+    return prune_round(
+        carry.masks,
+        scores,
+        round,
+        settings.rate,
+        schedule=settings.schedule,
+        scope=settings.scope,
+        struct=settings.struct,
+        groups=groups,
+        level=level,
+    )
+
+
 def random_masks_like(masks: Any, previous: Any, key: int) -> Any:
     """Random masks with the kept count of ``masks`` in every leaf, nested in ``previous``.
 
@@ -206,18 +236,7 @@ def next_round(
     if carry.rewind is None:
         raise ValueError("next_round: the carry has no rewind point (run first_round first)")
     t0 = time.perf_counter()
-    scores = score_fn(carry.params, carry.state, carry.masks, rng.fold_in(key, _SCORE + round))
-    masks = prune_round(
-        carry.masks,
-        scores,
-        round,
-        s.rate,
-        schedule=s.schedule,
-        scope=s.scope,
-        struct=s.struct,
-        groups=groups,
-        level=level,
-    )
+    masks = score_and_prune(carry, round, s, score_fn=score_fn, key=key, groups=groups, level=level)
     if s.control == "random_masks":
         masks = random_masks_like(masks, carry.masks, rng.fold_in(key, _CONTROL + round))
     if mask_fn is not None:
@@ -240,11 +259,7 @@ def next_round(
         stop=s.epochs,
         key=rng.fold_in(key, _TRAIN + round),
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, carry.rewind, carry.extra),
-        list(out.history),
-        prune_seconds,
-    )
+    return carry_out(out, masks, rewind=carry.rewind, extra=carry.extra, seconds=prune_seconds)
 
 
 def run(

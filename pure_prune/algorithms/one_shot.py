@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from pure_prune import mask, rng, train
 from pure_prune.algorithms import masking
-from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn
+from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out, train_fresh
 from pure_prune.experiment import Experiment
 from pure_prune.groups import ChannelGroup
 from pure_prune.optim import Optimizer
@@ -84,10 +84,8 @@ def first_round(
 ) -> RoundOut:
     """Round 0: train ``params ⊙ masks`` (usually dense) for ``epochs`` epochs from a fresh optimizer state."""
     params = mask.apply(params, masks)
-    out = train_fn(
-        params, state, optimizer.init(params), masks, start=0, stop=epochs, key=rng.fold_in(key, 0)
-    )
-    return RoundOut(Carry(out.params, out.state, out.opt_state, masks, None, {}), list(out.history), None)
+    out = train_fresh(train_fn, optimizer, params, state, masks, stop=epochs, key=rng.fold_in(key, 0))
+    return carry_out(out, masks, extra={})
 
 
 def next_round(
@@ -121,15 +119,7 @@ def next_round(
         nm=nm,
     )
     seconds = time.perf_counter() - t0
-    out = train_fn(
-        params,
-        carry.state,
-        optimizer.init(params),
-        masks,
-        start=0,
-        stop=finetune_epochs,
-        key=rng.fold_in(key, 1),
+    out = train_fresh(
+        train_fn, optimizer, params, carry.state, masks, stop=finetune_epochs, key=rng.fold_in(key, 1)
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, carry.extra), list(out.history), seconds
-    )
+    return carry_out(out, masks, extra=carry.extra, seconds=seconds)

@@ -35,7 +35,7 @@ import torch
 from pure_prune import mask, rng, select, tree
 from pure_prune import schedule as schedules
 from pure_prune.algorithms import imp, unit_criteria
-from pure_prune.algorithms.base import Carry, RoundOut, TrainFn, fresh_opt_state
+from pure_prune.algorithms.base import Carry, RoundOut, TrainFn, carry_out, fresh_opt_state, train_fresh
 from pure_prune.groups import ChannelGroup
 from pure_prune.importance import magnitude
 from pure_prune.optim import Optimizer
@@ -217,12 +217,8 @@ def first_round(
     """Round 0: dense training (``masks`` all kept) for ``settings.epochs`` epochs."""
     s = settings.check()
     params = mask.apply(params, masks)
-    out = train_fn(
-        params, state, optimizer.init(params), masks, start=0, stop=s.epochs, key=rng.fold_in(key, _TRAIN)
-    )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, {"target": None}), list(out.history), None
-    )
+    out = train_fresh(train_fn, optimizer, params, state, masks, stop=s.epochs, key=rng.fold_in(key, _TRAIN))
+    return carry_out(out, masks, extra={"target": None})
 
 
 def next_round(
@@ -252,14 +248,10 @@ def next_round(
     k_train = rng.fold_in(key, _TRAIN + round)
     if round == s.rounds + 1:  # the final cut, then fine-tuning without penalty
         seconds = time.perf_counter() - t0
-        out = train_fn(
-            params, carry.state, optimizer.init(params), masks, start=0, stop=s.finetune_epochs, key=k_train
+        out = train_fresh(
+            train_fn, optimizer, params, carry.state, masks, stop=s.finetune_epochs, key=k_train
         )
-        return RoundOut(
-            Carry(out.params, out.state, out.opt_state, masks, None, {"target": None}),
-            list(out.history),
-            seconds,
-        )
+        return carry_out(out, masks, extra={"target": None}, seconds=seconds)
     goal = imp.target(round, s.rate, s.schedule)
     reference = None
     if s.criterion == "remain":
@@ -277,11 +269,7 @@ def next_round(
     out = train_fn(
         params, carry.state, opt_state, masks, start=0, stop=s.epochs, key=k_train, step=penalty_step
     )
-    return RoundOut(
-        Carry(out.params, out.state, out.opt_state, masks, None, {"target": target}),
-        list(out.history),
-        seconds,
-    )
+    return carry_out(out, masks, extra={"target": target}, seconds=seconds)
 
 
 def _weights_only(scores: Any) -> Any:

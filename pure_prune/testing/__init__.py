@@ -10,36 +10,7 @@
 Importing this package does not import hypothesis or pytest.
 """
 
-from pure_prune.testing.invariants import (
-    compacted_equals_masked,
-    describe_tree,
-    exact_n_of_m,
-    exact_sparsity,
-    format_tensor,
-    format_value,
-    masks_fit_params,
-    masks_nested,
-    optimizer_state_zero_at_pruned,
-    pruned_are_zero,
-    vmapped_equals_loop,
-    whole_blocks,
-    whole_channels,
-    whole_rows,
-)
+from pure_prune.testing import invariants
+from pure_prune.testing.invariants import *  # noqa: F403 - the re-export is exactly invariants.__all__
 
-__all__ = [
-    "compacted_equals_masked",
-    "describe_tree",
-    "exact_n_of_m",
-    "exact_sparsity",
-    "format_tensor",
-    "format_value",
-    "masks_fit_params",
-    "masks_nested",
-    "optimizer_state_zero_at_pruned",
-    "pruned_are_zero",
-    "vmapped_equals_loop",
-    "whole_blocks",
-    "whole_channels",
-    "whole_rows",
-]
+__all__ = list(invariants.__all__)
