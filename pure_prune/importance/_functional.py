@@ -471,10 +471,11 @@ def linear_taps(model_fn: ModelFn, params: tree.Tree, x: torch.Tensor) -> Linear
 
     Returns a :class:`LinearTaps`; ``layers`` is empty when nothing qualifies, when the logits are
     token-level (``(N, T, C)``: a sample's gradient sums over tokens and is no single outer product)
-    or when rows of the model's outputs mix samples (then every leaf takes the generic route). Mixing is found with a
-    forward-mode perturbation of one row of ``x`` and of the taps; for integer ``x`` (token ids)
-    only of the taps, so mixing before the first linear layer goes unseen there (``model_fn`` must
-    keep samples apart in any case: per-sample statistics mean nothing otherwise).
+    or when rows of the model's outputs mix samples (then every leaf takes the generic route).
+    Mixing is found with a forward-mode perturbation of one row of ``x`` and of the taps; for
+    integer ``x`` (token ids) only of the taps, so mixing before the first linear layer goes unseen
+    there (``model_fn`` must keep samples apart in any case: per-sample statistics mean nothing
+    otherwise).
     """
     paths, leaves, spec = tree.flatten_with_paths(params)
     leaves = [w.detach() for w in leaves]

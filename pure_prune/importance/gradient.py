@@ -2,7 +2,9 @@
 
 Conventions (inputs, masks, the cross-entropy loss, the ``fast`` linear-layer route) are those of
 :mod:`pure_prune.importance._functional`. Let ``g_n`` be the gradient of sample ``n``'s cross-entropy
-w.r.t. ``theta = W * M`` and ``N`` the number of samples in all batches. Then, elementwise:
+w.r.t. ``theta = W * M`` and ``N`` the number of samples in all batches (for token-level models,
+labels ``(N, T)``, a sample is one sequence and its loss the mean over its ``T`` tokens). Then,
+elementwise:
 
 * ``mean = (1/N) sum_n g_n`` and ``fisher = (1/N) sum_n g_n²`` (the empirical Fisher diagonal);
 * ``variance = fisher - mean²`` over samples (no Bessel correction), less a rounding allowance of

@@ -13,10 +13,11 @@ Routes to ``diag(H)`` (:func:`hessian_diag`):
 * ``"ggn"``: the generalized Gauss-Newton diagonal ``(1/N) sum_n sum_c (J_n^T s_nc)²`` where
   ``J_n = d logits_n / d theta`` and ``S_n S_n^T = diag(p_n) - p_n p_n^T`` is the softmax
   cross-entropy Hessian with columns ``s_nc = sqrt(p_nc) (e_c - p_n)``: ``C`` vector-Jacobian
-  products per sample. ``diag(H) = diag(GGN) + diag(sum_n r_n . d² logits_n)`` with ``r`` the
-  loss gradient w.r.t. the logits, and the second term vanishes where every logit is piecewise
-  linear in each single weight (ReLU/max-pool MLPs and CNNs, BatchNorm in eval mode: a weight
-  multiplies activations that do not depend on it). There the GGN diagonal *is* the Hessian diagonal.
+  products per sample (token-level logits ``(N, T, C)``: ``T*C`` per sequence, one per token and
+  class, and the mean over tokens too). ``diag(H) = diag(GGN) + diag(sum_n r_n . d² logits_n)``
+  with ``r`` the loss gradient w.r.t. the logits, and the second term vanishes where every logit is
+  piecewise linear in each single weight (ReLU/max-pool MLPs and CNNs, BatchNorm in eval mode: a
+  weight multiplies activations that do not depend on it). There the GGN diagonal *is* the Hessian diagonal.
 * ``"auto"``: ``piecewise_linear=True`` trusts the caller (GGN everywhere), ``False`` takes
   Hutchinson everywhere, and ``None`` runs :func:`ggn_is_exact` and uses the GGN for the leaves
   where it is exact, Hutchinson for the others.
@@ -268,7 +269,8 @@ def _ggn_batch(
     problem: Problem, taps: LinearTaps | None, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None
 ) -> list[torch.Tensor]:
     """The GGN diagonal of one batch's mean loss, ``(1/N) sum_n sum_c (J_n^T s_nc)²``, one tensor per
-    scored leaf (token-level: ``(1/(N T)) sum_n sum_(t,c) (J_n^T s_ntc)²``). Traced linear layers as in :func:`ggn_diag`; the other leaves: :func:`_ggn_generic`."""
+    scored leaf (token-level: ``(1/(N T)) sum_n sum_(t,c) (J_n^T s_ntc)²``). Traced linear layers as
+    in :func:`ggn_diag`; the other leaves: :func:`_ggn_generic`."""
     pos_of = {leaf: j for j, leaf in enumerate(problem.scored)}
     out: list = [None] * len(problem.scored)
     layers = fast_layers(problem, taps)
