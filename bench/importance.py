@@ -192,6 +192,58 @@ def backpack_cases(
 # ----------------------------------------------------------------------------------------- main
 
 
+def jax_cases(s: dict) -> tuple[dict[str, Callable], str | None]:
+    """JAX on CPU as the optional peer (the ``bench`` extra): ``jit(vmap(grad))`` gradient SNR and
+    ``jit``-ed Hutchinson with 64 forward-over-reverse HVPs, on the same params and batch.
+    Returns ``({case: fn}, why_missing)``; each ``fn`` blocks until JAX's result is ready."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return {}, "JAX peers skipped: jax is not installed (pip install 'pure-prune[bench]')"
+    jax.config.update("jax_platforms", "cpu")
+    p = {k: {n: jnp.asarray(v.numpy()) for n, v in leaf.items()} for k, leaf in s["params"].items()}
+    x, y = jnp.asarray(s["x"].numpy()), jnp.asarray(s["y"].numpy())
+
+    def logits(q, xx):
+        h = jax.nn.relu(xx @ q["fc1"]["weight"].T + q["fc1"]["bias"])
+        h = jax.nn.relu(h @ q["fc2"]["weight"].T + q["fc2"]["bias"])
+        return h @ q["fc3"]["weight"].T + q["fc3"]["bias"]
+
+    def loss(q, xx, yy):
+        z = logits(q, xx)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), yy[:, None], axis=-1))
+
+    @jax.jit
+    def snr(q, xx, yy):
+        g = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(q, xx[:, None], yy[:, None])
+        mean = jax.tree_util.tree_map(lambda t: t.mean(0), g)
+        var = jax.tree_util.tree_map(lambda t, m: (t * t).mean(0) - m * m, g, mean)
+        return jax.tree_util.tree_map(lambda m, v: m * m / (v + 1e-12), mean, var)
+
+    probes = jax.tree_util.tree_map(
+        lambda t: jnp.where(jax.random.bernoulli(jax.random.PRNGKey(0), 0.5, (64, *t.shape)), 1.0, -1.0), p
+    )
+
+    @jax.jit
+    def hutchinson(q, xx, yy, vs):
+        def hvp(v):
+            return jax.jvp(jax.grad(lambda r: loss(r, xx, yy)), (q,), (v,))[1]
+
+        hv = jax.vmap(hvp)(vs)
+        return jax.tree_util.tree_map(lambda a, b: (a * b).mean(0), hv, vs)
+
+    def ready(tree_):
+        return jax.block_until_ready(tree_)
+
+    ready(snr(p, x, y))  # compile outside the timed region
+    ready(hutchinson(p, x, y, probes))
+    return {
+        "JAX jit(vmap(grad)) SNR": lambda: ready(snr(p, x, y)),
+        "JAX jit Hutchinson K=64 (vmapped jvp of grad)": lambda: ready(hutchinson(p, x, y, probes)),
+    }, None
+
+
 def timing_groups(s: dict, taps: G.LinearTaps, bp: dict[str, Callable]) -> dict[str, dict[str, Callable]]:
     """The timed cases, by group (each group is timed round-robin with the unit)."""
     params, model_fn, net, x, y = s["params"], s["model_fn"], s["net"], s["x"], s["y"]
@@ -400,7 +452,8 @@ def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
     torch.set_num_threads(2)
     s = setup()
     bp, bp_model, why = backpack_cases(s["net"], s["x"], s["y"])
-    notes = [why] if why else []
+    jx, why_jax = jax_cases(s)
+    notes = [w for w in (why, why_jax) if w]
     t0 = time.perf_counter()
     taps = G.linear_taps(s["model_fn"], s["params"], s["x"])
     trace_s = time.perf_counter() - t0
@@ -409,6 +462,8 @@ def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
     trace_again_s = time.perf_counter() - t0
 
     groups = timing_groups(s, taps, bp)
+    groups["Hutchinson K=64"].update({k: v for k, v in jx.items() if "Hutchinson" in k})
+    groups["gradient SNR"].update({k: v for k, v in jx.items() if "SNR" in k})
     compile_s = add_compiled(s, groups) if compile_ else {}
     if not compile_:
         notes.append("compiled cases skipped (--no-compile)")
