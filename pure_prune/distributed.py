@@ -179,6 +179,9 @@ def process_group(backend: str | None = None) -> Iterator[tuple[int, int]]:
     dist.init_process_group(backend=backend)
     try:
         yield dist.get_rank(), dist.get_world_size()
+        # every rank reaches here before any tears its group down: a rank that closed its gloo
+        # connections while a peer was still sending made that peer abort at exit
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
