@@ -35,9 +35,7 @@ fine-tuning) and ``sweep.md`` (the Markdown table that the command prints).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import numbers
 import sys
@@ -49,7 +47,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from pure_prune import checkpoint, distributed, importance, losses, mask, rng, tree
+from pure_prune import checkpoint, distributed, importance, losses, mask, report, rng, tree
 from pure_prune import sweep as seeds
 from pure_prune.algorithms import masking
 from pure_prune.experiment import OPTIMIZERS, Experiment
@@ -551,14 +549,6 @@ def table(points: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -
     return out
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _pm(row: dict[str, Any]) -> str:
     return f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f}"
 
@@ -724,7 +714,7 @@ def run(cfg: SweepConfig, *, plots: bool = True, log: Callable[[str], None] = _s
     save.mkdir(parents=True, exist_ok=True)
     title = f"{cfg.model} on {cfg.data}, {cfg.epochs} epochs dense, {cfg.finetune_epochs} epochs fine-tuning"
     text = markdown(rows, title=title)
-    (save / "sweep.csv").write_text(_csv(rows))
+    (save / "sweep.csv").write_text(report.csv_text(rows, CSV_COLUMNS))
     (save / "sweep.md").write_text(text)
     files = [save / "sweep.csv", save / "sweep.md"]
     if plots:

@@ -317,9 +317,10 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    """``rows`` as CSV text with a header of ``columns`` (the report's table by default)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=list(columns))
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -557,7 +558,7 @@ def report(
     rows = [summarize(r) for r in runs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.csv").write_text(_csv(rows))
+    (out / "report.csv").write_text(csv_text(rows))
     (out / "report.md").write_text(markdown_table(rows))
     files = [out / "report.csv", out / "report.md"]
     if plots:

@@ -206,3 +206,11 @@ def test_several_seeds_give_mean_std_rows_bands_and_pictures(seed_runs, runs, tm
     bands.clear()
     single, _ = report.report([runs[0].save_dir], tmp_path / "one")
     assert bands == [] and single[0]["seeds"] == 1 and single[0]["final_accuracy_std"] is None
+
+
+def test_csv_text_writes_the_header_and_rows_in_column_order():
+    from pure_prune import report as report_mod
+
+    text = report_mod.csv_text([{"b": 2, "a": 1}], columns=("a", "b"))
+    assert text.splitlines() == ["a,b", "1,2"]
+    assert report_mod.csv_text([]).splitlines()[0].split(",") == list(report_mod.COLUMNS)
