@@ -8,8 +8,10 @@ On a shared, oversubscribed 2-core machine, two OpenMP threads that spin at ever
 (libgomp's default) stall each other for up to hundreds of milliseconds per call whenever other
 processes hold the cores; the distribution of a step's time turns bimodal and medians then
 measure the neighbours. ``OMP_WAIT_POLICY=PASSIVE`` (set in the environment before Python starts)
-makes waiting threads sleep instead; the machine information written with every result records
-it, with the load average and the CPU time per call.
+makes waiting threads sleep instead, at the price of a futex wake-up per parallel region: a step
+of many small kernels is then slower on two threads than on one (``bench/train_step.py``). The
+machine information written with every result records the policy, with the load average and
+the CPU time per call.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def time_interleaved(
     reps: int = 30,
     warmup: int = 5,
     sync: Callable[[], None] | None = None,
-) -> dict[str, dict[str, float]]:
+    raw: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Time every function of ``fns`` ``reps`` times, one call of each per round.
 
     ``warmup`` rounds are run first and discarded. ``sync`` (e.g. ``torch.cuda.synchronize``) is
@@ -81,7 +84,8 @@ def time_interleaved(
     wall-clock medians and minima, and the median CPU time of the process per call
     (``time.process_time``, all threads). With one thread the CPU time is the work itself and
     stays put when other processes load the machine; with two it also counts the time a thread
-    spins at a barrier waiting for the other one.
+    spins at a barrier waiting for the other one. ``raw=True`` adds the samples, in seconds, as
+    ``"wall_s"`` and ``"cpu_s"`` lists (to pool blocks of calls).
     """
     names = list(fns)
     for _ in range(warmup):
@@ -98,7 +102,7 @@ def time_interleaved(
                 sync()
             times[n].append(time.perf_counter() - t0)
             cpu[n].append(time.process_time() - c0)
-    return {
+    out: dict[str, dict[str, Any]] = {
         n: {
             "median_ms": statistics.median(t) * 1e3,
             "min_ms": min(t) * 1e3,
@@ -107,6 +111,10 @@ def time_interleaved(
         }
         for n, t in times.items()
     }
+    if raw:
+        for n, t in times.items():
+            out[n].update(wall_s=t, cpu_s=cpu[n])
+    return out
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

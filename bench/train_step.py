@@ -1,35 +1,60 @@
 """One masked SGD-momentum training step (80% global L1 sparsity): pure_prune vs its peers.
 
-Peers, timed interleaved in one process (``bench/_common.py``), 2 threads, float32:
+Peers, float32, ``--threads`` intra-op threads (default 2):
 
-* ``pure_prune Compiled``: ``stage.Compiled(train.make_step(..., compile=False))``, inductor;
-* ``pure_prune make_step``: ``train.make_step(...)`` as it ships (``compile=True``: eager tree
-  checks on every call, then ``torch.compile``);
-* ``pure_prune pre-masked`` (*proposed*, not in ``train.py``): the same step for params whose
-  pruned entries are already zero (``mask.apply`` once per round; every step keeps them zero):
-  the forward pass uses the params directly instead of ``where(M, W, 0)``; the optimizer still
-  masks gradients and updates, so the results are identical;
-* ``pure_prune pre-masked, float masks`` (*proposed*): as above with the masks handed to the
-  compiled step as float32 0/1 tensors (converted once per round) and every ``where(M, x, 0)``
-  written ``where(K != 0, x, 0)``: same values. On this CPU a select on a bool mask compiles to
-  branchy code (inductor and eager alike: ``where`` over a random 300x784 bool mask takes ~470 µs,
-  ~190 µs when the mask is sorted, ~90 µs with a float32 mask), so the masked steps spend more
-  time in masking than in their backward GEMM;
+* ``pure_prune make_step``: ``train.make_step(...)`` as it ships (``compile=True``, inductor):
+  eager tree checks, the bool masks passed to the compiled step as their uint8 views
+  (``mask.as_bytes``, no copy), ``where(M, W, 0)`` in the forward pass;
+* ``pure_prune make_step, premasked=True``: the same for params already zero at pruned entries
+  (``mask.apply`` once per round, as the runner's algorithms do): the forward pass reads the
+  params directly; the optimizer still masks gradients, state and updates (same results);
 * ``torch.nn.utils.prune + torch.optim``: ``global_unstructured(L1Unstructured, 0.8)`` hooks and
-  ``torch.optim.SGD`` in eager mode (the seeds' status quo);
-* ``dense eager``: the same ``nn.Module`` without pruning;
-* ``JAX jit``: the same masked step in ``jax.numpy`` (MLPs only; skipped if JAX is missing), timed
-  in a process of its own (not interleaved): in one process XLA's thread pool and libgomp's
-  spinning OpenMP threads stall each other on two cores (torch medians of 160-240 ms).
+  ``torch.optim.SGD`` in eager mode (the seeds' status quo); ``dense eager``: the same
+  ``nn.Module`` without pruning;
+* ``JAX jit``: the same masked step in ``jax.numpy`` (MLPs only; skipped without JAX), in a
+  process of its own (in one process XLA's pool and libgomp's threads stall each other), timed in
+  ``--blocks`` blocks alternating with the torch peers, each side idle while the other runs, so
+  that both meet the same load. At ``--threads 1`` XLA gets one thread too.
 
-Cases: digits MLP 64-256-256-10 (sklearn digits, batch 128), LeNet-300-100 (random inputs, batch
-128), a narrow ResNet-20 (width 8, random 32x32 inputs, batch 64). Before timing, every peer runs
-the same first step from the same weights and masks and the losses are checked to agree.
+The torch peers are timed interleaved (``_common.time_interleaved``). Before timing, every peer
+runs the same first step from the same weights and masks and the losses are checked to agree.
+``--variants`` adds rows that explain the time: the step compiled with the bool masks as graph
+inputs (the library before this change), the premasked step without the eager wrapper and with
+inductor's ``cpp.min_chunk_size=65536`` (fewer OpenMP regions), and the step's GEMMs alone.
 
-    python bench/train_step.py [--reps 40] [--cases mlp lenet300 resnet20] [--variants]
+    OMP_WAIT_POLICY=PASSIVE python bench/train_step.py --threads 1 --variants
 
-``--variants`` adds LeNet-300-100 compile variants (``cpp.min_chunk_size``,
-``max-autotune-no-cudagraphs``) used to explain where the compiled step's time goes.
+Findings (2-core AMD EPYC VM shared with other jobs, load 3-5, torch 2.13 CPU, JAX 0.10;
+``bench/results/train_step_1thread.json``, ``train_step.json`` (2 threads, PASSIVE),
+``train_step_spin.json`` (2 threads, libgomp's default spin-then-sleep policy)):
+
+* **Bool masks were the largest avoidable cost.** Inductor loads a bool tensor into a vector mask
+  element by element with a data-dependent branch (``VecMask::from(bool*)``); every masked weight
+  is read that way twice per step (forward ``where`` and the fused update). Handing the compiled
+  step the masks' uint8 views and testing ``int32(m) != 0`` in the graph vectorises the load:
+  LeNet-300-100 at one thread 3.01 -> 2.47 ms, the MLP 1.26 -> 1.19 ms. ``premasked=True`` saves
+  the forward ``where`` (2.47 -> 2.33, 1.19 -> 1.10 ms).
+* **At one thread** the shipped step is 1.20-1.24x the hooks (1.28-1.33x with ``premasked``) and
+  0.81-0.86x JAX (0.86-0.92x). Where the time goes (LeNet-300-100): the GEMMs alone, eager and
+  cache-hot, take 1.75 of the 2.33 ms (XLA's own GEMMs of the same shapes are not faster: 1.6 ms
+  against MKL's 1.55 measured back to back); ~0.13 ms is per-call Python (eager checks and uint8
+  views ~40 µs, dynamo guards and inductor's Python wrapper ~90 µs, against a few tens of µs for
+  ``jax.jit`` dispatch); the rest is the fused elementwise update (~0.1 ms) and GEMMs on operands
+  that are no longer in cache inside the step (the GEMMs after a 32 MB sweep: 1.90 vs 1.54 ms).
+  The compiled step allocates fresh output trees each call (pure functions, no donation), so it
+  streams ~5 MB per step through the cache where ``torch.optim`` updates in place.
+* **Two threads with OMP_WAIT_POLICY=PASSIVE** lose to one: every OpenMP parallel region (each
+  inductor kernel, each MKL GEMM: ~18 per step) becomes a futex wake-up of the other thread. The
+  MLP step is 1.9-2.2 ms (GEMMs alone 1.17 ms) against 1.1 ms at one thread; fewer regions
+  (``cpp.min_chunk_size=65536``) recover ~12% (part of it the eager wrapper that row skips).
+  JAX's thread pool does not pay this.
+* **Two threads with the default policy** (threads spin before sleeping) are fastest on an idle
+  machine (the MLP step before the uint8 change: 0.80 ms at load 0.6, 1.16 ms at one thread) but
+  collapse when other jobs hold the cores: medians of 9-14 ms for every torch peer, while JAX
+  stays at 2-3 ms. On a shared or small CPU, run small models with ``torch.set_num_threads(1)``
+  (or ``OMP_NUM_THREADS=1``); ``GOMP_SPINCOUNT=10000`` made it worse here (17-26 ms).
+* ResNet-20 (width 8) is convolution-bound: all peers 150-165 ms at one thread, the compiled step
+  on par with the hooks.
 """
 
 from __future__ import annotations
@@ -37,6 +62,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -48,12 +74,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, setup_threads, table, time_interleaved, write_json  # noqa: E402
+from _common import setup_threads, table, time_interleaved, write_json  # noqa: E402
 
-from pure_prune import data, losses, mask, optim, select, stage, train, tree  # noqa: E402
+from pure_prune import data, losses, mask, optim, select, train, tree  # noqa: E402
 from pure_prune import models as model_registry  # noqa: E402
-from pure_prune.losses import accuracy  # noqa: E402
-from pure_prune.optim import apply_updates  # noqa: E402
 
 LR, MOMENTUM, SPARSITY = 0.05, 0.9, 0.8
 
@@ -88,59 +112,32 @@ def global_l1_masks(params):
 
 
 # ------------------------------------------------------------------------------------ pure_prune
-def pre_masked_step(model, loss, optimizer):
-    """The proposed step: params already zero at pruned entries (see the module docstring)."""
-
-    def step(params, state, opt_state, masks, batch):
-        x, *targets = batch
-
-        def objective(p):
-            out, new_state = model.apply(p, state, x, train=True)
-            return loss(out, *targets), (out.detach(), new_state)
-
-        grads, (value, (out, new_state)) = torch.func.grad_and_value(objective, has_aux=True)(params)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params, masks)
-        metrics = {"accuracy": accuracy(out, targets[0]), "loss": value.detach()}
-        return apply_updates(params, updates), new_state, new_opt_state, metrics
-
-    return step
-
-
-def float_mask_step(model, loss, lr: float, momentum: float):
-    """The proposed step with float32 0/1 masks (``keep``, made once per round from the bool masks)
-    and pre-masked params: ``optim.sgd(lr, momentum)``'s update entry for entry, with every
-    ``where(M, x, 0)`` spelled ``where(K != 0, x, 0)``."""
-
-    def keep(x, k):
-        return x if k is None else torch.where(k != 0, x, torch.zeros((), dtype=x.dtype))
-
-    def step(params, state, opt_state, keeps, batch):
-        x, *targets = batch
-
-        def objective(p):
-            out, new_state = model.apply(p, state, x, train=True)
-            return loss(out, *targets), (out.detach(), new_state)
-
-        grads, (value, (out, new_state)) = torch.func.grad_and_value(objective, has_aux=True)(params)
-        rate = torch.where(opt_state["lr_override_on"], opt_state["lr_override"], lr)
-        buf = tree.map(
-            lambda b, g, k: keep(momentum * b + keep(g, k), k), opt_state["momentum"], grads, keeps
-        )
-        new_params = tree.map(lambda p, b, k: p + keep(-rate * b, k), params, buf, keeps)
-        new_opt_state = {**opt_state, "count": opt_state["count"] + 1, "momentum": buf}
-        metrics = {"accuracy": accuracy(out, targets[0]), "loss": value.detach()}
-        return new_params, new_state, new_opt_state, metrics
-
-    return step
-
-
 def pure_runner(run, params, state, opt, masks, batch):
-    """A closure doing one step in place of its own trees, and the first step's loss."""
+    """A closure doing one step in place of its own trees; returns the step's loss."""
     trees = [params, state, opt.init(params)]
 
     def one() -> torch.Tensor:
         trees[0], trees[1], trees[2], metrics = run(trees[0], trees[1], trees[2], masks, batch)
         return metrics["loss"]
+
+    return one
+
+
+def gemm_floor(params, batch):
+    """The GEMMs of one MLP step alone (eager ``addmm``/``mm`` of the same shapes): a lower bound."""
+    names = model_registry.structure.numbered(params, "fc")
+    ws = [params[k]["weight"] for k in names]
+    bs = [params[k]["bias"] for k in names]
+    acts = [batch[0].flatten(1)] + [torch.randn(batch[0].shape[0], w.shape[0]) for w in ws]
+
+    def one() -> torch.Tensor:
+        for i, w in enumerate(ws):
+            torch.addmm(bs[i], acts[i], w.t())
+        for i, w in enumerate(ws):
+            torch.mm(acts[i + 1].t(), acts[i])
+            if i > 0:
+                torch.mm(acts[i + 1], w)
+        return torch.zeros(())
 
     return one
 
@@ -273,29 +270,37 @@ def jax_runner(params, masks, batch):
 
 
 # ------------------------------------------------------------------------------------------ main
+HOOKS = "torch.nn.utils.prune + torch.optim"
+SHIPPED = "pure_prune make_step"
+
+
 def build(name: str, variants: bool):
+    """``(fns, first_call_s, first_loss)``: one closure per peer, each already past its first call."""
     spec, params, state, batch = case_setup(name)
     masks = global_l1_masks(params)
     loss = losses.cross_entropy
     opt = optim.sgd(LR, momentum=MOMENTUM)
-    raw = train.make_step(spec, loss, opt, compile=False)
     start = mask.apply(params, masks)
-    compiled = {
-        "pure_prune Compiled": stage.Compiled(raw),
-        "pure_prune make_step": train.make_step(spec, loss, opt),
-        "pure_prune pre-masked": stage.Compiled(pre_masked_step(spec, loss, opt)),
-        "pure_prune pre-masked, float masks": stage.Compiled(float_mask_step(spec, loss, LR, MOMENTUM)),
+    runs = {
+        SHIPPED: (train.make_step(spec, loss, opt), masks),
+        f"{SHIPPED}, premasked=True": (train.make_step(spec, loss, opt, premasked=True), masks),
     }
     if variants:
-        compiled["Compiled min_chunk_size=32768"] = stage.Compiled(raw, options={"cpp.min_chunk_size": 32768})
-        compiled["Compiled max-autotune"] = stage.Compiled(raw, mode="max-autotune-no-cudagraphs")
-    keeps = tree.map(lambda m: None if m is None else m.to(torch.float32), masks)
-    fns = {
-        label: pure_runner(run, start, state, opt, keeps if "float" in label else masks, batch)
-        for label, run in compiled.items()
-    }
-    fns["torch.nn.utils.prune + torch.optim"] = torch_runner(torch_module(name, params, state), batch, True)
+        raw = train.make_step(spec, loss, opt, compile=False)
+        runs["bool masks into the graph (before)"] = (torch.compile(raw, fullgraph=True), masks)
+        runs["premasked, cpp.min_chunk_size=65536"] = (
+            torch.compile(
+                train.make_step(spec, loss, opt, compile=False, premasked=True),
+                fullgraph=True,
+                options={"cpp.min_chunk_size": 65536},
+            ),
+            mask.as_bytes(masks),
+        )
+    fns = {label: pure_runner(run, start, state, opt, m, batch) for label, (run, m) in runs.items()}
+    fns[HOOKS] = torch_runner(torch_module(name, params, state), batch, True)
     fns["dense eager"] = torch_runner(torch_module(name, params, state), batch, False)
+    if variants and name != "resnet20":
+        fns["GEMMs alone (eager, same shapes)"] = gemm_floor(params, batch)
     first_s, first_loss = {}, {}
     for label, f in fns.items():  # the first call compiles; every peer starts from the same weights
         t0 = time.perf_counter()
@@ -304,65 +309,115 @@ def build(name: str, variants: bool):
     return fns, first_s, first_loss
 
 
-def jax_child(name: str, reps: int) -> None:
-    """In a fresh process: time the JAX step of case ``name``; print ``{"first_loss", "first_call_s", "timing"}``."""
+def jax_child(name: str) -> None:
+    """In a fresh process: build the JAX step of case ``name``, print ``{"first_loss", "first_call_s"}``,
+    then for every stdin line ``"<n>"`` run ``n`` timed calls and print ``[[wall_s, cpu_s], ...]``."""
     _, params, _, batch = case_setup(name)
     run = jax_runner(params, global_l1_masks(params), batch)
     if run is None:
-        print(json.dumps(None))
+        print(json.dumps(None), flush=True)
         return
     t0 = time.perf_counter()
     first = float(run())
-    first_s = time.perf_counter() - t0
-    timing = time_interleaved({"JAX jit": run}, reps=reps, warmup=5)["JAX jit"]
-    print(json.dumps({"first_loss": first, "first_call_s": first_s, "timing": timing}))
+    print(json.dumps({"first_loss": first, "first_call_s": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        out = []
+        for _ in range(int(line)):
+            c0, w0 = time.process_time(), time.perf_counter()
+            run()
+            out.append([time.perf_counter() - w0, time.process_time() - c0])
+        print(json.dumps(out), flush=True)
 
 
-def jax_in_subprocess(name: str, reps: int, threads: int) -> dict | None:
-    """The JAX peer, timed in a process of its own: in one process on two cores, XLA's thread pool
-    and libgomp's spinning OpenMP threads stall each other for hundreds of milliseconds."""
+def jax_process(name: str, threads: int) -> tuple[subprocess.Popen, dict] | None:
+    """The JAX peer in a process of its own (in one process, XLA's thread pool and libgomp's
+    OpenMP threads stall each other on two cores), waiting for work on stdin."""
     env = dict(os.environ)
     if threads == 1:  # XLA's own thread pool, before jax is imported
         env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    cmd = [sys.executable, __file__, "--jax-child", name, "--reps", str(reps), "--threads", str(threads)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    cmd = [sys.executable, __file__, "--jax-child", name, "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    head = json.loads(proc.stdout.readline())
+    if head is None:
+        proc.communicate()
+        return None
+    return proc, head
+
+
+def time_alternating(fns, jax: subprocess.Popen | None, *, reps: int, blocks: int, warmup: int = 5):
+    """Time the in-process peers interleaved (``_common.time_interleaved``) in ``blocks`` blocks of
+    ``reps / blocks`` rounds, each followed by as many calls of the JAX process, which waits on
+    its stdin meanwhile (and the torch threads while JAX runs): both meet the same load, neither
+    runs while the other does. Returns ``time_interleaved``'s dict, ``"JAX jit"`` included."""
+    per = max(1, reps // blocks)
+    samples: dict[str, list[dict]] = {}
+    if jax is not None:
+        jax.stdin.write(f"{warmup}\n")
+        jax.stdin.flush()
+        jax.stdout.readline()
+    for b in range(blocks):
+        block = time_interleaved(fns, reps=per, warmup=warmup if b == 0 else 1, raw=True)
+        for label, t in block.items():
+            samples.setdefault(label, []).append(t)
+        if jax is not None:
+            jax.stdin.write(f"{per}\n")
+            jax.stdin.flush()
+            samples.setdefault("JAX jit", []).append({"raw": json.loads(jax.stdout.readline())})
+    out = {}
+    for label, parts in samples.items():
+        if label == "JAX jit":
+            wall = [w for p in parts for w, _ in p["raw"]]
+            cpu = [c for p in parts for _, c in p["raw"]]
+        else:
+            wall = [w for p in parts for w in p["wall_s"]]
+            cpu = [c for p in parts for c in p["cpu_s"]]
+        out[label] = {
+            "median_ms": statistics.median(wall) * 1e3,
+            "min_ms": min(wall) * 1e3,
+            "cpu_median_ms": statistics.median(cpu) * 1e3,
+            "reps": len(wall),
+        }
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=80)
+    ap.add_argument("--blocks", type=int, default=4, help="alternations between torch and JAX")
     ap.add_argument("--cases", nargs="+", default=["mlp", "lenet300", "resnet20"])
-    ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--variants", action="store_true", help="add the rows that explain the time")
     ap.add_argument("--no-jax", action="store_true", help="leave the JAX peer out")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the anchors used 2)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (and XLA's, at 1)")
     ap.add_argument("--jax-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     setup_threads(args.threads)
     if args.jax_child:
-        jax_child(args.jax_child, args.reps)
+        jax_child(args.jax_child)
         return
     results = {}
     for name in args.cases:
-        fns, compile_s, first = build(name, args.variants and name == "lenet300")
-        ref = first["pure_prune Compiled"]
+        fns, first_s, first = build(name, args.variants and name != "resnet20")
+        ref = first[SHIPPED]
         for k, v in first.items():
-            if k != "dense eager":
+            if k not in ("dense eager", "GEMMs alone (eager, same shapes)"):
                 assert abs(v - ref) <= 1e-4 * max(1.0, abs(ref)), (
                     f"{name}: first loss of {k} is {v}, not {ref}"
                 )
-        reps = args.reps if name != "resnet20" else max(20, args.reps // 2)
-        timing = time_interleaved(fns, reps=reps, warmup=5)
-        jx = None if name == "resnet20" or args.no_jax else jax_in_subprocess(name, reps, args.threads)
+        jx = None if name == "resnet20" or args.no_jax else jax_process(name, args.threads)
+        proc = None
         if jx is not None:
-            assert abs(jx["first_loss"] - ref) <= 1e-4 * max(1.0, abs(ref)), f"{name}: JAX first loss {jx}"
-            timing["JAX jit"], compile_s["JAX jit"], first["JAX jit"] = (
-                jx["timing"],
-                jx["first_call_s"],
-                jx["first_loss"],
+            proc, head = jx
+            assert abs(head["first_loss"] - ref) <= 1e-4 * max(1.0, abs(ref)), (
+                f"{name}: JAX first loss {head}"
             )
-        hooks = timing["torch.nn.utils.prune + torch.optim"]["median_ms"]
+            first_s["JAX jit"], first["JAX jit"] = head["first_call_s"], head["first_loss"]
+        reps = args.reps if name != "resnet20" else max(20, args.reps // 2)
+        load0 = os.getloadavg()[0]
+        timing = time_alternating(fns, proc, reps=reps, blocks=args.blocks)
+        if proc is not None:
+            proc.communicate()
+        hooks = timing[HOOKS]["median_ms"]
         jax_ms = timing.get("JAX jit", {}).get("median_ms")
         rows = [
             [
@@ -372,19 +427,21 @@ def main() -> None:
                 t["cpu_median_ms"],
                 hooks / t["median_ms"],
                 jax_ms / t["median_ms"] if jax_ms else "-",
-                compile_s.get(label, 0.0),
+                first_s.get(label, 0.0),
             ]
             for label, t in timing.items()
         ]
+        load = f"load {load0:.1f} -> {os.getloadavg()[0]:.1f}"
+        policy = os.environ.get("OMP_WAIT_POLICY", "unset")
         print(
             table(
                 f"\n{name}: masked SGD-momentum step, {int(SPARSITY * 100)}% global L1, "
-                f"{torch.get_num_threads()} threads, {reps} reps (load {machine()['loadavg_1m']:.1f})",
+                f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, {reps} reps ({load})",
                 ["peer", "median ms", "min ms", "cpu ms", "hooks/this", "JAX/this", "first call s"],
                 rows,
             )
         )
-        results[name] = {"timing": timing, "first_call_s": compile_s, "first_loss": first}
+        results[name] = {"timing": timing, "first_call_s": first_s, "first_loss": first, "load": [load0]}
     path = write_json(
         "train_step", {"sparsity": SPARSITY, "threads": args.threads, "cases": results}, args.out
     )

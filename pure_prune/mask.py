@@ -16,6 +16,7 @@ from pure_prune import tree
 __all__ = [
     "Prunable",
     "apply",
+    "as_bytes",
     "count",
     "default_prunable",
     "difference",
@@ -23,6 +24,7 @@ __all__ = [
     "from_nonzero",
     "intersect",
     "is_nested",
+    "keep",
     "layer_sparsity",
     "ones_like",
     "prunable_paths",
@@ -89,11 +91,32 @@ def ones_like(
     return masks
 
 
-def validate(params: tree.Tree, masks: tree.Tree) -> None:
+def _fits(params: tree.Tree, masks: tree.Tree, dtypes: tuple[torch.dtype, ...]) -> bool:
+    """Whether :func:`validate` would pass, without building leaf paths (the per-step fast path)."""
+    p_leaves, p_spec = tree.flatten(params)
+    m_leaves, m_spec = tree.flatten(masks)
+    if p_spec != m_spec:
+        return False
+    for p, m in zip(p_leaves, m_leaves):
+        if m is None:
+            continue
+        if not (isinstance(m, torch.Tensor) and isinstance(p, torch.Tensor) and m.dtype in dtypes):
+            return False
+        if m.shape != p.shape or not (p.is_floating_point() or p.is_complex()):
+            return False
+    return True
+
+
+def validate(params: tree.Tree, masks: tree.Tree, *, bytes_ok: bool = False) -> None:
     """Check that ``masks`` fits ``params``: same structure, bool tensors of the leaf's shape or None.
 
+    ``bytes_ok=True`` also accepts ``torch.uint8`` leaves, the :func:`as_bytes` form that the
+    masked train step and optimizer updates read as ``m != 0`` (their values are not checked).
     Raises ``ValueError``/``TypeError`` naming the first offending path. Returns ``None``.
     """
+    dtypes = (torch.bool, torch.uint8) if bytes_ok else (torch.bool,)
+    if _fits(params, masks, dtypes):
+        return
     tree.assert_same_structure(params, masks, ("params", "masks"))
     names, p_leaves, _ = tree.flatten_with_paths(params)
     for path, p, m in zip(names, p_leaves, tree.leaves(masks)):
@@ -101,8 +124,9 @@ def validate(params: tree.Tree, masks: tree.Tree) -> None:
             continue
         if not isinstance(m, torch.Tensor):
             raise TypeError(f"mask {path!r} is {type(m).__name__}, expected a bool tensor or None")
-        if m.dtype != torch.bool:
-            raise TypeError(f"mask {path!r} has dtype {m.dtype}, expected torch.bool")
+        if m.dtype not in dtypes:
+            want = "torch.bool (or its torch.uint8 bytes)" if bytes_ok else "torch.bool"
+            raise TypeError(f"mask {path!r} has dtype {m.dtype}, expected {want}")
         if p is None:
             raise ValueError(f"mask {path!r} is a tensor but the param is None")
         _check_float_leaf(path, p)
@@ -110,15 +134,45 @@ def validate(params: tree.Tree, masks: tree.Tree) -> None:
             raise ValueError(f"mask {path!r} has shape {tuple(m.shape)}, param has {tuple(p.shape)}")
 
 
+def keep(x: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+    """``x`` where ``m`` keeps, exactly ``+0.0`` where it prunes; ``x`` itself when ``m`` is ``None``.
+
+    ``m`` has ``x``'s shape: a bool mask, or the same mask as ``torch.uint8`` bytes (:func:`as_bytes`,
+    read as ``m != 0``). Returns a tensor of ``x``'s shape and dtype. Implemented as
+    ``where(M, x, 0)``, so a pruned entry is ``+0.0`` even where ``x`` held ``-1``, ``inf`` or
+    ``NaN``, and the gradient with respect to ``x`` is ``M ⊙ g``.
+    """
+    if m is None:
+        return x
+    if m.dtype == torch.uint8:  # `!= 0` on int32, not uint8: inductor vectorises that compare
+        m = m.to(torch.int32) != 0
+    return torch.where(m, x, torch.zeros((), dtype=x.dtype))
+
+
+def as_bytes(masks: tree.Tree) -> tree.Tree:
+    """The masks as ``torch.uint8`` views of the same memory (no copy): ``1`` kept, ``0`` pruned.
+
+    Every function that reads masks inside compiled code (:func:`keep`, :func:`apply`, the
+    ``pure_prune.optim`` updates, ``train.make_step``'s body) gives the same result for a mask and
+    its bytes. Passing bytes *into* a ``torch.compile``'d function is faster on CPU: inductor (torch
+    2.13) loads a bool tensor into a vector mask one element at a time, with a data-dependent branch
+    per entry, and uint8 with one vector load. A compiled ``where(M, a * 0.9 + b, 0)`` over a
+    random 300x784 mask takes ~440 µs with the bool mask and ~60 µs with its bytes (one thread;
+    ~55 µs without the mask). Converting inside the compiled function does not help (the view is
+    folded back into a bool load), so convert outside, as ``train.make_step`` does. ``validate``
+    accepts bytes only with ``bytes_ok=True``. ``None`` leaves stay ``None``.
+    """
+    return tree.map(lambda m: None if m is None else m.view(torch.uint8), masks)
+
+
 def apply(params: tree.Tree, masks: tree.Tree) -> tree.Tree:
-    """``W ⊙ M`` leaf by leaf; leaves whose mask is ``None`` are returned unchanged.
+    """``W ⊙ M`` leaf by leaf (:func:`keep`); leaves whose mask is ``None`` are returned unchanged.
 
     Implemented as ``where(M, W, 0)``: a pruned entry is exactly ``+0.0`` even when ``W`` held a
     negative value, ``inf`` or ``NaN`` there; the gradient with respect to ``W`` is ``M ⊙ g``.
+    ``masks`` may also be :func:`as_bytes` views (same result).
     """
-    return tree.map(
-        lambda p, m: p if m is None else torch.where(m, p, torch.zeros((), dtype=p.dtype)), params, masks
-    )
+    return tree.map(keep, params, masks)
 
 
 def from_nonzero(params: tree.Tree, like: tree.Tree) -> tree.Tree:

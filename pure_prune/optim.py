@@ -10,8 +10,8 @@ An :class:`Optimizer` is a NamedTuple of pure functions::
 ``sgd``, ``adam`` and ``adamw`` follow ``torch.optim.SGD`` (dampening 0), ``torch.optim.Adam`` and
 ``torch.optim.AdamW`` (no amsgrad) step for step, with one parameter group.
 
-**Who guarantees what.** With ``masks`` (the structure of ``params``; bool tensors, ``None`` for
-dense leaves), ``update`` makes the gradient, the weight-decay term, the momentum buffer or Adam
+**Who guarantees what.** With ``masks`` (the structure of ``params``; bool tensors or their
+``mask.as_bytes`` views, ``None`` for dense leaves), ``update`` makes the gradient, the weight-decay term, the momentum buffer or Adam
 moments, and the update of every pruned entry exactly ``0.0`` — also when the masks became sparser
 since the last update (stale state at newly pruned entries is zeroed). So :func:`apply_updates`
 leaves a pruned entry that is already ``0.0`` at exactly ``0.0``. The optimizer never rewrites
@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from pure_prune import tree
+from pure_prune.mask import keep
 from pure_prune.mask import validate as validate_masks
 
 __all__ = [
@@ -279,8 +280,8 @@ def clear_lr(opt_state: OptState) -> OptState:
 
 
 def _keep(x: Tensor, mask: Tensor | None) -> Tensor:
-    """``x`` with the entries where ``mask`` is False set to exactly 0.0."""
-    return x if mask is None else torch.where(mask, x, 0.0)
+    """``x`` with the entries that ``mask`` prunes set to exactly 0.0 (``mask.keep``: bool or bytes)."""
+    return keep(x, mask)
 
 
 def _checking() -> bool:
@@ -308,7 +309,7 @@ def _begin(
         _check_state(opt_state, ["count", "lr_override", "lr_override_on", *keys])
         _check_tree(params, grads, "grads")
         if masks is not None:
-            validate_masks(params, masks)
+            validate_masks(params, masks, bytes_ok=True)
     return tree.map(lambda _: None, params) if masks is None else masks
 
 

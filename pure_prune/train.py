@@ -10,7 +10,8 @@ Training minimises ``L(W ⊙ M)`` (seeds Source E): the forward pass sees the ma
 gradient flows through the masked product (so it is 0 at pruned entries), the optimizer update is
 masked, and the params are re-masked after the update. Hence after every step each pruned weight is
 exactly 0.0, even one that was non-zero before the step (``optim`` alone only guarantees zero
-updates and zero optimizer state at pruned entries).
+updates and zero optimizer state at pruned entries). ``premasked=True`` skips the forward pass's
+masking for params that are already zero at pruned entries (same results; see :func:`make_step`).
 
 A batch is a tuple ``(x, y, *extra)``: ``x`` goes to the model, ``loss(out, y, *extra)`` must
 return the float ``()`` mean over the entries of ``y``, and ``y`` holds class labels of shape
@@ -55,13 +56,27 @@ def _masked(params: Params, masks: Params | None) -> Params:
     return params if masks is None else mask.apply(params, masks)
 
 
+def _forward_masks(premasked: bool) -> Callable[[Params | None], Params | None]:
+    """What the forward pass masks the params with: the masks, or ``None`` (no masking) when the
+    params are promised to be zero at pruned entries already."""
+    if not isinstance(premasked, bool):
+        raise TypeError(f"premasked must be a bool, got {premasked!r}")
+    return (lambda masks: None) if premasked else (lambda masks: masks)
+
+
 def _check(params: Params, masks: Params | None, batch: Any) -> None:
     if masks is not None:
-        mask.validate(params, masks)
+        mask.validate(params, masks, bytes_ok=True)
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TypeError(f"batch must be a tuple (x, y, *extra), got {type(batch).__name__}")
     if not isinstance(batch[1], Tensor):
         raise TypeError(f"batch[1] (the labels) must be a tensor, got {batch[1]!r}")
+
+
+def _as_input(masks: Params | None, compiled: bool) -> Params | None:
+    """The masks as the step's body receives them: their uint8 views (``mask.as_bytes``, no copy)
+    when the body is compiled, where they make faster code; the bool masks in eager mode."""
+    return mask.as_bytes(masks) if compiled and masks is not None else masks
 
 
 def _compiled(fn: Callable, compile: bool, backend: str | Callable) -> Callable:  # noqa: A002
@@ -75,6 +90,7 @@ def make_step(
     *,
     compile: bool = True,  # noqa: A002 - the switch's natural name
     backend: str | Callable = "inductor",
+    premasked: bool = False,
 ) -> Step:
     """A masked training step.
 
@@ -88,7 +104,16 @@ def make_step(
 
     With ``compile=True`` the step is ``torch.compile(fullgraph=True, backend=backend)``; masks and
     optimizer state are inputs, so changing their values never recompiles. The trees are checked
-    (paths named in the error) before the compiled function is called.
+    (paths named in the error) before the compiled function is called, and the masks reach the
+    compiled function as their uint8 views (``mask.as_bytes``: no copy, faster code on CPU).
+
+    ``premasked=True`` promises that every pruned entry of ``params`` is already ``0.0`` on entry,
+    as it is after ``mask.apply(params, masks)`` and after every step of this function (which
+    returns masked params). The forward pass then reads ``params`` directly instead of
+    ``where(M, W, 0)``, saving one pass over the weights and its gradient; the optimizer still
+    masks gradients, state and updates, so the results are those of ``premasked=False``. The
+    promise is not checked (that would cost the pass it saves); if it is broken, only that step's
+    forward pass sees the non-zero pruned weights, and the params it returns are masked again.
     """
     apply = _apply_fn(model)
     if not callable(loss):
@@ -96,8 +121,10 @@ def make_step(
     if not callable(getattr(optimizer, "update", None)):
         raise TypeError(f"optimizer must be an optim.Optimizer, got {optimizer!r}")
 
+    forward_masks = _forward_masks(premasked)
+
     def objective(params: Params, state: Params, masks: Params | None, x: Any, targets: list[Tensor]):
-        out, new_state = apply(_masked(params, masks), state, x, train=True)
+        out, new_state = apply(_masked(params, forward_masks(masks)), state, x, train=True)
         return loss(out, *targets), (out.detach(), new_state)
 
     grad_and_value = torch.func.grad_and_value(objective, has_aux=True)
@@ -114,7 +141,7 @@ def make_step(
 
     def checked_step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
         _check(params, masks, batch)
-        return run(params, state, opt_state, masks, batch)
+        return run(params, state, opt_state, _as_input(masks, compile), batch)
 
     return checked_step
 
@@ -125,21 +152,25 @@ def make_eval_step(
     *,
     compile: bool = True,  # noqa: A002 - the switch's natural name
     backend: str | Callable = "inductor",
+    premasked: bool = False,
 ) -> EvalStep:
     """A masked evaluation step (``apply(..., train=False)``; the state is not changed).
 
     ``eval_step(params, state, masks, batch) -> {"correct": int64 (), "count": int64 (),
     "loss_sum": float32 ()}``, sums over the label entries of the batch so that they add up across
-    batches (``loss_sum = loss * count``, as ``loss`` is a mean). See :func:`evaluate`.
+    batches (``loss_sum = loss * count``, as ``loss`` is a mean). See :func:`evaluate`. ``compile``
+    and ``premasked`` (params promised zero at pruned entries: the forward pass skips the masking)
+    as in :func:`make_step`.
     """
     apply = _apply_fn(model)
     if not callable(loss):
         raise TypeError(f"loss must be callable, got {loss!r}")
+    forward_masks = _forward_masks(premasked)
 
     def eval_step(params: Params, state: Params, masks: Params | None, batch: Batch) -> dict[str, Tensor]:
         x, *targets = batch
         labels = targets[0]
-        out, _ = apply(_masked(params, masks), state, x, train=False)
+        out, _ = apply(_masked(params, forward_masks(masks)), state, x, train=False)
         n = labels.numel()
         return {
             "correct": correct(out, labels),
@@ -151,7 +182,7 @@ def make_eval_step(
 
     def checked_eval_step(params: Params, state: Params, masks: Params | None, batch: Batch):
         _check(params, masks, batch)
-        return run(params, state, masks, batch)
+        return run(params, state, _as_input(masks, compile), batch)
 
     return checked_eval_step
 

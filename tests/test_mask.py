@@ -202,3 +202,47 @@ def test_validate_agrees_with_masks_fit_params(data):
     masks = data.draw(pst.masks(params), label="masks")
     mask.validate(params, masks)
     masks_fit_params(params, masks)
+
+
+# ------------------------------------------------------------------------ bytes form of masks
+@given(st.data())
+def test_bytes_views_share_memory_and_apply_alike(data):
+    params = data.draw(pst.params_trees(min_prunable=1), label="params")
+    masks = data.draw(pst.masks(params), label="masks")
+    views = mask.as_bytes(masks)
+    for (path, m, b), p in zip(_pairs(masks, views), tree.leaves(params)):
+        assert (b is None) == (m is None), path
+        if m is not None:
+            assert b.dtype == torch.uint8 and b.shape == m.shape, path
+            assert b.data_ptr() == m.data_ptr(), path  # a view, no copy
+            assert torch.equal(b, m.to(torch.uint8)), path
+            assert torch.equal(mask.keep(p, b), mask.keep(p, m)), path
+    for a, b in zip(tree.leaves(mask.apply(params, views)), tree.leaves(mask.apply(params, masks))):
+        assert (a is None and b is None) or torch.equal(a, b)
+    mask.validate(params, views, bytes_ok=True)
+
+
+def test_keep_hand_example_bool_and_bytes_and_gradient():
+    x = torch.tensor([[-1.0, float("nan")], [float("inf"), 2.0]], requires_grad=True)
+    m = torch.tensor([[False, False], [False, True]])
+    for mm in (m, m.view(torch.uint8), torch.tensor([[0, 0], [0, 7]], dtype=torch.uint8)):
+        out = mask.keep(x, mm)
+        assert out.tolist() == [[0.0, 0.0], [0.0, 2.0]]
+        assert not torch.signbit(out).any()  # +0.0, also where x was -1
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert g.tolist() == [[0.0, 0.0], [0.0, 1.0]]
+    assert mask.keep(x, None) is x
+
+
+def test_validate_takes_bytes_only_when_asked():
+    params = {"w": torch.ones(2, 3)}
+    views = {"w": torch.ones(2, 3, dtype=torch.bool).view(torch.uint8)}
+    with pytest.raises(TypeError, match=r"mask 'w' has dtype torch.uint8, expected torch.bool$"):
+        mask.validate(params, views)
+    assert mask.validate(params, views, bytes_ok=True) is None
+    with pytest.raises(
+        TypeError, match=r"dtype torch.float32, expected torch.bool \(or its torch.uint8 bytes\)"
+    ):
+        mask.validate(params, {"w": torch.ones(2, 3)}, bytes_ok=True)
+    with pytest.raises(ValueError, match=r"mask 'w' has shape \(3, 2\)"):
+        mask.validate(params, {"w": torch.ones(3, 2, dtype=torch.uint8)}, bytes_ok=True)

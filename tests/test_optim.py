@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from pure_prune import optim, rng, tree
+from pure_prune import mask, optim, rng, tree
 from pure_prune.losses import cross_entropy
 
 X = rng.normal(1, (32, 5))
@@ -217,6 +217,25 @@ def test_sparser_masks_zero_stale_state(opt):
             assert (state[key]["fc"]["w"][pruned] == 0).all(), key
             assert (state[key]["fc"]["w"][~pruned] != 0).all(), key
     assert (updates["fc"]["b"] != 0).all()  # None: dense leaf
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        optim.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+        optim.adam(0.1, weight_decay=0.1),
+        optim.adamw(0.1),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
+def test_bytes_masks_update_exactly_as_bool_masks(opt):
+    _, state = our_trajectory(opt, steps=3)  # dense state, then pruned
+    grads = torch.func.grad(objective)(P0)
+    want = opt.update(grads, state, P0, MASK)
+    got = opt.update(grads, state, P0, mask.as_bytes(MASK))
+    for a, b in zip(tree.leaves(got), tree.leaves(want)):
+        assert torch.equal(a, b)
+    assert (got[0]["fc"]["w"][~MASK["fc"]["w"]] == 0).all()
 
 
 def test_set_lr_clear_lr_and_current_lr():

@@ -92,6 +92,12 @@ def assert_trees_close(a: Any, b: Any, **tol: float) -> None:
         assert torch.allclose(x.float(), y.float(), **tol), (path, x, y)
 
 
+def run(step, params, state, opt_state, masks, batches):
+    for batch in batches:
+        params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+    return params, state, opt_state, metrics
+
+
 # ----------------------------------------------------------------------------- eager steps by hand
 
 
@@ -219,6 +225,60 @@ def test_pruned_weights_and_state_stay_exactly_zero(name, key, masks):
     assert any(bool((p != q).any()) for p, q in zip(tree.leaves(new), tree.leaves(params)))  # it trained
 
 
+# ----------------------------------------------------------------------------- premasked forward
+
+PREMASKED_STEPS = {
+    name: train.make_step(mlp_apply, cross_entropy, opt, compile=False, premasked=True)
+    for name, opt in OPTIMIZERS.items()
+}
+
+
+def assert_trees_equal(a: Any, b: Any) -> None:
+    tree.assert_same_structure(a, b)
+    for path, x, y in zip(tree.paths(a), tree.leaves(a), tree.leaves(b)):
+        assert torch.equal(x, y), path
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@settings(max_examples=scaled_examples(3), deadline=None)
+@given(key=strategies.keys(), masks=strategies.masks(MLP_PARAMS))
+def test_premasked_step_equals_the_masked_step(name, key, masks):
+    params, state = mlp_init(key)
+    params = mask.apply(params, masks)  # the promise: pruned entries are 0.0 on entry
+    batches = [classification_batch(rng.fold_in(key, i)) for i in range(3)]
+    opt_state = OPTIMIZERS[name].init(params)
+    plain = run(EAGER_STEPS[name], params, state, opt_state, masks, batches)
+    fast = run(PREMASKED_STEPS[name], params, state, opt_state, masks, batches)
+    for a, b in zip(fast, plain):
+        assert_trees_equal(a, b)
+    invariants.pruned_are_zero(fast[0], masks)
+    moments = [fast[2][k] for k in ("momentum", "mu", "nu") if k in fast[2]]
+    invariants.optimizer_state_zero_at_pruned(moments, masks)
+    evals = [
+        train.make_eval_step(mlp_apply, cross_entropy, compile=False, premasked=flag)(
+            fast[0], fast[1], masks, batches[0]
+        )
+        for flag in (True, False)
+    ]
+    assert_trees_equal(evals[0], evals[1])
+
+
+def test_premasked_step_with_a_broken_promise_remasks_and_needs_a_bool():
+    params, state = mlp_init(3)
+    masks = random_masks(params, 4, 0.5)
+    batch = classification_batch(5)
+    step = PREMASKED_STEPS["sgd"]
+    opt_state = OPTIMIZERS["sgd"].init(params)
+    new, _, _, metrics = step(params, state, opt_state, masks, batch)  # params not masked on entry
+    invariants.pruned_are_zero(new, masks)  # the returned params are masked all the same
+    dense_loss = cross_entropy(mlp_apply(params, state, batch[0], train=True)[0], batch[1])
+    assert torch.equal(metrics["loss"], dense_loss)  # this step's forward saw the unmasked params
+    with pytest.raises(TypeError, match="premasked must be a bool, got 1"):
+        train.make_step(mlp_apply, cross_entropy, OPTIMIZERS["sgd"], premasked=1)
+    with pytest.raises(TypeError, match="premasked must be a bool, got 'yes'"):
+        train.make_eval_step(mlp_apply, cross_entropy, premasked="yes")
+
+
 # ----------------------------------------------------------------------------- compiled steps (shared)
 
 
@@ -245,12 +305,6 @@ def compiled() -> Compiled:
     )
 
 
-def run(step, params, state, opt_state, masks, batches):
-    for batch in batches:
-        params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
-    return params, state, opt_state, metrics
-
-
 def test_compiled_step_equals_eager(compiled):
     params, state = convbn_init(7)
     masks = random_masks(params, 8, 0.6)
@@ -267,6 +321,24 @@ def test_compiled_step_equals_eager(compiled):
         ours[0], ours[1], masks, batches[0]
     )
     assert_trees_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_premasked_step_equals_the_eager_masked_step():
+    opt = OPTIMIZERS["nesterov"]
+    counter = CompileCounterWithBackend("inductor")
+    step = train.make_step(mlp_apply, cross_entropy, opt, backend=counter, premasked=True)
+    params, state = mlp_init(21)
+    batches = [classification_batch(22 + k) for k in range(3)]
+    for i, density in enumerate([0.8, 0.3]):  # new mask values: no recompile
+        masks = random_masks(params, 30 + i, density)
+        start = mask.apply(params, masks)
+        ours = run(step, start, state, opt.init(start), masks, batches)
+        eager = run(EAGER_STEPS["nesterov"], start, state, opt.init(start), masks, batches)
+        for a, b in zip(ours, eager):
+            assert_trees_close(a, b, rtol=1e-5, atol=1e-6)
+        invariants.pruned_are_zero(ours[0], masks)
+        invariants.optimizer_state_zero_at_pruned(ours[2]["momentum"], masks)
+    assert counter.frame_count == 1
 
 
 def test_no_recompile_across_masks_and_lr(compiled):
