@@ -26,8 +26,23 @@ sub-keys, so the results must agree). Each variant runs in a fresh process; wall
 fresh inductor cache (cold), then with that cache again (warm), and eager. The machine is shared,
 so every variant runs once per round for ``--rounds`` rounds; the table shows min and median.
 
+**``pure-prune run --seeds 8``, other methods**: the whole runner (setup, every round, evaluation,
+checkpoints and tables) for RigL (``dst``) and RSST on the digits ``mlp`` preset (64-256-256-10,
+batch 64, SGD lr 0.05 momentum 0.9; knobs in ``RUN_METHODS``): ``runner.run`` with ``seeds = 8``
+(one vmapped program) against 8 single-seed ``runner.run`` calls one after another in one process
+(``torch._dynamo.reset()`` before each: without it the eighth compiled RSST run hits dynamo's
+recompile limit, since every run compiles the same step code anew), each variant in a fresh
+process, eager and compiled (fresh inductor cache). Wall seconds from the
+first ``runner.run`` to the end, imports excluded; the final per-seed test accuracies of the two
+must agree (seed ``i`` of the vmapped run is the single run with seed ``i``).
+
     python bench/seeds.py [--reps 50] [--train-epochs 5] [--finetune-epochs 3] [--rounds 2]
                           [--sizes 64 256 256 10] [--skip-pipeline]
+                          [--runner-methods rigl rsst] [--runner-seeds 8] [--runner-rounds 1]
+                          [--runner-eager-only] [--only-runner]
+
+``--only-runner`` runs the runner section alone and keeps the other sections of
+``bench/results/seeds.json`` (each section records its machine and load).
 """
 
 from __future__ import annotations
@@ -48,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, setup_threads, table, time_interleaved, write_json  # noqa: E402
+from _common import RESULTS, machine, setup_threads, table, time_interleaved, write_json  # noqa: E402
 
 from pure_prune import data, experiment, losses, mask, optim, rng, select, sweep, train, tree  # noqa: E402
 from pure_prune.importance import magnitude  # noqa: E402
@@ -300,6 +315,97 @@ def bench_pipeline(train_epochs: int, finetune_epochs: int, sizes: tuple[int, ..
     }  # fmt: skip
 
 
+# ---------------------------------------------------------------------------- the runner
+RUN_METHODS: dict[str, dict] = {
+    "rigl": {"method": "dst", "dst": "rigl", "sparsity": 0.8, "update_every": 10, "epochs": 4},
+    "rsst": {"method": "rsst", "rate": 0.5, "pruning_times": 2, "epochs": 2, "finetune_epochs": 1,
+             "criteria": "l1"},
+}  # fmt: skip
+RUN_COMMON = {"model": "mlp", "data": "digits", "batch_size": 64, "lr": LR, "momentum": MOMENTUM,
+              "progress": False, "threads": None}  # fmt: skip
+
+
+def runner_child(method: str, mode: str, compiled: bool, seeds: int) -> dict:
+    """One runner variant in this process: ``runner.run`` with ``seeds`` (``mode="vmap"``) or
+    ``seeds`` single-seed runs one after another (``"sequential"``), in a temporary directory."""
+    import dataclasses
+
+    from pure_prune import runner
+    from pure_prune.runconfig import RunConfig
+
+    setup_threads()
+    cfg = dataclasses.replace(RunConfig(), **RUN_COMMON, **RUN_METHODS[method], compile=compiled)
+    quiet = lambda _: None  # noqa: E731
+    with tempfile.TemporaryDirectory() as root:
+        t0 = time.perf_counter()
+        if mode == "vmap":
+            res = runner.run(dataclasses.replace(cfg, seeds=seeds, save_dir=f"{root}/v"), log=quiet)
+            acc = res.rounds[-1]["per_seed"]["test_accuracy"]
+        else:
+            acc = []
+            for k in range(seeds):
+                # each run builds (and compiles) its own steps; dropping the previous run's compiled
+                # code keeps dynamo under its recompile limit, as separate `pure-prune run`s would be
+                torch._dynamo.reset()
+                res = runner.run(dataclasses.replace(cfg, seed=k, save_dir=f"{root}/s{k}"), log=quiet)
+                acc.append(res.rounds[-1]["test_accuracy"])
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "test_accuracy": acc}
+
+
+def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) -> dict:
+    """Per method: vmapped and sequential, eager and compiled (cold cache), each in a fresh process,
+    once per round."""
+    variants = [("vmap", False), ("sequential", False)]
+    if not eager_only:
+        variants += [("vmap", True), ("sequential", True)]
+    out: dict[str, dict] = {}
+    rows = []
+    for method in methods:
+        walls: dict[str, list[float]] = {}
+        accs: dict[str, list[float]] = {}
+        for r in range(rounds):
+            with tempfile.TemporaryDirectory() as cache_root:
+                for mode, compiled in variants:
+                    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(cache_root) / mode)}
+                    cmd = [sys.executable, __file__, "--runner-child", method, "--runner-mode", mode,
+                           "--compiled", str(int(compiled)), "--runner-seeds", str(seeds)]  # fmt: skip
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"runner child {method}/{mode} failed:\n{proc.stderr[-3000:]}")
+                    res = json.loads(proc.stdout.strip().splitlines()[-1])
+                    name = f"{seeds} seeds {'vmapped' if mode == 'vmap' else 'sequential'}, " + (
+                        "compiled (cold cache)" if compiled else "eager"
+                    )
+                    walls.setdefault(name, []).append(res["wall_s"])
+                    accs[name] = res["test_accuracy"]
+                    print(f"  round {r + 1}: {method}: {name}: {res['wall_s']:.1f} s", flush=True)
+        for compiled in sorted({c for _, c in variants}):
+            kind = "compiled (cold cache)" if compiled else "eager"
+            v, q = f"{seeds} seeds vmapped, {kind}", f"{seeds} seeds sequential, {kind}"
+            acc = sweep.summarize(accs[v])
+            diff = max(abs(a - b) for a, b in zip(accs[v], accs[q]))
+            rows.append([method, kind, statistics.median(walls[v]), statistics.median(walls[q]),
+                         statistics.median(walls[q]) / statistics.median(walls[v]),
+                         f"{acc['mean']:.4f} ± {acc['std']:.4f}", f"{diff:.1e}"])  # fmt: skip
+        out[method] = {"knobs": RUN_METHODS[method], "wall_s": walls, "test_accuracy": accs}
+    print(
+        table(
+            f"pure-prune run --seeds {seeds}: one vmapped program vs {seeds} single-seed runs one after "
+            f"another, digits mlp 64-256-256-10 (median of {rounds})",
+            ["method", "steps", "vmapped s", "sequential s", "x sequential/vmapped", "final test acc",
+             "max |acc diff|"],
+            rows,
+        )
+    )  # fmt: skip
+    return {
+        "settings": {"seeds": seeds, "rounds": rounds, "common": RUN_COMMON,
+                     "wall": "from the first runner.run to the end, imports excluded, compile included"},
+        "methods": out,
+        "machine": machine(),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=50)
@@ -313,7 +419,21 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--pipeline-child", choices=["vmap", "sequential"], help=argparse.SUPPRESS)
     ap.add_argument("--compiled", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--runner-methods", nargs="+", choices=sorted(RUN_METHODS), default=sorted(RUN_METHODS))
+    ap.add_argument("--runner-seeds", type=int, default=PIPE_SEEDS)
+    ap.add_argument(
+        "--runner-rounds", type=int, default=1, help="runner rounds (every variant once per round)"
+    )
+    ap.add_argument("--runner-eager-only", action="store_true")
+    ap.add_argument("--skip-runner", action="store_true")
+    ap.add_argument("--only-runner", action="store_true", help="the runner section alone; keep the others")
+    ap.add_argument("--runner-child", choices=sorted(RUN_METHODS), help=argparse.SUPPRESS)
+    ap.add_argument("--runner-mode", choices=["vmap", "sequential"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.runner_child:
+        res = runner_child(args.runner_child, args.runner_mode, bool(args.compiled), args.runner_seeds)
+        print(json.dumps(res))
+        return
     if args.pipeline_child:
         res = pipeline_child(
             args.pipeline_child,
@@ -327,11 +447,24 @@ def main() -> None:
     if args.reps < 20:
         raise SystemExit("--reps must be >= 20")
     setup_threads()
-    payload = {"step": bench_step(args.reps)}
-    if not args.skip_pipeline:
-        print("pipeline variants (each in a fresh process):", flush=True)
-        payload["pipeline"] = bench_pipeline(
-            args.train_epochs, args.finetune_epochs, tuple(args.sizes), args.rounds
+    payload: dict = {}
+    if args.only_runner:  # keep the sections of the last full run, each with its machine
+        old = Path(args.out) if args.out else RESULTS / "seeds.json"
+        if old.is_file():
+            stored = json.loads(old.read_text())
+            payload = {k: {"machine": stored.get("machine"), **v} if isinstance(v, dict) and "machine" not in v else v
+                       for k, v in stored.items() if k != "machine"}  # fmt: skip
+    else:
+        payload["step"] = bench_step(args.reps)
+        if not args.skip_pipeline:
+            print("pipeline variants (each in a fresh process):", flush=True)
+            payload["pipeline"] = bench_pipeline(
+                args.train_epochs, args.finetune_epochs, tuple(args.sizes), args.rounds
+            )
+    if not args.skip_runner:
+        print("runner variants (each in a fresh process):", flush=True)
+        payload["runner"] = bench_runner(
+            args.runner_methods, args.runner_seeds, args.runner_rounds, args.runner_eager_only
         )
     path = write_json("seeds", payload, args.out)
     print(f"wrote {path}; machine: {machine()['cpu']}, load {machine()['loadavg_1m']}")

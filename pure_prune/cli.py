@@ -85,9 +85,11 @@ _RUN_HELP = {
     "decreasing_lr": "learning-rate milestones in epochs, comma separated (lr x gamma at each)",
     "exclude": "globs of leaves kept dense, comma separated (e.g. 'conv1.*')",
     "model_cfg": "model options as JSON (e.g. '{\"sizes\": [64, 32, 32, 10]}')",
+    "recompile_every": "with --compact: make a new form at every N-th compression (Source A's knob)",
+    "sparsity_change_threshold": "with --compact: make a new form when sparsity moved by more than this",
     "save_dir": "the run's folder (default runs/<method>-<model>-<data>-seed<seed>)",
-    "seeds": "number of seeds, keys seed..seed+N-1; one vmapped program for one_shot, gradual and imp, "
-    "one after another for the other methods; metrics are reported as mean ± std",
+    "seeds": "number of seeds, keys seed..seed+N-1, run as one vmapped program (every method); "
+    "metrics are reported as mean ± std",
 }
 
 
@@ -99,7 +101,7 @@ def _run_parser(sub) -> None:
     rp.add_argument(
         "--resume", action="store_true", help="finish the run in --save-dir from its last checkpoint"
     )
-    special = {"compile", "progress", "eval_every_epoch"}
+    special = {"compile", "progress", "eval_every_epoch", "compact"}
     for f in dataclasses.fields(runconfig.RunConfig):
         if f.name in special:
             continue
@@ -121,6 +123,14 @@ def _run_parser(sub) -> None:
         rp.add_argument(flag, **kw)
     rp.add_argument(
         "--eager", dest="compile", action="store_false", default=argparse.SUPPRESS, help="no torch.compile"
+    )
+    rp.add_argument(
+        "--compact",
+        dest="compact",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="train each stage with the pruned units removed (struct channels; one_shot, gradual, imp): "
+        "one compile per form, see pure_prune.compact_training",
     )
     rp.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS)
     rp.add_argument(

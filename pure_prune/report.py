@@ -28,7 +28,7 @@ coloured by method), ``accuracy_bars.png`` (best and final accuracy per run), an
 counted on its own final masks). The curves of ``rounds.png`` and ``accuracy_vs_weights.png``
 carry ``mean ± std`` bands (``fill_between``), the bars error bars; the mask pictures show seed 0.
 :attr:`Run.final` then holds the seeds' final trees stacked (seed axis first), read from the run's
-own checkpoints (vmapped seeds) or from its seed directories (sequential seeds).
+own checkpoints (vmapped seeds) or from its seed directories (sequential seeds, as saved before every method ran its seeds vmapped).
 """
 
 from __future__ import annotations

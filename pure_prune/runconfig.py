@@ -39,7 +39,12 @@ BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends a run ma
 NOT_HASHED = ("save_dir", "progress", "threads", "root")
 # knobs added after runs were first saved: left out of the hash at these values, so the hash of a run
 # saved before the knob existed stays the same
-HASH_NEUTRAL: dict[str, Any] = {"seeds": 1}
+HASH_NEUTRAL: dict[str, Any] = {
+    "seeds": 1,
+    "compact": False,
+    "recompile_every": 2,
+    "sparsity_change_threshold": 0.05,
+}
 
 _ALL = METHODS
 _ITER = ("imp", "refill", "rsst", "distill")
@@ -69,6 +74,9 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "end_fraction": ("dst",),
     "distribution": ("dst",),
     "importance": ("one_shot", "gradual", "imp", "refill", "distill"),
+    "compact": ("one_shot", "gradual", "imp"),
+    "recompile_every": ("one_shot", "gradual", "imp"),
+    "sparsity_change_threshold": ("one_shot", "gradual", "imp"),
 }
 
 
@@ -107,6 +115,9 @@ class RunConfig:
     drop_fraction: float = 0.3
     end_fraction: float = 0.75
     distribution: str = "uniform"
+    compact: bool = False
+    recompile_every: int = 2
+    sparsity_change_threshold: float = 0.05
     epochs: int = 30
     finetune_epochs: int = 10
     optimizer: str = "sgd"
@@ -231,6 +242,24 @@ def _check_choices(c: RunConfig) -> None:
         raise ValueError(
             f"method {c.method!r} starts from unstructured masks: struct must be 'unstructured', got {c.struct!r}"
         )
+    if c.compact and c.struct != "channels":
+        raise ValueError(
+            f"compact trains the model with its pruned units removed: struct must be 'channels', got {c.struct!r}"
+        )
+    if c.compact and c.seeds > 1:
+        raise ValueError(
+            "compact runs one seed at a time (each seed removes different units, so the seeds' shapes "
+            f"differ and cannot be stacked for vmap): use seeds = 1 per run, got seeds = {c.seeds}"
+        )
+    if not c.compact and (c.recompile_every != 2 or c.sparsity_change_threshold != 0.05):
+        raise ValueError(
+            "recompile_every and sparsity_change_threshold decide when a compact run makes a new form: "
+            "set compact = true to use them"
+        )
+    if c.recompile_every < 1:
+        raise ValueError(f"recompile_every must be >= 1, got {c.recompile_every!r}")
+    if not c.sparsity_change_threshold >= 0.0:
+        raise ValueError(f"sparsity_change_threshold must be >= 0, got {c.sparsity_change_threshold!r}")
     if c.struct == "nm":
         if c.method != "one_shot":
             raise ValueError(

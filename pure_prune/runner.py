@@ -29,34 +29,31 @@ Refusals (``ValueError`` before anything is written): a save directory that hold
 ``resume`` (its results are never overwritten), a non-empty directory without ``run.json``, and a
 corrupt or truncated checkpoint on resume.
 
-**Several seeds** (``seeds = S > 1``; keys ``k_i = seed + i``, :meth:`RunConfig.seed_keys`). Seed
-``i`` is, to float tolerance, the single-seed run with ``seed = k_i``: same init, data order,
-scores, masks and controls, all derived from ``k_i`` as that run derives them.
+**Several seeds** (``seeds = S > 1``; keys ``k_i = seed + i``, :meth:`RunConfig.seed_keys`). Every
+method runs the ``S`` seeds as one vmapped program (``pure_prune.runner_seeds``, built on
+``pure_prune.sweep``), and seed ``i`` is, to float tolerance, the single-seed run with
+``seed = k_i``: same init, data order, scores, masks and controls, all derived from ``k_i`` as that
+run derives them. Every tree is stacked with a leading seed axis, the train and eval steps (and
+RSST's penalized step, distillation's step and teacher forward, STE's step, RigL's dense gradient)
+are ``torch.func.vmap``-ed and compiled once, each seed's batches come from its own key, and each
+seed gets its own masks (chosen seed by seed on the host where the choice is not vmapped: structured
+selection, Refill, RSST's units and penalty, DST's drop-and-grow). Checkpoints hold the stacked
+trees, so resuming works as for one seed. (Runs saved by versions that ran the seeds of ``rsst``,
+``refill``, ``distill`` and ``dst`` one after another, in ``<save_dir>/seed_<k>/``, are refused
+on resume with a message naming those directories: each is a single-seed run of its own.)
 
-* ``one_shot``, ``imp`` (rewind and controls included) and ``gradual`` run the ``S`` seeds as
-  one vmapped program (``pure_prune.sweep``): every tree is stacked with a leading seed axis, the
-  train and eval steps are ``torch.func.vmap``-ed (and compiled once), each seed's batches come
-  from its own key, and each seed gets its own masks (``sweep.select_seeds`` for unstructured
-  selection, a loop over seeds of ``masking.prune_to`` for the structured forms). Checkpoints hold
-  the stacked trees, so resuming works as for one seed.
-* ``rsst``, ``refill``, ``distill`` and ``dst`` have no vmapped rounds: their seeds run one after
-  another in this process, seed ``k_i`` as the single-seed run in ``<save_dir>/seed_<k_i>/``
-  (each with its own checkpoints and resume); the log says so.
-
-Either way ``rounds.jsonl`` holds one row per round with, for every per-seed metric ``m``
+``rounds.jsonl`` holds one row per round with, for every per-seed metric ``m``
 (:data:`SEED_METRICS`), its mean ``m``, sample standard deviation ``m_std`` and the per-seed values
-``per_seed[m]``; ``summary.csv`` has the means and the ``_std`` columns. Timings of a vmapped
-round are the program's; those of sequential seeds are sums over the seeds.
+``per_seed[m]``; ``summary.csv`` has the means and the ``_std`` columns. Timings of a round are the
+one program's.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import itertools
 import json
-import math
 import re
 import sys
 import time
@@ -67,7 +64,18 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from pure_prune import checkpoint, data, importance, losses, mask, optim, rng, sweep, train, tree
+from pure_prune import (
+    checkpoint,
+    compact_training,
+    data,
+    importance,
+    losses,
+    mask,
+    optim,
+    rng,
+    stage,
+    train,
+)
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, one_shot, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.experiment import Experiment, make_optimizer, setup
@@ -86,8 +94,8 @@ __all__ = [
 ]
 
 FORMAT = "pure_prune.run/1"
-VMAPPED_METHODS = ("one_shot", "gradual", "imp")
-"""Methods whose seeds run as one vmapped program; the others run their seeds one after another."""
+VMAPPED_METHODS = ("one_shot", "gradual", "imp", "refill", "rsst", "distill", "dst")
+"""Methods whose seeds run as one vmapped program (``pure_prune.runner_seeds``): all of them."""
 SEED_METRICS = (
     "sparsity",
     "sparsity_all",
@@ -125,22 +133,11 @@ _SUMMARY_COLUMNS = (
     "epochs",
     *_TIMES,
 )
-_SEED_SUMMARY_COLUMNS = (
-    "round",
-    "pruned",
-    "target",
-    "seeds",
-    *itertools.chain.from_iterable((m, f"{m}_std") for m in SEED_METRICS),
-    "params_total",
-    "epochs",
-    *_TIMES,
-)
 
 
 class RunResult(NamedTuple):
     """The save directory, one metrics dict per round, and the final trees (stacked over the seeds,
-    seed axis first, when the run has several; sequential seeds give ``rewind``/``extra`` ``None``:
-    those stay in the seeds' directories)."""
+    seed axis first, when the run has several)."""
 
     save_dir: Path
     rounds: list[dict[str, Any]]
@@ -239,17 +236,32 @@ def _context(cfg: RunConfig) -> _Ctx:
         ),
         eval_step=train.make_eval_step(exp.model, losses.cross_entropy, compile=cfg.compile, backend=backend),
     )
+    if cfg.compact and cfg.compile:  # one static graph per form (shape), counted per stage
+        exp = exp._replace(
+            step=stage.Compiled(
+                train.make_step(exp.model, losses.cross_entropy, exp.optimizer, compile=False),
+                backend=backend,
+            ),
+            eval_step=stage.Compiled(
+                train.make_eval_step(exp.model, losses.cross_entropy, compile=False), backend=backend
+            ),
+        )
     k_init, k_method, k_score = rng.split(cfg.seed, 3)
     params, _ = init(k_init)
     groups = masking.active_groups(exp.model.groups(params), cfg.exclude)
-    if cfg.method in ("rsst", "refill") and not any(g.prunable for g in groups):
-        raise ValueError(
-            f"method {cfg.method!r} removes whole channels, but model {cfg.model!r} has no prunable group"
-        )
+    _check_groups(cfg, groups)
     score = tuple(
         itertools.islice(data.batches(ds.x_train, ds.y_train, cfg.batch_size, key=k_score), cfg.score_batches)
     )
     return _Ctx(cfg, exp, init, groups, su.spe, k_method, k_init, score, su.stats, _steps(cfg, exp, backend))
+
+
+def _check_groups(cfg: RunConfig, groups: tuple) -> None:
+    """Refuse a channel method (``rsst``, ``refill``) on a model without a prunable channel group."""
+    if cfg.method in ("rsst", "refill") and not any(g.prunable for g in groups):
+        raise ValueError(
+            f"method {cfg.method!r} removes whole channels, but model {cfg.model!r} has no prunable group"
+        )
 
 
 def _steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> dict[str, Any]:
@@ -384,9 +396,8 @@ def _gradual_round(ctx: _Ctx, a: _Round) -> RoundOut:
     return gradual.next_round(a.carry, a.r, segs, **kw)
 
 
-def _rsst_round(ctx: _Ctx, a: _Round) -> RoundOut:
-    cfg, exp = ctx.cfg, ctx.exp
-    s = rsst.Settings(
+def _rsst_settings(cfg: RunConfig) -> rsst.Settings:
+    return rsst.Settings(
         rate=cfg.rate,
         rounds=cfg.pruning_times,
         epochs=cfg.epochs,
@@ -398,6 +409,11 @@ def _rsst_round(ctx: _Ctx, a: _Round) -> RoundOut:
         scope=cfg.scope,
         schedule=cfg.schedule,
     )
+
+
+def _rsst_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    cfg, exp = ctx.cfg, ctx.exp
+    s = _rsst_settings(cfg)
     kw = dict(optimizer=exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
         return rsst.first_round(*_start(ctx), s, **kw)
@@ -420,9 +436,8 @@ def _rsst_round(ctx: _Ctx, a: _Round) -> RoundOut:
     )
 
 
-def _distill_round(ctx: _Ctx, a: _Round) -> RoundOut:
-    cfg = ctx.cfg
-    s = distill.Settings(
+def _distill_settings(cfg: RunConfig) -> distill.Settings:
+    return distill.Settings(
         rate=cfg.rate,
         rounds=cfg.pruning_times,
         epochs=cfg.epochs,
@@ -433,6 +448,10 @@ def _distill_round(ctx: _Ctx, a: _Round) -> RoundOut:
         scope=cfg.scope,
         struct=cfg.struct,
     )
+
+
+def _distill_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    s = _distill_settings(ctx.cfg)
     kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
         return distill.first_round(*_start(ctx), s, **kw)
@@ -449,19 +468,23 @@ def _distill_round(ctx: _Ctx, a: _Round) -> RoundOut:
     )
 
 
-def _dst_round(ctx: _Ctx, a: _Round) -> RoundOut:
-    cfg, exp = ctx.cfg, ctx.exp
-    s = dst.Settings(
+def _dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
+    return dst.Settings(
         kind=cfg.dst,
         sparsity=cfg.sparsity,
         epochs=cfg.epochs,
-        steps_per_epoch=ctx.spe,
+        steps_per_epoch=spe,
         update_every=cfg.update_every,
         drop_fraction=cfg.drop_fraction,
         end_fraction=cfg.end_fraction,
         distribution=cfg.distribution,
         scope=cfg.scope,
     )
+
+
+def _dst_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    cfg, exp = ctx.cfg, ctx.exp
+    s = _dst_settings(cfg, ctx.spe)
     carry = dst.start(*_start(ctx), s, optimizer=exp.optimizer, key=ctx.key) if a.r == 0 else a.carry
     batches = exp.train_batches(ctx.key)(a.r)
     if cfg.progress:
@@ -498,182 +521,6 @@ def _round(ctx: _Ctx, carry: Carry | None, r: int, train_fn: base.TrainFn) -> Ro
 # ----------------------------------------------------------------------------- the save directory
 
 
-# ----------------------------------------------------------------------------- several seeds, vmapped
-# Seed i of a vmapped round derives its keys from k_method[i] exactly as the single-seed rounds of
-# pure_prune.algorithms derive theirs from their one key (the same offsets, read from those modules,
-# so both stay equal; tests/test_runner_seeds.py pins it).
-
-
-class _SeedCtx(NamedTuple):
-    """The context of a vmapped several-seed run: per-seed keys (``k_*[i]`` from ``rng.split(keys[i], 3)``,
-    as :func:`_context` splits one seed), per-seed scoring batches ``((x (S, B, ...), y (S, B)), ...)``
-    and the vmapped steps (train: one batch per seed; eval: the shared test batches)."""
-
-    cfg: RunConfig
-    exp: Experiment
-    init: Callable[[int], tuple[Any, Any]]
-    groups: tuple
-    spe: int
-    keys: tuple[int, ...]
-    k_init: tuple[int, ...]
-    k_method: tuple[int, ...]
-    score_batches: tuple
-    stats: dict[str, float]
-    steps: sweep.SeedSteps
-
-
-_SeedTrainFn = Callable[..., base.Trained]
-"""``train_fn(params, state, opt_state, masks, *, start, stop, keys) -> base.Trained`` over stacked
-trees; ``keys[i]`` orders seed ``i``'s data. History entries hold per-seed lists."""
-
-
-def _seed_context(cfg: RunConfig) -> _SeedCtx:
-    su = _setup(cfg)
-    exp = su.exp
-    keys = tuple(cfg.seed_keys())
-    k_init, k_method, k_score = (tuple(k) for k in zip(*(rng.split(k, 3) for k in keys)))
-    params, _ = su.init(k_init[0])
-    groups = masking.active_groups(exp.model.groups(params), cfg.exclude)
-    ds = exp.dataset
-    per_seed = [
-        list(itertools.islice(data.batches(ds.x_train, ds.y_train, cfg.batch_size, key=k), cfg.score_batches))
-        for k in k_score
-    ]
-    score = tuple(
-        tuple(torch.stack([seed[b][j] for seed in per_seed]) for j in range(2))
-        for b in range(len(per_seed[0]))
-    )
-    kw = dict(compile=cfg.compile, backend=su.backend)
-    steps = sweep.SeedSteps(
-        sweep.make_seed_step(exp.model, losses.cross_entropy, exp.optimizer, per_seed_batches=True, **kw),
-        sweep.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, **kw),
-    )
-    return _SeedCtx(cfg, exp, su.init, groups, su.spe, keys, k_init, k_method, score, su.stats, steps)
-
-
-def _fold(keys: tuple[int, ...] | list[int], offset: int) -> list[int]:
-    """``[rng.fold_in(k, offset) for k in keys]``: one derived key per seed."""
-    return [rng.fold_in(k, offset) for k in keys]
-
-
-def _seed_trainer(ctx: _SeedCtx, desc: str) -> _SeedTrainFn:
-    """:func:`base.fit_trainer` for stacked seeds: epoch ``e`` of seed ``i`` is ordered by
-    ``data.epoch_key(keys[i], e)`` (``sweep.seed_batches``); with ``eval_every_epoch`` each entry also
-    holds the per-seed ``test_accuracy``/``test_loss``."""
-    cfg, exp = ctx.cfg, ctx.exp
-
-    def fn(params: Any, state: Any, opt_state: Any, masks: Any, *, start: int, stop: int, keys: list[int]):
-        history: list[dict[str, Any]] = []
-        bar = tqdm(range(start, stop), desc=desc, unit="epoch", disable=not cfg.progress, leave=False)
-        for epoch in bar:
-            res = sweep.fit_seeds(
-                ctx.steps.train,
-                params,
-                state,
-                opt_state,
-                masks,
-                lambda _, e=epoch: sweep.seed_batches(exp.dataset, exp.batch_size, keys, e),
-                1,
-            )
-            params, state, opt_state = res.params, res.state, res.opt_state
-            entry: dict[str, Any] = {"epoch": float(epoch), **res.history[0]}
-            if cfg.eval_every_epoch:
-                test = sweep.evaluate_seeds(ctx.steps.eval, params, state, masks, exp.test_batches())
-                entry.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
-            history.append(entry)
-        return base.Trained(params, state, opt_state, history)
-
-    return fn
-
-
-def _seed_start(ctx: _SeedCtx) -> tuple[Any, Any, Any]:
-    """Stacked ``init(k_init[i])`` and each seed's initial masks (``masking.initial``)."""
-    cfg = ctx.cfg
-    params, state = sweep.init_seeds(ctx.init, ctx.k_init)
-    masks = tree.stack(
-        [
-            masking.initial(sweep.seed_slice(params, i), cfg.struct, ctx.groups, exclude=cfg.exclude)
-            for i in range(len(ctx.keys))
-        ]
-    )
-    return params, state, masks
-
-
-def _seed_opt_state(ctx: _SeedCtx, params: Any, count: int = 0) -> dict[str, Any]:
-    """Stacked :func:`base.fresh_opt_state`: every seed's fresh optimizer state, step counter at ``count``."""
-    st = sweep.init_opt_seeds(ctx.exp.optimizer, params)
-    return {**st, "count": torch.full_like(st["count"], count)}
-
-
-def _seed_scores(ctx: _SeedCtx, params: Any, state: Any, masks: Any, keys: list[int]) -> tuple[Any, str]:
-    """Every seed's scores by the configured criterion (seed ``i`` with ``keys[i]`` and its own batches)
-    and their level (``"element"``/``"unit"``)."""
-    crit = importance.get(ctx.cfg.importance)
-    scores = sweep.score_seeds(
-        crit,
-        ctx.exp.model,
-        params,
-        state,
-        masks,
-        keys=keys,
-        batches=ctx.score_batches,
-        per_seed_batches=True,
-        groups=ctx.groups,
-    )
-    return scores, crit.level
-
-
-def _seed_prune(ctx: _SeedCtx, scores: Any, target: float, masks: Any, level: str) -> Any:
-    """Each seed's masks pruned to ``target`` by its own scores (nested in ``masks``): the vmapped
-    ``sweep.select_seeds`` for unstructured element selection, ``masking.prune_to`` seed by seed
-    for the structured forms."""
-    cfg = ctx.cfg
-    if cfg.struct == "unstructured" and level == "element":
-        return sweep.select_seeds(scores, target, scope=cfg.scope, masks=masks)
-    return tree.stack(
-        [
-            masking.prune_to(
-                sweep.seed_slice(scores, i),
-                target,
-                struct=cfg.struct,
-                masks=sweep.seed_slice(masks, i),
-                groups=ctx.groups,
-                scope=cfg.scope,
-                level=level,
-                nm=parse_nm(cfg.nm),
-            )
-            for i in range(len(ctx.keys))
-        ]
-    )
-
-
-def _seed_one_shot_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainFn) -> RoundOut:
-    """``one_shot.first_round`` / ``next_round`` for stacked seeds."""
-    cfg, keys = ctx.cfg, ctx.k_method
-    if r == 0:
-        params, state, masks = _seed_start(ctx)
-        params = mask.apply(params, masks)
-        out = train_fn(
-            params, state, _seed_opt_state(ctx, params), masks, start=0, stop=cfg.epochs, keys=_fold(keys, 0)
-        )
-        return base.carry_out(out, masks, extra={})
-    t0 = time.perf_counter()
-    scores, level = _seed_scores(ctx, carry.params, carry.state, carry.masks, _fold(keys, 1 << 20))
-    masks = _seed_prune(ctx, scores, cfg.sparsity, carry.masks, level)
-    params = mask.apply(carry.params, masks)
-    seconds = time.perf_counter() - t0
-    out = train_fn(
-        params,
-        carry.state,
-        _seed_opt_state(ctx, params),
-        masks,
-        start=0,
-        stop=cfg.finetune_epochs,
-        keys=_fold(keys, 1),
-    )
-    return base.carry_out(out, masks, extra=carry.extra, seconds=seconds)
-
-
 def _imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
     return imp.Settings(
         rate=cfg.rate,
@@ -686,144 +533,6 @@ def _imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
         struct=cfg.struct,
         control=cfg.control,
     ).check()
-
-
-def _seed_imp_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainFn) -> RoundOut:
-    """``imp.first_round`` / ``next_round`` (rewind, ``reinit`` and ``random_masks`` controls) for
-    stacked seeds."""
-    s, keys = _imp_settings(ctx.cfg, ctx.spe), ctx.k_method
-    if r == 0:
-        params, state, masks = _seed_start(ctx)
-        params = mask.apply(params, masks)
-        opt_state = _seed_opt_state(ctx, params)
-        k_train = _fold(keys, imp._TRAIN)
-        history: list[dict[str, Any]] = []
-        if s.rewind_epoch > 0:
-            early = train_fn(params, state, opt_state, masks, start=0, stop=s.rewind_epoch, keys=k_train)
-            params, state, opt_state, history = (
-                early.params,
-                early.state,
-                early.opt_state,
-                list(early.history),
-            )
-        rewind = {"params": params, "state": state}
-        out = train_fn(params, state, opt_state, masks, start=s.rewind_epoch, stop=s.epochs, keys=k_train)
-        return RoundOut(
-            Carry(out.params, out.state, out.opt_state, masks, rewind, {}), history + out.history, None
-        )
-    t0 = time.perf_counter()
-    scores, level = _seed_scores(ctx, carry.params, carry.state, carry.masks, _fold(keys, imp._SCORE + r))
-    masks = _seed_prune(ctx, scores, imp.target(r, s.rate, s.schedule), carry.masks, level)
-    k_control = _fold(keys, imp._CONTROL + r)
-    if s.control == "random_masks":
-        masks = tree.stack(
-            [
-                imp.random_masks_like(sweep.seed_slice(masks, i), sweep.seed_slice(carry.masks, i), k)
-                for i, k in enumerate(k_control)
-            ]
-        )
-    if s.control == "reinit":
-        base_params, base_state = sweep.init_seeds(ctx.init, k_control)
-    else:
-        base_params, base_state = carry.rewind["params"], carry.rewind["state"]
-    params = mask.apply(base_params, masks)
-    prune_seconds = time.perf_counter() - t0
-    out = train_fn(
-        params,
-        base_state,
-        _seed_opt_state(ctx, params, s.rewind_epoch * s.steps_per_epoch),
-        masks,
-        start=s.rewind_epoch,
-        stop=s.epochs,
-        keys=_fold(keys, imp._TRAIN + r),
-    )
-    return base.carry_out(out, masks, rewind=carry.rewind, extra=carry.extra, seconds=prune_seconds)
-
-
-def _seed_gradual_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainFn) -> RoundOut:
-    """``gradual.first_round`` / ``next_round`` (segment ``r``) for stacked seeds."""
-    keys = ctx.k_method
-    start, stop, target = gradual.segments(_gradual_schedule(ctx.cfg), ctx.cfg.epochs)[r]
-    if r == 0:
-        params, state, masks = _seed_start(ctx)
-        params = mask.apply(params, masks)
-        carry = Carry(params, state, _seed_opt_state(ctx, params), masks, None, {})
-    masks, params, seconds = carry.masks, carry.params, None
-    if target > 0.0:
-        t0 = time.perf_counter()
-        scores, level = _seed_scores(ctx, params, carry.state, masks, _fold(keys, gradual._SCORE + r))
-        masks = _seed_prune(ctx, scores, target, masks, level)
-        params = mask.apply(params, masks)
-        seconds = time.perf_counter() - t0
-    out = train_fn(
-        params, carry.state, carry.opt_state, masks, start=start, stop=stop, keys=_fold(keys, gradual._TRAIN)
-    )
-    return base.carry_out(out, masks, extra=carry.extra, seconds=seconds)
-
-
-_SEED_ROUNDS: dict[str, Callable[[_SeedCtx, Carry | None, int, _SeedTrainFn], RoundOut]] = {
-    "one_shot": _seed_one_shot_round,
-    "imp": _seed_imp_round,
-    "gradual": _seed_gradual_round,
-}
-
-
-# ----------------------------------------------------------------------------- per-seed rows
-
-
-def _aggregate(rows: list[dict[str, Any]], keys: list[int], *, mode: str) -> dict[str, Any]:
-    """One several-seed row from the single-seed rows of one round (one per seed, in key order).
-
-    Per :data:`SEED_METRICS` entry ``m``: ``m`` (mean), ``m_std`` (sample std, ``sweep.summarize``)
-    and ``per_seed[m]``; a metric that some seed lacks (``None``) has mean and std ``None``.
-    ``layer_sparsity`` is the mean per layer. Timings: ``mode="vmap"`` (one program) keeps the
-    shared values, ``"sequential"`` sums them over the seeds.
-    """
-    first = rows[0]
-    out: dict[str, Any] = {
-        k: first[k] for k in ("round", "method", "pruned", "target", "params_total", "epochs")
-    }
-    out.update(seeds=len(rows), keys=list(keys), mode=mode)
-    for m in SEED_METRICS:
-        values = [r[m] for r in rows]
-        stats = None if any(v is None for v in values) else sweep.summarize(values)
-        out[m] = None if stats is None else stats["mean"]
-        out[f"{m}_std"] = None if stats is None else stats["std"]
-    out["per_seed"] = {m: [r[m] for r in rows] for m in SEED_METRICS}
-    out["layer_sparsity"] = {
-        p: math.fsum(r["layer_sparsity"][p] for r in rows) / len(rows) for p in first["layer_sparsity"]
-    }
-    for k in _TIMES:
-        values = [r[k] for r in rows if r[k] is not None]
-        if mode == "vmap" or not values:
-            out[k] = first[k]
-        else:
-            out[k] = sum(values)
-    return out
-
-
-def _seed_metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
-    """The round's row of a vmapped run: every seed's single-seed row (:func:`_row`), aggregated."""
-    carry, n = out.carry, len(ctx.keys)
-    test = sweep.evaluate_seeds(
-        ctx.steps.eval, carry.params, carry.state, carry.masks, ctx.exp.test_batches()
-    )
-    rows = []
-    for i in range(n):
-        history = [{k: v[i] if isinstance(v, list) else v for k, v in h.items()} for h in out.history]
-        rows.append(
-            _row(
-                ctx.cfg,
-                r,
-                sweep.seed_slice(carry.masks, i),
-                sweep.seed_slice(carry.params, i),
-                history,
-                {"accuracy": test["accuracy"][i], "loss": test["loss"][i]},
-                out.prune_seconds,
-                timing,
-            )
-        )
-    return _aggregate(rows, list(ctx.keys), mode="vmap")
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -857,6 +566,14 @@ def _prepare(save: Path, cfg: RunConfig, digest: str, resume: bool, total: int) 
             raise ValueError(
                 f"save dir {str(save)!r} holds another run (config hash {str(stored.get('config_hash'))[:12]} != "
                 f"{digest[:12]}; differing: {'; '.join(diff) or 'format'}); choose another --save-dir"
+            )
+        seeds = stored.get("seeds") or {}
+        if seeds.get("mode") == "sequential":
+            dirs = ", ".join(str(save / d) for d in seeds.get("dirs", []))
+            raise ValueError(
+                f"save dir {str(save)!r} holds a run whose seeds ran one after another, each a single-seed "
+                f"run in its own directory ({dirs}); resume those one by one with --save-dir, or choose "
+                "another --save-dir to run the seeds as one vmapped program"
             )
         if not resume:
             done = max(_checkpoints(save), default=-1) + 1
@@ -1043,17 +760,41 @@ class _Engine(NamedTuple):
 
 def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
     ctx = _context(cfg)
+    forms: dict[int, dict[str, Any]] = {}  # compact runs: the form each round trained
+    memo: dict[str, Any] = {}
+    all_groups = ctx.exp.model.groups(ctx.init(ctx.k_init)[0]) if cfg.compact else ()
 
     def round_fn(carry: Carry | None, r: int) -> RoundOut:
         train_fn = base.fit_trainer(
             ctx.exp, evaluate=cfg.eval_every_epoch, progress=cfg.progress, desc=f"round {r}/{total - 1}"
         )
+        if cfg.compact:
+
+            def on_form(form: compact_training.Form, made: bool, reason: str) -> None:
+                forms[r] = {
+                    "form_units": sum(form.sizes.values()),
+                    "form_sizes": dict(form.sizes),
+                    "form_made": made,
+                    "form_reason": reason,
+                }
+
+            train_fn = compact_training.compacting_trainer(
+                train_fn,
+                all_groups,
+                recompile_every=cfg.recompile_every,
+                threshold=cfg.sparsity_change_threshold,
+                on_form=on_form,
+                memo=memo,
+            )
         return _round(ctx, carry, r, train_fn)
+
+    def metrics(r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
+        return {**_metrics(ctx, r, out, timing), **forms.get(r, {})}
 
     header = f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, config {digest[:12]}, save dir {cfg.save_dir}"
     return _Engine(
         round_fn,
-        lambda r, out, timing: _metrics(ctx, r, out, timing),
+        metrics,
         ctx.stats,
         _model_info(ctx.exp),
         header,
@@ -1062,24 +803,10 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
 
 
 def _seed_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
-    ctx = _seed_context(cfg)
+    """The engine of a several-seed run (``pure_prune.runner_seeds``, which builds on this module)."""
+    from pure_prune import runner_seeds
 
-    def round_fn(carry: Carry | None, r: int) -> RoundOut:
-        return _SEED_ROUNDS[cfg.method](ctx, carry, r, _seed_trainer(ctx, f"round {r}/{total - 1}"))
-
-    keys = list(ctx.keys)
-    header = (
-        f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, {len(keys)} seeds (keys {keys[0]}..{keys[-1]}) "
-        f"as one vmapped program, config {digest[:12]}, save dir {cfg.save_dir}"
-    )
-    return _Engine(
-        round_fn,
-        lambda r, out, timing: _seed_metrics(ctx, r, out, timing),
-        ctx.stats,
-        {**_model_info(ctx.exp), "seeds": {"keys": keys, "mode": "vmap", "dirs": []}},
-        header,
-        _SEED_SUMMARY_COLUMNS,
-    )
+    return runner_seeds.engine(cfg, digest, total)
 
 
 def _loop(
@@ -1118,6 +845,9 @@ def _loop(
         tag = f"round {r}/{total - 1}"
         if out.prune_seconds is not None:
             say(f"{tag} prune: step {r}, sparsity {_pct(metrics, 'sparsity')}, {out.prune_seconds:.3f} s")
+        if "form_units" in metrics:
+            what = "new form" if metrics["form_made"] else "kept form"
+            say(f"{tag} compact: {what} of {metrics['form_units']} units ({metrics['form_reason']})")
         if not cfg.compile:
             say(f"{tag} step: eager (compile off), train {metrics['train_seconds']:.2f} s")
         elif graphs:
@@ -1133,45 +863,6 @@ def _loop(
     if first >= total:
         say(f"run already complete ({total} rounds)")
     return RunResult(save, rounds, carry)
-
-
-def _seed_dir(save: Path, key: int) -> Path:
-    return save / f"seed_{key}"
-
-
-def _run_sequential(
-    cfg: RunConfig, digest: str, total: int, save: Path, say: Callable[[str], None]
-) -> RunResult:
-    """Several seeds of a method without vmapped rounds: the single-seed run of every key in turn,
-    in ``save/seed_<key>/`` (each resumes on its own), then the aggregated rows at the top level."""
-    keys = cfg.seed_keys()
-    dirs = [_seed_dir(save, k).name for k in keys]
-    if not (save / "run.json").is_file():
-        extra = {**_model_info(_setup(cfg).exp), "seeds": {"keys": keys, "mode": "sequential", "dirs": dirs}}
-        _write_info(save, cfg, digest, extra, total)
-    say(
-        f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, {len(keys)} seeds (keys {keys[0]}..{keys[-1]}) "
-        f"run one after another in this process (method {cfg.method!r} has no vmapped rounds; vmapped: "
-        f"{', '.join(VMAPPED_METHODS)}), config {digest[:12]}, save dir {save}, seed dirs {', '.join(dirs)}"
-    )
-    results = []
-    for k in keys:
-        sub = dataclasses.replace(cfg, seed=k, seeds=1, save_dir=str(_seed_dir(save, k)))
-        started = (_seed_dir(save, k) / "run.json").is_file()
-        results.append(run(sub, resume=started, log=lambda m, k=k: say(f"[seed {k}] {m}")))
-    rounds = [_aggregate([res.rounds[r] for res in results], keys, mode="sequential") for r in range(total)]
-    _write_tables(save, rounds, _SEED_SUMMARY_COLUMNS)
-    final = rounds[-1]
-    say(
-        f"{len(keys)} seeds done: test acc {_pct(final, 'test_accuracy')}, "
-        f"weights kept {_pct(final, 'sparsity', complement=True)}, {final['elapsed_seconds']:.2f} s in all"
-    )
-    stacked = [
-        tree.stack([getattr(res.carry, f) for res in results]) for f in ("params", "opt_state", "masks")
-    ]
-    state = [res.carry.state for res in results]
-    state = tree.stack(state) if tree.leaves(state[0]) else state[0]
-    return RunResult(save, rounds, Carry(stacked[0], state, stacked[1], stacked[2], None, None))
 
 
 def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = _stderr) -> RunResult:
@@ -1196,9 +887,6 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = _s
         with (save / "run.log").open("a") as f:
             f.write(msg + "\n")
 
-    if cfg.seeds > 1 and cfg.method not in VMAPPED_METHODS:
-        save.mkdir(parents=True, exist_ok=True)
-        return _run_sequential(cfg, digest, total, save, say)
     engine = (_single_engine if cfg.seeds == 1 else _seed_engine)(cfg, digest, total)
     save.mkdir(parents=True, exist_ok=True)
     return _loop(cfg, engine, digest, total, save, say)

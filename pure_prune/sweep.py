@@ -65,6 +65,7 @@ __all__ = [
     "score_seeds",
     "seed_batches",
     "seed_slice",
+    "seed_step_of",
     "seed_subkeys",
     "select_seeds",
     "stack",
@@ -430,12 +431,35 @@ def make_seed_step(
     result equals ``train.make_step(...)`` on seed ``i``'s slice. ``chunk_size`` bounds the seeds
     run at once (see :class:`SeedFn`).
     """
-    per_seed = _check_bool("per_seed_batches", per_seed_batches)
     single = train.make_step(model, loss, optimizer, compile=False)
+    return seed_step_of(
+        single, per_seed_batches=per_seed_batches, compile=compile, chunk_size=chunk_size, backend=backend
+    )
+
+
+def seed_step_of(
+    step: train.Step,
+    *,
+    per_seed_batches: bool,
+    compile: bool = True,  # noqa: A002 - the switch's natural name
+    chunk_size: int | None = None,
+    backend: str | Callable = "inductor",
+) -> SeedStep:
+    """Any single-seed train step mapped over stacked seeds (vmapped, compiled once per chunk size).
+
+    ``step(params, state, opt_state, masks, batch) -> (params, state, opt_state, metrics)`` is a
+    pure single-seed step with ``train.make_step``'s signature, built *uncompiled* (e.g.
+    ``algorithms.dst.make_ste_step(..., compile=False)``, or a step over ``rsst.penalized``'s
+    optimizer); its metrics must be 0-d tensors. The result behaves as :func:`make_seed_step`'s:
+    every tree stacked over ``S`` seeds, ``per_seed_batches`` as there, metrics ``(S,)``.
+    """
+    if not callable(step):
+        raise TypeError(f"step must be a train step function, got {step!r}")
+    per_seed = _check_bool("per_seed_batches", per_seed_batches)
     batch_dim = 0 if per_seed else None
 
     def seeds_step(params: Any, state: Any, opt_state: OptState, masks: Any, batch: Batch):
-        mapped = torch.func.vmap(single, in_dims=(0, 0, 0, _dims(masks), batch_dim))
+        mapped = torch.func.vmap(step, in_dims=(0, 0, 0, _dims(masks), batch_dim))
         return mapped(params, state, opt_state, masks, batch)
 
     run = seeds_step

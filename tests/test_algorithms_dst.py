@@ -159,3 +159,12 @@ def test_initial_masks_and_settings():
     with pytest.raises(ValueError, match="'rigl' needs apply and loss"):
         carry = base.Carry(params, {}, {}, base_masks)
         dst.train_epoch(carry, 0, dst.Settings(), [], step=None, key=rng.fold_in(0, 1))
+
+
+def test_update_due_by_hand():
+    s = dst.Settings(epochs=2, steps_per_epoch=10, update_every=4, end_fraction=0.75)  # t_end = 15
+    assert [t for t in range(1, 21) if dst.update_due(s, t)] == [4, 8, 12]
+    params, _ = SPEC.init(0, sizes=(20, 30, 10))
+    masks = dst.initial_masks(masking.initial(params), 0.5, key=1)
+    for t in (3, 16):  # not due: update_masks hands back the very same trees
+        assert dst.update_masks(s, t, params, masks, key=2) == (params, masks)

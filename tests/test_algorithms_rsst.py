@@ -54,6 +54,23 @@ def test_coefficient_grows_by_its_schedule_step_by_step():
         assert bool((table[1:] >= table[:-1]).all()) and table[0] == 0 and table[-1] == pytest.approx(1.0)
 
 
+def test_coefficient_compiles_in_a_full_graph_and_under_vmap():
+    """A compiled (fullgraph) RSST step reads λ_t without a data-dependent index (it once failed)."""
+    params = {"w": torch.ones(2, 3)}
+    opt = rsst.penalized(optim.sgd(0.0))
+    growth = schedules.penalty_growth("x^2", 2.0, 4)
+    st = rsst.set_penalty(opt.init(params), {"w": torch.ones(2, 3, dtype=torch.bool)}, growth, 4)
+    compiled = torch.compile(rsst.coefficient, fullgraph=True, backend="eager")
+    states = []
+    for _ in range(6):
+        assert float(compiled(st)) == float(rsst.coefficient(st))
+        states.append(st)
+        _, st = opt.update({"w": torch.zeros(2, 3)}, st, params)
+    stacked = tree.stack(states)
+    want = [float(rsst.coefficient(x)) for x in states]
+    assert torch.func.vmap(rsst.coefficient)(stacked).tolist() == pytest.approx(want)
+
+
 def test_penalized_update_is_the_update_of_loss_plus_penalty():
     params = {"w": torch.tensor([[0.5, -1.0], [2.0, 0.25]])}
     chosen = {"w": torch.tensor([[True, False], [True, True]])}
@@ -148,3 +165,36 @@ def test_settings_and_round_checks():
             key=0,
         )
     assert tree.leaves(rsst.chosen_entries({"a": None}, {"a": None})) == [None]
+
+
+def test_plan_round_chooses_units_and_sets_the_penalty_before_training(exp):
+    params, _ = exp.model.init(3, sizes=SIZES)
+    groups = exp.model.groups(params)
+    masks = masking.initial(params, "channels", groups)
+    s = rsst.Settings(rate=0.5, rounds=1, epochs=2, finetune_epochs=3, criterion="l1", granularity=2.0)
+    pen = rsst.penalized(exp.optimizer)
+    carry = base.Carry(params, {}, exp.optimizer.init(params), masks, None, {"target": None})
+    plan = rsst.plan_round(carry, 1, s, optimizer=exp.optimizer, penalized_optimizer=pen, groups=groups)
+    assert plan.penalized and plan.epochs == 2 and plan.seconds >= 0
+    invariants.masks_nested(plan.target, plan.masks)
+    assert mask.sparsity(plan.target) > 0.3 and mask.sparsity(plan.masks) == 0.0
+    chosen = rsst.chosen_entries(plan.masks, plan.target)
+    for got, want in zip(tree.leaves(plan.opt_state["rsst_chosen"]), tree.leaves(chosen), strict=True):
+        assert want is None or torch.equal(got, want)
+    assert float(plan.opt_state["rsst_table"][-1]) == pytest.approx(2.0)  # grows to the granularity
+    # the final round cuts the pending units and fine-tunes from a plain, fresh optimizer state
+    last = rsst.plan_round(
+        carry._replace(extra={"target": plan.target}),
+        2,
+        s,
+        optimizer=exp.optimizer,
+        penalized_optimizer=pen,
+        groups=groups,
+    )
+    assert not last.penalized and last.epochs == 3 and last.target is None
+    assert "rsst_table" not in last.opt_state and int(last.opt_state["count"]) == 0
+    for m, t in zip(tree.leaves(last.masks), tree.leaves(plan.target), strict=True):
+        assert (m is None and t is None) or torch.equal(m, t)
+    invariants.pruned_are_zero(last.params, last.masks)
+    with pytest.raises(ValueError, match=r"round must be an int in \[1, 2\]"):
+        rsst.plan_round(carry, 0, s, optimizer=exp.optimizer, penalized_optimizer=pen, groups=groups)

@@ -142,7 +142,7 @@ def test_plot_masks_needs_a_matrix(tmp_path):
 
 @pytest.fixture(scope="module")
 def seed_runs(tmp_path_factory):
-    """A vmapped 2-seed IMP run and a sequential 2-seed Refill run (tiny, eager)."""
+    """A vmapped 2-seed IMP run and a vmapped 2-seed Refill run (tiny, eager)."""
     root = tmp_path_factory.mktemp("seed_runs")
     common = dict(
         model_cfg={"sizes": (64, 16, 16, 10)},

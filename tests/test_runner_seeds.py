@@ -1,4 +1,5 @@
-"""pure-prune run --seeds N: vmapped seeds equal single-seed runs; rows, tables, resume; sequential methods."""
+"""pure-prune run --seeds N: for every method the vmapped seeds equal the single-seed runs; rows,
+tables, checkpoints, resume, compiled steps; runs saved with sequential seeds are refused."""
 
 from __future__ import annotations
 
@@ -66,9 +67,19 @@ def assert_seed_equals_single(multi: runner.RunResult, i: int, single: runner.Ru
             "gradual",
             {"sparsity": 0.6, "gradual_start": 1, "gradual_every": 1, "gradual_steps": 2, "epochs": 3},
         ),
+        ("rsst", {"rate": 0.5, "pruning_times": 2, "finetune_epochs": 1, "criteria": "l1"}),
+        ("rsst", {"rate": 0.5, "pruning_times": 1, "finetune_epochs": 1, "criteria": "saliency"}),
+        ("rsst", {"rate": 0.5, "pruning_times": 1, "finetune_epochs": 1, "criteria": "remain"}),
+        ("refill", {"rate": 0.5, "pruning_times": 2, "fillback_rate": 0.2}),
+        ("refill", {"rate": 0.5, "pruning_times": 1, "fillback_rate": 0.5, "criteria": "l1"}),
+        ("distill", {"rate": 0.5, "pruning_times": 2, "finetune_epochs": 1}),
+        ("dst", {"dst": "rigl", "sparsity": 0.5, "update_every": 3, "lr": 0.2}),
+        ("dst", {"dst": "set", "sparsity": 0.5, "update_every": 3, "lr": 0.2, "distribution": "erk"}),
+        ("dst", {"dst": "ste", "sparsity": 0.5, "update_every": 3, "lr": 0.2, "scope": "global"}),
     ],
 )
 def test_vmapped_seeds_equal_single_seed_runs(tmp_path, method, knobs):
+    assert set(runner.VMAPPED_METHODS) == set(runconfig.METHODS)  # every method has seeded rounds
     lines = []
     multi = runner.run(tiny(tmp_path, "m", method=method, seed=3, seeds=2, **knobs), log=lines.append)
     assert "2 seeds (keys 3..4) as one vmapped program" in lines[0]
@@ -77,6 +88,8 @@ def test_vmapped_seeds_equal_single_seed_runs(tmp_path, method, knobs):
         assert_seed_equals_single(multi, i, single)
     a, b = (sweep.seed_slice(multi.carry.params, i) for i in (0, 1))
     assert not torch.equal(a["fc1"]["weight"], b["fc1"]["weight"])  # the seeds differ
+    if method == "dst":  # every epoch moved the masks (so the equal masks above are per-seed regrowth)
+        assert all(r["pruned"] for r in multi.rounds)
 
 
 def test_seed_rows_tables_and_checkpoints(tmp_path):
@@ -105,39 +118,44 @@ def test_seed_rows_tables_and_checkpoints(tmp_path):
     assert any(" ± " in x and "test acc" in x for x in lines)
 
 
-def test_killed_seed_run_resumes_to_the_same_result(tmp_path):
-    cfg = tiny(tmp_path, "m", method="imp", rate=0.5, pruning_times=2, rewind_epoch=1, seeds=2)
+@pytest.mark.parametrize(
+    ("method", "knobs"),
+    [
+        ("imp", {"rate": 0.5, "pruning_times": 2, "rewind_epoch": 1}),
+        ("rsst", {"rate": 0.5, "pruning_times": 1, "finetune_epochs": 1, "criteria": "l1"}),
+        ("distill", {"rate": 0.5, "pruning_times": 1, "finetune_epochs": 1}),
+        ("dst", {"dst": "rigl", "sparsity": 0.5, "update_every": 3, "lr": 0.2, "epochs": 3}),
+    ],
+)
+def test_killed_seed_run_resumes_to_the_same_result(tmp_path, method, knobs):
+    """The last checkpoint is deleted as if the run was killed in its last round; the resumed run
+    reloads the stacked extras (RSST's pending units, the teachers) and ends bit-identical."""
+    cfg = tiny(tmp_path, "m", method=method, seeds=2, **knobs)
     whole = runner.run(cfg, log=quiet)
-    (whole.save_dir / "checkpoints" / "round_0002.safetensors").unlink()  # as if killed in round 2
+    last = len(whole.rounds) - 1
+    (whole.save_dir / "checkpoints" / f"round_{last:04d}.safetensors").unlink()
     lines = []
     resumed = runner.run(cfg, resume=True, log=lines.append)
-    assert lines[0] == "resume: loaded round 1 from round_0001.safetensors; 1 rounds left"
-    for x, y in zip(tree.leaves(whole.carry.params), tree.leaves(resumed.carry.params), strict=True):
-        assert torch.equal(x, y)
-    assert resumed.rounds[2]["per_seed"] == whole.rounds[2]["per_seed"]
+    assert lines[0] == f"resume: loaded round {last - 1} from round_{last - 1:04d}.safetensors; 1 rounds left"
+    for name in ("params", "masks", "opt_state", "extra"):
+        pairs = zip(
+            tree.leaves(getattr(whole.carry, name)), tree.leaves(getattr(resumed.carry, name)), strict=True
+        )
+        for x, y in pairs:
+            assert (x is None and y is None) or torch.equal(x, y), name
+    assert resumed.rounds[-1]["per_seed"] == whole.rounds[-1]["per_seed"]
 
 
-def test_methods_without_vmapped_rounds_run_their_seeds_one_after_another(tmp_path):
-    knobs = dict(method="rsst", rate=0.5, pruning_times=1, finetune_epochs=1, criteria="l1", seed=5)
-    lines = []
-    multi = runner.run(tiny(tmp_path, "m", seeds=2, **knobs), log=lines.append)
-    assert "run one after another in this process (method 'rsst' has no vmapped rounds" in lines[0]
-    assert any(x.startswith("[seed 6] round 2/2") for x in lines) and "2 seeds done: test acc" in lines[-1]
-    info = json.loads((multi.save_dir / "run.json").read_text())
-    assert info["seeds"] == {"keys": [5, 6], "mode": "sequential", "dirs": ["seed_5", "seed_6"]}
-    for i, key in enumerate((5, 6)):
-        single = runner.run(tiny(tmp_path, f"s{key}", seeds=1, **{**knobs, "seed": key}), log=quiet)
-        assert_seed_equals_single(multi, i, single)
-        # the seed's directory is exactly that single-seed run (same config hash)
-        sub = json.loads((multi.save_dir / f"seed_{key}" / "run.json").read_text())
-        assert sub["config_hash"] == runconfig.config_hash(tiny(tmp_path, "x", **{**knobs, "seed": key}))
-    last = multi.rounds[-1]
-    assert last["mode"] == "sequential" and last["test_accuracy"] == pytest.approx(
-        sum(last["per_seed"]["test_accuracy"]) / 2
-    )
-    again = []
-    runner.run(tiny(tmp_path, "m", seeds=2, **knobs), resume=True, log=again.append)
-    assert sum("run already complete (3 rounds)" in x for x in again) == 2
+def test_a_run_saved_with_sequential_seeds_is_refused(tmp_path):
+    """Earlier versions ran the seeds of rsst, refill, distill and dst one after another, each in
+    ``seed_<k>/``; such a directory is not mistaken for a vmapped run."""
+    cfg = tiny(tmp_path, "m", method="rsst", rate=0.5, pruning_times=1, finetune_epochs=1, epochs=1, seeds=2)
+    res = runner.run(cfg, log=quiet)
+    info = json.loads((res.save_dir / "run.json").read_text())
+    info["seeds"] = {"keys": [0, 1], "mode": "sequential", "dirs": ["seed_0", "seed_1"]}
+    (res.save_dir / "run.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"seeds ran one after another.*seed_0, .*seed_1\); resume those"):
+        runner.run(cfg, resume=True, log=quiet)
 
 
 def test_seeds_knob_checks_hash_and_cli(tmp_path, capsys):
@@ -147,9 +165,11 @@ def test_seeds_knob_checks_hash_and_cli(tmp_path, capsys):
         runconfig.from_mapping({"seeds": 2.5})
     assert RunConfig(seed=3, seeds=4).seed_keys() == [3, 4, 5, 6]
     assert RunConfig(seed=3, seeds=4).resolved().save_dir == "runs/imp-mlp-digits-seeds3-6"
-    # seeds = 1 leaves the hash of runs saved before the knob existed unchanged
+    # seeds = 1 (like every hash-neutral knob at its default) leaves the hash of runs saved before the knob existed unchanged
     legacy = {
-        k: v for k, v in RunConfig().resolved().to_json().items() if k not in (*runconfig.NOT_HASHED, "seeds")
+        k: v
+        for k, v in RunConfig().resolved().to_json().items()
+        if k not in (*runconfig.NOT_HASHED, *runconfig.HASH_NEUTRAL)
     }
     expected = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()
     assert runconfig.config_hash(RunConfig()) == expected
@@ -168,6 +188,26 @@ def test_compiled_seed_steps_compile_once_for_all_rounds(tmp_path):
     res = runner.run(dataclasses.replace(cfg, backend="eager"), log=lines.append)
     assert [r["compiled_graphs"] for r in res.rounds] == [2, 0, 0]  # the vmapped train and eval steps
     assert "compiled new step (2 graphs" in lines[1] and sum("reused compiled step" in x for x in lines) == 2
+    eager = runner.run(dataclasses.replace(cfg, compile=False, save_dir=str(tmp_path / "e")), log=quiet)
+    for x, y in zip(tree.leaves(res.carry.params), tree.leaves(eager.carry.params), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "knobs"),
+    [
+        ("rsst", {"rate": 0.5, "pruning_times": 1, "finetune_epochs": 1, "criteria": "l1"}),
+        ("distill", {"rate": 0.5, "pruning_times": 1, "finetune_epochs": 1}),
+        ("dst", {"dst": "ste", "sparsity": 0.5, "update_every": 3, "lr": 0.2, "epochs": 2}),
+    ],
+)
+def test_compiled_method_steps_equal_eager_ones(tmp_path, method, knobs):
+    """The penalized, distillation and straight-through seed steps compile (fullgraph) and give the
+    eager program's result; the method's step compiles in the round that first uses it, once."""
+    cfg = tiny(tmp_path, "c", method=method, seeds=2, compile=True, backend="eager", **{"epochs": 1, **knobs})
+    res = runner.run(cfg, log=quiet)
+    graphs = [r["compiled_graphs"] for r in res.rounds]
+    assert graphs[0] >= 1 and sum(graphs[1:]) <= 1, graphs
     eager = runner.run(dataclasses.replace(cfg, compile=False, save_dir=str(tmp_path / "e")), log=quiet)
     for x, y in zip(tree.leaves(res.carry.params), tree.leaves(eager.carry.params), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)

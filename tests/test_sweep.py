@@ -268,6 +268,42 @@ def test_step_shared_and_per_seed_batches_equal_single_steps():
     assert dense[3]["accuracy"].shape == (3,)
 
 
+def test_seed_step_of_maps_any_single_step_over_the_seeds():
+    """A straight-through step (dense update, masked forward) and RSST's penalized step, vmapped."""
+    from pure_prune.algorithms import dst, rsst
+
+    _, params, state, masks = _mlp_setup(3)
+    x, y = mlp_data(2)
+    xs, ys = torch.stack([x, x.flip(0), 2 * x]), torch.stack([y, y.flip(0), y])
+    pen = rsst.penalized(optim.sgd(0.05, momentum=0.9))
+    chosen = [tree.map(lambda m: None if m is None else ~m, sweep.seed_slice(masks, i)) for i in range(3)]
+    pen_states = [
+        rsst.set_penalty(pen.init(sweep.seed_slice(params, i)), chosen[i], lambda t, i=i: 0.1 * (t + i), 4)
+        for i in range(3)
+    ]
+    ste_opt = optim.sgd(0.05, momentum=0.9)
+    cases = (
+        (dst.make_ste_step(mlp, losses.cross_entropy, ste_opt, compile=False), [ste_opt.init(p) for p in tree.unstack(params, 3)]),
+        (train.make_step(mlp, losses.cross_entropy, pen, compile=False), pen_states),
+    )  # fmt: skip
+    for single, states in cases:
+        step = sweep.seed_step_of(single, per_seed_batches=True, compile=False)
+        opt_state = tree.stack(states)
+        out = step(params, state, opt_state, masks, (xs, ys))
+        for _ in range(2):  # a second step reads the stepped states (penalty table, momentum)
+            out = step(out[0], out[1], out[2], masks, (xs, ys))
+        for i in range(3):
+            p, s, o, m = sweep.seed_slice(params, i), {}, states[i], sweep.seed_slice(masks, i)
+            for _ in range(3):
+                p, s, o, _ = single(p, s, o, m, (xs[i], ys[i]))
+            assert_tree_close(sweep.seed_slice(out[0], i), p)
+            assert_tree_close(sweep.seed_slice(out[2], i), o)
+    with pytest.raises(TypeError, match="step must be a train step function"):
+        sweep.seed_step_of(None, per_seed_batches=True)
+    with pytest.raises(TypeError, match="per_seed_batches must be True or False"):
+        sweep.seed_step_of(cases[0][0], per_seed_batches=1)
+
+
 def test_step_rejects_inconsistent_input():
     opt = optim.sgd(0.05)
     _, params, state, masks = _mlp_setup(3)

@@ -51,6 +51,7 @@ __all__ = [
     "start",
     "ste_update",
     "train_epoch",
+    "update_due",
     "update_masks",
 ]
 
@@ -221,6 +222,12 @@ def make_ste_step(
     return checked
 
 
+def update_due(settings: Settings, t: int) -> bool:
+    """Whether a mask update is due after step ``t`` (1-based): ``t`` is a multiple of
+    ``update_every`` and below ``end_fraction · total_steps``."""
+    return t % settings.update_every == 0 and t < settings.end_fraction * settings.total_steps
+
+
 def update_masks(
     settings: Settings,
     t: int,
@@ -238,7 +245,7 @@ def update_masks(
     gradients (called only when RigL updates)."""
     s = settings
     t_end = s.end_fraction * s.total_steps
-    if t % s.update_every or t >= t_end:
+    if not update_due(s, t):
         return params, masks
     if s.kind == "ste":
         return params, ste_update(params, masks, scope=s.scope)

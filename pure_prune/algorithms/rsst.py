@@ -43,6 +43,7 @@ from pure_prune.train import Step
 
 __all__ = [
     "GROWTH",
+    "Plan",
     "Settings",
     "choose",
     "chosen_entries",
@@ -51,6 +52,7 @@ __all__ = [
     "next_round",
     "penalized",
     "penalty",
+    "plan_round",
     "run",
     "set_penalty",
 ]
@@ -119,7 +121,8 @@ def coefficient(opt_state: dict[str, Any]) -> torch.Tensor:
     (float32 ``()``): ``table[clamp(count − start, 0, T)]``."""
     table = opt_state["rsst_table"]
     idx = torch.clamp(opt_state["count"] - opt_state["rsst_start"], 0, table.shape[0] - 1)
-    return table[idx]
+    # index_select, not table[idx]: a compiled (fullgraph) step cannot index by a 0-d tensor's value
+    return table.index_select(0, idx.reshape(1)).reshape(())
 
 
 def penalized(optimizer: Optimizer) -> Optimizer:
@@ -221,6 +224,67 @@ def first_round(
     return carry_out(out, masks, extra={"target": None})
 
 
+class Plan(NamedTuple):
+    """What round ``k >= 1`` trains, decided on the host before training (:func:`plan_round`).
+
+    ``masks``: the masks the round trains under (the units chosen in round ``k − 1`` removed);
+    ``params``: the carry's params masked by them; ``opt_state``: fresh — of the penalized optimizer
+    with the penalty on the units chosen now when ``penalized``, of the plain optimizer at the final
+    round; ``epochs``: epochs to train (``epochs``, or ``finetune_epochs`` at the final round);
+    ``target``: the masks once the chosen units are gone (``None`` after the final cut, no penalty);
+    ``seconds``: host time spent choosing."""
+
+    params: Any
+    masks: Any
+    opt_state: Any
+    penalized: bool
+    epochs: int
+    target: Any
+    seconds: float
+
+
+def plan_round(
+    carry: Carry,
+    round: int,  # noqa: A002
+    settings: Settings,
+    *,
+    optimizer: Optimizer,
+    penalized_optimizer: Optimizer,
+    groups: Sequence[ChannelGroup],
+    model_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    steps_per_epoch: int = 1,
+) -> Plan:
+    """Steps 1–2 of round ``round`` (``1 .. rounds + 1``, module docstring): remove the pending
+    units, choose the next ones and set up the penalty. Returns the :class:`Plan`; training it with
+    key ``fold_in(key, round)`` (the penalized step when ``plan.penalized``) completes the round,
+    as :func:`next_round` does. ``model_fn``/``batches`` feed ``saliency``."""
+    s = settings.check()
+    if isinstance(round, bool) or not isinstance(round, int) or not 1 <= round <= s.rounds + 1:
+        raise ValueError(f"rsst: round must be an int in [1, {s.rounds + 1}], got {round!r}")
+    t0 = time.perf_counter()
+    pending = (carry.extra or {}).get("target")
+    masks = carry.masks if pending is None else pending
+    params = mask.apply(carry.params, masks)
+    if round == s.rounds + 1:  # the final cut, then fine-tuning without penalty
+        opt_state = fresh_opt_state(optimizer, params)
+        return Plan(params, masks, opt_state, False, s.finetune_epochs, None, time.perf_counter() - t0)
+    goal = imp.target(round, s.rate, s.schedule)
+    reference = None
+    if s.criterion == "remain":
+        scores = magnitude.magnitude(params, masks)
+        reference = select.unstructured(_weights_only(scores), goal, scope=s.scope, masks=masks)
+    units = unit_criteria.unit_scores(
+        s.criterion, params, masks, groups, reference=reference, model_fn=model_fn, batches=batches
+    )
+    target = choose(units, goal, groups, masks, scope=s.scope)
+    chosen = chosen_entries(masks, target)
+    steps = max(1, s.epochs * steps_per_epoch)
+    growth = schedules.penalty_growth(s.growth, s.granularity, steps, exponent=s.exponent)
+    opt_state = set_penalty(fresh_opt_state(penalized_optimizer, params), chosen, growth, steps)
+    return Plan(params, masks, opt_state, True, s.epochs, target, time.perf_counter() - t0)
+
+
 def next_round(
     carry: Carry,
     round: int,  # noqa: A002
@@ -236,40 +300,31 @@ def next_round(
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
     steps_per_epoch: int = 1,
 ) -> RoundOut:
-    """Round ``1 .. rounds + 1`` (module docstring). ``penalized_optimizer = penalized(optimizer)``
-    and ``penalty_step`` a train step made with it; ``model_fn``/``batches`` feed ``saliency``."""
-    s = settings.check()
-    if isinstance(round, bool) or not isinstance(round, int) or not 1 <= round <= s.rounds + 1:
-        raise ValueError(f"rsst: round must be an int in [1, {s.rounds + 1}], got {round!r}")
-    t0 = time.perf_counter()
-    pending = (carry.extra or {}).get("target")
-    masks = carry.masks if pending is None else pending
-    params = mask.apply(carry.params, masks)
-    k_train = rng.fold_in(key, _TRAIN + round)
-    if round == s.rounds + 1:  # the final cut, then fine-tuning without penalty
-        seconds = time.perf_counter() - t0
-        out = train_fresh(
-            train_fn, optimizer, params, carry.state, masks, stop=s.finetune_epochs, key=k_train
-        )
-        return carry_out(out, masks, extra={"target": None}, seconds=seconds)
-    goal = imp.target(round, s.rate, s.schedule)
-    reference = None
-    if s.criterion == "remain":
-        scores = magnitude.magnitude(params, masks)
-        reference = select.unstructured(_weights_only(scores), goal, scope=s.scope, masks=masks)
-    units = unit_criteria.unit_scores(
-        s.criterion, params, masks, groups, reference=reference, model_fn=model_fn, batches=batches
+    """Round ``1 .. rounds + 1`` (module docstring): :func:`plan_round`, then training on key
+    ``fold_in(key, round)``. ``penalized_optimizer = penalized(optimizer)`` and ``penalty_step`` a
+    train step made with it; ``model_fn``/``batches`` feed ``saliency``."""
+    plan = plan_round(
+        carry,
+        round,
+        settings,
+        optimizer=optimizer,
+        penalized_optimizer=penalized_optimizer,
+        groups=groups,
+        model_fn=model_fn,
+        batches=batches,
+        steps_per_epoch=steps_per_epoch,
     )
-    target = choose(units, goal, groups, masks, scope=s.scope)
-    chosen = chosen_entries(masks, target)
-    steps = max(1, s.epochs * steps_per_epoch)
-    growth = schedules.penalty_growth(s.growth, s.granularity, steps, exponent=s.exponent)
-    opt_state = set_penalty(fresh_opt_state(penalized_optimizer, params), chosen, growth, steps)
-    seconds = time.perf_counter() - t0
     out = train_fn(
-        params, carry.state, opt_state, masks, start=0, stop=s.epochs, key=k_train, step=penalty_step
+        plan.params,
+        carry.state,
+        plan.opt_state,
+        plan.masks,
+        start=0,
+        stop=plan.epochs,
+        key=rng.fold_in(key, _TRAIN + round),
+        step=penalty_step if plan.penalized else None,
     )
-    return carry_out(out, masks, extra={"target": target}, seconds=seconds)
+    return carry_out(out, plan.masks, extra={"target": plan.target}, seconds=plan.seconds)
 
 
 def _weights_only(scores: Any) -> Any:

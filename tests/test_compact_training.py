@@ -1,0 +1,183 @@
+"""Tests for pure_prune.compact_training: training the compacted form equals training the masked
+model, forms are made when Source A's knobs say so, and a compact run compiles once per form."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pure_prune import compact_training, losses, mask, optim, rng, runner, select, train, tree
+from pure_prune import models as model_registry
+from pure_prune.algorithms.base import Trained
+from pure_prune.runconfig import RunConfig
+
+CASES = {  # model -> (config, one input sample's shape, classes)
+    "mlp": ({"sizes": (12, 9, 7, 5)}, (12,), 5),
+    "conv2": ({"width": 4, "hidden": (6,), "image_size": 8}, (3, 8, 8), 10),  # BatchNorm state
+}
+
+
+def _unit_masks(spec, params, s: float, key: int):
+    groups = spec.groups(params)
+    scores = {g.name: rng.uniform(rng.fold_in(key, i), (g.size,)) for i, g in enumerate(groups) if g.prunable}
+    return select.units(scores, s, groups, params, masks=mask.ones_like(params)), groups
+
+
+def _loop_trainer(spec, batches, opt):
+    """A TrainFn that takes one eager masked SGD step per batch (the epochs are ignored)."""
+    step = train.make_step(spec, losses.cross_entropy, opt, compile=False)
+
+    def fn(params, state, opt_state, masks, *, start, stop, key, step_=None, batch_map=None, **_):
+        for b in batches:
+            params, state, opt_state, _ = step(params, state, opt_state, masks, b)
+        return Trained(params, state, opt_state, [])
+
+    return fn
+
+
+def _close(a, b):
+    for x, y in zip(tree.leaves(a), tree.leaves(b), strict=True):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(name=st.sampled_from(sorted(CASES)), s=st.sampled_from([0.25, 0.5, 0.75]), key=st.integers(0, 2**16))
+def test_training_the_compacted_form_equals_training_the_masked_model(name, s, key):
+    cfg, shape, classes = CASES[name]
+    spec = model_registry.get(name)
+    params, state = spec.init(key, **cfg)
+    masks, groups = _unit_masks(spec, params, s, key + 1)
+    params = mask.apply(params, masks)
+    batches = [
+        (
+            rng.normal(key + 2 + i, (6, *shape)),
+            torch.randint(0, classes, (6,), generator=rng.generator(key + i)),
+        )
+        for i in range(3)
+    ]
+    opt = optim.sgd(0.1, momentum=0.9)
+    plain = _loop_trainer(spec, batches, opt)
+    forms = []
+    small = compact_training.compacting_trainer(plain, groups, on_form=lambda f, made, why: forms.append(f))
+    o0 = opt.init(params)
+    want = plain(params, state, o0, masks, start=0, stop=1, key=0)
+    got = small(params, state, o0, masks, start=0, stop=1, key=0)
+    assert sum(forms[0].sizes.values()) < sum(g.size for g in groups)  # it did train a smaller model
+    _close(got.params, want.params)
+    _close(got.state, want.state)
+    _close(got.opt_state, want.opt_state)
+    for p, m in zip(tree.leaves(got.params), tree.leaves(masks), strict=True):  # pruned stay exactly 0.0
+        if m is not None:
+            assert bool((p[~m] == 0).all())
+    assert tree.structure(got.params) == tree.structure(params)
+    assert [tuple(x.shape) for x in tree.leaves(got.opt_state)] == [tuple(x.shape) for x in tree.leaves(o0)]
+
+
+def test_forms_follow_source_a_knobs_and_reuse_pads_the_alive_units():
+    cfg, _, _ = CASES["mlp"]
+    spec = model_registry.get("mlp")
+    params, state = spec.init(0, **cfg)
+    groups = spec.groups(params)
+    sizes_seen = []
+
+    def record(params, state, opt_state, masks, **_):
+        sizes_seen.append(tuple(x.shape for x in tree.leaves(params)))
+        return Trained(params, state, opt_state, [])
+
+    log = []
+    fn = compact_training.compacting_trainer(
+        record,
+        groups,
+        recompile_every=3,
+        threshold=0.95,
+        on_form=lambda f, made, why: log.append((f, made, why)),
+    )
+    opt_state = optim.sgd(0.1).init(params)
+    m = mask.ones_like(params)
+    chain = [m]
+    for s in (0.2, 0.4, 0.6):  # nested unit masks, pruned further each time
+        scores = {g.name: torch.arange(g.size, dtype=torch.float32) for g in groups if g.prunable}
+        chain.append(select.units(scores, s, groups, params, masks=mask.ones_like(params)))
+    made = []
+    for m in chain:
+        out = fn(mask.apply(params, m), state, opt_state, m, start=0, stop=1, key=0)
+        made.append(log[-1][1])
+        for p, k in zip(tree.leaves(out.params), tree.leaves(m), strict=True):
+            if k is not None:
+                assert bool((p[~k] == 0).all())
+    # first call: made; the masks of 0.2 and 0.4 move sparsity by < 0.95 and are not the 3rd compression: reused;
+    # 0.6 is the 3rd compression: made
+    assert made == [True, False, False, True]
+    assert sizes_seen[0] == sizes_seen[1] == sizes_seen[2] != sizes_seen[3]
+    assert "multiple of recompile_every=3" in log[3][2]
+
+
+def test_pad_kept_and_mask_sparsity_by_hand():
+    alive = {"a": torch.tensor([2, 5]), "b": torch.tensor([0, 1, 2])}
+    padded = compact_training.pad_kept(alive, {"a": 4, "b": 3})
+    assert padded["a"].tolist() == [0, 1, 2, 5] and padded["b"].tolist() == [0, 1, 2]
+    assert compact_training.pad_kept(alive, {"a": 1, "b": 3}) is None
+    masks = {"w": torch.tensor([True, False, False, True]), "b": None}
+    assert compact_training.mask_sparsity(masks) == 0.5
+    assert compact_training.mask_sparsity({"b": None}) == 0.0
+
+
+# ----------------------------------------------------------------------------- through the runner
+def _cfg(tmp_path: Path, name: str, **knobs) -> RunConfig:
+    base = dict(
+        model_cfg={"sizes": (64, 16, 16, 10)},
+        method="imp",
+        struct="channels",
+        rate=0.4,
+        pruning_times=3,
+        epochs=1,
+        batch_size=128,
+        compact=True,
+        compile=True,
+        backend="eager",
+        progress=False,
+        save_dir=str(tmp_path / name),
+    )
+    return dataclasses.replace(RunConfig(), **{**base, **knobs})
+
+
+def test_compact_run_compiles_once_per_form(tmp_path):
+    torch.set_num_threads(1)
+    lines = []
+    res = runner.run(_cfg(tmp_path, "every", recompile_every=1), log=lines.append)
+    units = [r["form_units"] for r in res.rounds]
+    assert units == sorted(units, reverse=True) and len(set(units)) == 4  # a smaller form every round
+    assert all(r["form_made"] for r in res.rounds)
+    # round 0: the train and eval step of the full form (the full-size eval after the round reuses it);
+    # later rounds: the train and eval step of the new form
+    assert [r["compiled_graphs"] for r in res.rounds] == [2, 2, 2, 2]
+    assert sum("compact: new form" in x for x in lines) == 4
+
+    kept = runner.run(
+        _cfg(tmp_path, "kept", recompile_every=100, sparsity_change_threshold=1.0), log=lines.append
+    )
+    assert [r["form_made"] for r in kept.rounds] == [True, False, False, False]
+    assert [r["compiled_graphs"] for r in kept.rounds] == [2, 0, 0, 0]  # masks on one form: no recompile
+    for a, b in zip(res.rounds, kept.rounds, strict=True):  # the same masks either way
+        assert a["sparsity"] == b["sparsity"]
+
+
+@pytest.mark.parametrize(
+    "knobs, needle",
+    [
+        (dict(struct="unstructured"), "struct must be 'channels'"),
+        (dict(seeds=2), "one seed at a time"),
+        (dict(compact=False, recompile_every=3), "set compact = true"),
+        (dict(recompile_every=0), "recompile_every must be >= 1"),
+        (dict(method="rsst", rate=0.2), "has no effect with method 'rsst'"),
+    ],
+)
+def test_compact_configs_refused_with_a_reason(tmp_path, knobs, needle):
+    with pytest.raises(ValueError, match=needle):
+        _cfg(tmp_path, "bad", **knobs).check()
