@@ -51,7 +51,7 @@ import torch
 
 from pure_prune import tree
 
-__all__ = ["VARIANTS", "Compiled", "Knobs", "log_lines", "should_rematerialize", "signature"]
+__all__ = ["VARIANTS", "Compiled", "Knobs", "compile_fresh", "log_lines", "should_rematerialize", "signature"]
 
 _METRIC = "_compile.compile_inner"
 _SCALARS = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.layout)
@@ -156,6 +156,17 @@ def _fresh_entry(fn: Callable) -> Callable:
     return types.FunctionType(code, stage_entry.__globals__, "stage_entry", None, stage_entry.__closure__)
 
 
+def compile_fresh(fn: Callable, **compile_kwargs: Any) -> Callable:
+    """``torch.compile(fn, **compile_kwargs)`` over a copy of ``fn`` with a code object of its own.
+
+    Dynamo keeps its compiled frames, and its limit of ``recompile_limit`` (8) per code object, on
+    the code object, which every step built by the same factory shares. A process that builds many
+    steps (a sweep over models and data sets, many runs in one notebook) would hit that limit and
+    fail under ``fullgraph=True``; a fresh code object per built step gives each its own cache.
+    """
+    return torch.compile(_fresh_entry(fn), **compile_kwargs)
+
+
 def _compile_metrics() -> list[float]:
     return torch._dynamo.utils.compilation_time_metrics.get(_METRIC, [])
 
@@ -216,7 +227,7 @@ class Compiled:
         key = _key(_check_form(form), args, kwargs)
         stage = self._stages.get(key)
         if stage is None:
-            run = torch.compile(_fresh_entry(self._fn), backend=self._backend, **self._kwargs)
+            run = compile_fresh(self._fn, backend=self._backend, **self._kwargs)
             stage = self._stages[key] = _Stage(_describe(key), run)
         metrics = _compile_metrics()
         before = len(metrics)

@@ -38,7 +38,7 @@ from einops import repeat
 from torch import Tensor
 
 from pure_prune import data as datasets
-from pure_prune import losses, mask, rng, select, train, tree
+from pure_prune import losses, mask, rng, select, stage, train, tree
 from pure_prune.importance.registry import Criterion, ScoreInput
 from pure_prune.importance.registry import get as get_criterion
 from pure_prune.optim import Optimizer, OptState
@@ -356,7 +356,7 @@ def over_seeds(
         raise TypeError(f"fn must be callable, got {fn!r}")
     mapped = _vmapped(fn, seeded)
     if _check_bool("compile", compile):
-        mapped = torch.compile(mapped, fullgraph=True, dynamic=False, backend=backend)
+        mapped = stage.compile_fresh(mapped, fullgraph=True, dynamic=False, backend=backend)
     return SeedFn(mapped, seeded, chunk_size)
 
 
@@ -464,7 +464,7 @@ def seed_step_of(
 
     run = seeds_step
     if _check_bool("compile", compile):
-        run = torch.compile(seeds_step, fullgraph=True, dynamic=False, backend=backend)
+        run = stage.compile_fresh(seeds_step, fullgraph=True, dynamic=False, backend=backend)
     return SeedStep(run, (True, True, True, True, per_seed), chunk_size, opt_state=True)
 
 
@@ -493,7 +493,7 @@ def make_seed_eval_step(
 
     run = seeds_eval
     if _check_bool("compile", compile):
-        run = torch.compile(seeds_eval, fullgraph=True, dynamic=False, backend=backend)
+        run = stage.compile_fresh(seeds_eval, fullgraph=True, dynamic=False, backend=backend)
     return SeedStep(run, (True, True, True, per_seed), chunk_size, opt_state=False)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from pure_prune import mask
+from pure_prune import mask, stage
 from pure_prune.losses import accuracy, correct
 from pure_prune.optim import Optimizer, OptState, apply_updates
 
@@ -80,7 +80,7 @@ def _as_input(masks: Params | None, compiled: bool) -> Params | None:
 
 
 def _compiled(fn: Callable, compile: bool, backend: str | Callable) -> Callable:  # noqa: A002
-    return torch.compile(fn, fullgraph=True, backend=backend) if compile else fn
+    return stage.compile_fresh(fn, fullgraph=True, backend=backend) if compile else fn
 
 
 def make_step(

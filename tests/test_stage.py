@@ -212,3 +212,18 @@ def test_log_lines():
     ]
     with pytest.raises(ValueError, match="seconds"):
         stage.log_lines(1, 0.1, -1.0, (False, ""), 0.0)
+
+
+def test_compile_fresh_gives_every_built_step_its_own_dynamo_cache():
+    """Twelve steps from one factory, each called at its own shape (static graphs): with one code
+    object among them dynamo's limit of 8 compiles per code object would be hit under fullgraph."""
+
+    def factory(scale: float):
+        def step(x: torch.Tensor) -> torch.Tensor:
+            return x * scale + 1
+
+        return step
+
+    for n in range(1, 13):
+        fn = stage.compile_fresh(factory(float(n)), fullgraph=True, dynamic=False, backend="eager")
+        torch.testing.assert_close(fn(torch.ones(n)), torch.full((n,), n + 1.0))

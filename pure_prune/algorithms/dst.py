@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import torch
 from einops import rearrange
 
-from pure_prune import allocate, mask, rng, select, train, tree
+from pure_prune import allocate, mask, rng, select, stage, train, tree
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.importance import magnitude
 from pure_prune.losses import accuracy
@@ -213,7 +213,7 @@ def make_ste_step(
         metrics = {"accuracy": accuracy(out, targets[0]), "loss": value.detach()}
         return apply_updates(params, updates), new_state, new_opt_state, metrics
 
-    run = torch.compile(step, fullgraph=True, backend=backend) if compile else step
+    run = stage.compile_fresh(step, fullgraph=True, backend=backend) if compile else step
 
     def checked(params: Any, state: Any, opt_state: Any, masks: Any, batch: Batch):
         mask.validate(params, masks)
