@@ -128,7 +128,8 @@ def setup(
         sizes[0] = int(torch.Size(ds.x_train.shape[1:]).numel())
         sizes[-1] = ds.num_classes
         cfg["sizes"] = tuple(sizes)
-        spec = spec._replace(input_shape=(sizes[0],))
+    if "sizes" in spec.default_cfg and "sizes" in cfg:  # the input width the model is built with
+        spec = spec._replace(input_shape=(int(cfg["sizes"][0]),))
     _check_fit(spec, ds)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

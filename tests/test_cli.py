@@ -61,3 +61,12 @@ def test_make_optimizer_and_setup_errors():
         setup("mlp", "digits", batch_size=0, compile=False)
     with pytest.raises(ValueError, match="exceeds"):
         setup("mlp", "digits", batch_size=100_000, compile=False)
+
+
+def test_explicit_mlp_sizes_set_the_input_width_and_are_checked_against_the_data():
+    exp, init = setup("mlp", "mnist1d", model_cfg={"sizes": [40, 30, 10]}, compile=False)
+    assert tuple(exp.model.input_shape) == (40,)
+    params, _ = init(0)
+    assert tuple(params["fc1"]["weight"].shape) == (30, 40)
+    with pytest.raises(ValueError, match=r"model 'mlp' expects \(64,\)"):
+        setup("mlp", "mnist1d", model_cfg={"sizes": [64, 30, 10]}, compile=False)
