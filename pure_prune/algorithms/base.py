@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from tqdm import tqdm
 
-from pure_prune import train
+from pure_prune import mask, train
 from pure_prune.experiment import Experiment
 from pure_prune.optim import Optimizer
 
@@ -132,7 +132,10 @@ def fit_trainer(
     rewind sees the same data order as the epochs ``k..E-1`` of an uninterrupted run). ``step``
     defaults to ``exp.step``; ``batch_map`` transforms every batch (e.g. appends teacher logits).
     With ``evaluate`` each epoch's history entry also holds ``test_accuracy``/``test_loss`` from
-    ``exp.evaluate``. ``progress`` shows one tqdm bar (``desc``) over the epochs.
+    ``exp.evaluate``. ``progress`` shows one tqdm bar (``desc``) over the epochs. The params are
+    masked once on entry (``mask.apply``), so every step sees params that are zero at the pruned
+    entries: a step built with ``train.make_step(..., premasked=True)`` (as the runner builds
+    them) gives the results of an unpremasked one.
     """
 
     def train_fn(
@@ -149,6 +152,8 @@ def fit_trainer(
     ) -> Trained:
         _check_range(start, stop)
         run = exp.step if step is None else step
+        if masks is not None:  # zero at every pruned entry on entry: a premasked step may rely on it
+            params = mask.apply(params, masks)
         epoch_batches = exp.train_batches(key)
 
         def batches_fn(epoch: int) -> Iterator[Batch]:
