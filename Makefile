@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
-.PHONY: demo test lint format bench
+.PHONY: demo test lint format bench results
 demo: $(BIN)/.installed
 	$(BIN)/pure-prune demo
 
@@ -28,3 +28,8 @@ format: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/selection.py
+
+# docs/results.md and docs/results/ (about 11 minutes on 2 cores; sections are cached in
+# docs/results/*.json, so a rerun with the same settings only rebuilds the document)
+results: $(BIN)/.installed
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/reproduce.py

@@ -1,0 +1,149 @@
+"""bench/reproduce.py: the quick mode end to end (markdown, tables, images, checks, the cache) and the
+helpers of its sections (bench/reproduce_sections/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "reproduce.py"
+sys.path.append(str(ROOT / "bench"))  # bench/ is no package: its scripts import each other from there
+
+from reproduce_sections import MODULES, SECTIONS, discussion, lottery  # noqa: E402
+from reproduce_sections.common import Checks, find_row, fmt_s, md_table, mean_std  # noqa: E402
+
+
+def _run(out: Path, work: Path) -> str:
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--work", str(work)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_every_section_table_and_image(tmp_path):
+    out, work = tmp_path / "docs", tmp_path / "work"
+    log = _run(out, work)
+    md = (out / "results.md").read_text()
+    for heading in (
+        "## Summary",
+        "## 1. Lottery tickets",
+        "## 2. Pruning criteria compared",
+        "### 2b. SNIP and GraSP where their papers use them",
+        "## 3. Hessian diagonal",
+        "## 4. Speed",
+        "## 5. What matched, and what did not",
+    ):
+        assert heading in md
+    for header in (
+        "| round | weights left (%) | winning ticket (rewind to init) | random re-init | random mask |",
+        "| criterion | scope | fine-tuned | ×2 (50.0%) | ×8 (87.5%) |",
+        "| K | relative L2 error | seconds | entries < 0 |",
+        "| criterion at init | ×2 (50.0%) | ×8 (87.5%) |",
+        "| model | units removed | weights removed |",
+        "| section | conclusion | holds | evidence |",
+    ):
+        assert header in md
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {Path(p).name for p in images} >= {
+        "lottery.png",
+        "criteria_mlp-digits.png",
+        "init.png",
+        "hessian.png",
+        "speed.png",
+    }
+    for rel in images:
+        png = (out / rel).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000, rel
+    # the table's dense cell is the CSV's number, and every check printed is in checks.json
+    rows = list(csv.DictReader((out / "results" / "lottery_digits.csv").open()))
+    dense = next(r for r in rows if r["control"] == "none" and r["round"] == "0")
+    cell = f"{100 * float(dense['test_accuracy_mean']):.2f} ± {100 * float(dense['test_accuracy_std']):.2f}"
+    assert f"| 0 | 100.00 | {cell} |" in md
+    checks = json.loads((out / "results" / "checks.json").read_text())
+    assert checks and all(isinstance(c["holds"], bool) for c in checks)
+    assert log.count("[ok]") + log.count("[CONTRADICTED]") == len(checks)
+    for name in ("lottery", "criteria", "init", "hessian", "speed"):
+        stored = json.loads((out / "results" / f"{name}.json").read_text())
+        assert stored["wall_s"] >= 0 and stored["machine"]["torch"]
+    # a second run reuses every section and writes the same tables
+    again = _run(out, work)
+    assert again.count("cached results") == 5
+    md2 = (out / "results.md").read_text()
+    strip = lambda t: re.sub(r"\| this invocation \|[^\n]*\n", "", re.sub(r"load \d+\.\d", "", t))  # noqa: E731
+    assert strip(md2) == strip(md)
+
+
+def test_matches_down_to_stops_at_the_first_round_below_the_floor():
+    rows = [
+        {"remaining": r, "test_accuracy": a} for r, a in [(1.0, 0.9), (0.8, 0.91), (0.64, 0.85), (0.5, 0.95)]
+    ]
+    assert lottery.matches_down_to(rows, 0.89) == 0.8  # 0.5 is above the floor again, but after a fall
+    assert lottery.matches_down_to(rows, 0.95) == 1.0
+    assert lottery.matches_down_to(rows, 0.5) == 0.5
+
+
+def test_md_table_escapes_pipes_and_aligns():
+    text = md_table(["a", "b"], [["|w|", 1]], "lr")
+    assert text.splitlines() == ["| a | b |", "|---|---:|", "| \\|w\\| | 1 |"]
+
+
+def test_checks_record_and_mark_a_contradiction(capsys):
+    checks = Checks()
+    assert checks.add("s", "claim one", True, "e1") is True
+    assert checks.add("s", "claim two", False, "e2") is False
+    printed = capsys.readouterr().out
+    assert "[ok] s: claim one (e1)" in printed and "[CONTRADICTED] s: claim two (e2)" in printed
+    assert [c["holds"] for c in checks.items] == [True, False]
+    assert "CONTRADICTED" in checks.verdict(False) and checks.verdict(True) == "holds"
+
+
+def test_find_row_matches_compression_as_a_float_and_every_field():
+    rows = [
+        {"criterion": "snip", "scope": "global", "compression": 2, "finetuned": False},
+        {"criterion": "snip", "scope": "global", "compression": "2.0", "finetuned": True},
+        {"criterion": "snip", "scope": "layer", "compression": 2.0, "finetuned": True},
+    ]
+    assert find_row(rows, 2.0, criterion="snip", finetuned=True) is rows[1]
+    assert find_row(rows, 2, criterion="snip", scope="layer") is rows[2]
+    assert find_row(rows, 4, criterion="snip") is None
+    assert find_row(rows, 2, criterion="grasp") is None
+
+
+def test_mean_std_is_the_sample_std_and_zero_for_one_value():
+    m, s = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert m == 2.5 and math.isclose(s, math.sqrt(5 / 3))
+    assert mean_std([0.7]) == (0.7, 0.0)
+
+
+def test_fmt_s_switches_to_minutes_at_two_minutes():
+    assert fmt_s(119.94) == "119.9 s"
+    assert fmt_s(125.0) == "2 min 05 s"
+
+
+def test_every_section_module_has_the_section_interface():
+    assert SECTIONS == ("lottery", "criteria", "init", "hessian", "speed")
+    for mod in MODULES.values():
+        assert all(callable(getattr(mod, f, None)) for f in ("build", "chapter", "headlines")), mod
+
+
+def test_discussion_groups_failed_checks_under_their_explanation(capsys):
+    checks = Checks()
+    checks.add("hessian", "MLP: Hutchinson's relative error falls like 1/sqrt(K)", False, "slope -0.3")
+    checks.add("speed", "CSR loses to dense at 50% sparsity", True, "0.57x")
+    checks.add("hessian", "MLP b: Hutchinson's relative error falls like 1/sqrt(K)", False, "slope -0.2")
+    capsys.readouterr()
+    text = discussion.results_discussion(checks)
+    assert text.startswith("1 of 3 checked conclusions hold on this run.")
+    failed, reproduced = text.split("### Reproduced")
+    assert failed.count("*Best explanation:*") == 1  # both 1/sqrt(K) claims share one explanation
+    assert "slope -0.3" in failed and "slope -0.2" in failed and "0.57x" in reproduced
+    assert discussion.explain("something no rule knows") == "See the section above for the numbers."
