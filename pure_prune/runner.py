@@ -46,6 +46,16 @@ on resume with a message naming those directories: each is a single-seed run of 
 (:data:`SEED_METRICS`), its mean ``m``, sample standard deviation ``m_std`` and the per-seed values
 ``per_seed[m]``; ``summary.csv`` has the means and the ``_std`` columns. Timings of a round are the
 one program's.
+
+**Compact stages** (``compact = True``; ``struct = "channels"``, methods one_shot, gradual, imp,
+one seed). Each round trains the model with its pruned units removed
+(:func:`pure_prune.compact_training.compacting_trainer`) and hands full-size trees back, so
+scoring, rewinding and checkpoints are unchanged. The steps are :class:`pure_prune.stage.Compiled`
+(one static graph per shape): a new form compiles once, and ``recompile_every`` /
+``sparsity_change_threshold`` (Source A's knobs, :func:`pure_prune.stage.should_rematerialize`)
+decide when one is made; otherwise the newly removed units stay masks on the current form. Rows
+carry ``form_units``, ``form_sizes``, ``form_made`` and ``form_reason``. Results equal the masked
+run's up to float rounding (other GEMM shapes), so a compact run hashes differently.
 """
 
 from __future__ import annotations
@@ -731,6 +741,7 @@ def _row(
         "train_accuracy": last.get("accuracy"),
         "train_loss": last.get("loss"),
         "epochs": len(history),
+        "last_epoch_seconds": last.get("seconds"),
         "prune_seconds": prune_seconds,
         "train_seconds": timing["t_round"] - (prune_seconds or 0.0),
         "round_seconds": timing["t_round"],

@@ -14,6 +14,7 @@ tests of the mask logic, which then run in milliseconds).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol
 
@@ -132,7 +133,8 @@ def fit_trainer(
     rewind sees the same data order as the epochs ``k..E-1`` of an uninterrupted run). ``step``
     defaults to ``exp.step``; ``batch_map`` transforms every batch (e.g. appends teacher logits).
     With ``evaluate`` each epoch's history entry also holds ``test_accuracy``/``test_loss`` from
-    ``exp.evaluate``. ``progress`` shows one tqdm bar (``desc``) over the epochs. The params are
+    ``exp.evaluate``, and ``seconds`` the epoch's training time (a first epoch includes compiling a
+    new step). ``progress`` shows one tqdm bar (``desc``) over the epochs. The params are
     masked once on entry (``mask.apply``), so every step sees params that are zero at the pruned
     entries: a step built with ``train.make_step(..., premasked=True)`` (as the runner builds
     them) gives the results of an unpremasked one.
@@ -163,11 +165,12 @@ def fit_trainer(
         history: list[dict[str, float]] = []
         bar = tqdm(range(start, stop), desc=desc, unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
+            t0 = time.perf_counter()
             res = train.fit(
                 run, params, state, opt_state, masks, lambda _, e=epoch: batches_fn(e), 1, progress=False
             )
             params, state, opt_state = res.params, res.state, res.opt_state
-            entry = {"epoch": float(epoch), **res.history[0]}
+            entry = {"epoch": float(epoch), **res.history[0], "seconds": time.perf_counter() - t0}
             if evaluate:
                 test = exp.evaluate(params, state, masks)
                 entry.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
