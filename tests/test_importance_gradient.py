@@ -279,6 +279,27 @@ def test_snip_and_taylor_by_hand(mlp_case):
     torch.testing.assert_close(G.taylor_units(relu_mlp, params, batches, [group])["fc1"], unit)
 
 
+def test_taylor_averages_squared_per_batch_contributions_by_hand(mlp_case):
+    """Molchanov et al. 2019: Σ_b (n_b / n) (g_b ⊙ θ)², with g_b the gradient of batch b's mean loss."""
+    params, batches = mlp_case
+    n = sum(b[0].shape[0] for b in batches)
+    want = tree.map(torch.zeros_like, params)
+    for x, y in batches:
+        leaves = [w.clone().requires_grad_() for w in tree.leaves(params)]
+        loss = F.cross_entropy(relu_mlp(tree.unflatten(tree.structure(params), leaves), x), y)
+        g = tree.unflatten(tree.structure(params), torch.autograd.grad(loss, leaves))
+        want = tree.map(lambda acc, gi, w, k=x.shape[0]: acc + k / n * (gi * w).square(), want, g, params)
+    got = G.taylor(relu_mlp, params, batches)
+    _close(got, want)
+    one = G.taylor(relu_mlp, params, batches[:1])  # one batch: SNIP's score squared
+    _close(one, tree.map(lambda s: s.square(), G.snip(relu_mlp, params, batches[:1])))
+    assert len(batches) > 1 and not torch.allclose(got["fc1"]["weight"], one["fc1"]["weight"])
+    masks = tree.map(lambda w: rng.uniform(5, w.shape) > 0.5, params)
+    pruned = G.taylor(relu_mlp, params, batches, masks=masks)
+    for s, m in zip(tree.leaves(pruned), tree.leaves(masks)):
+        assert bool((s[~m] == 0).all())
+
+
 def test_snip_is_zero_on_pruned_entries(mlp_case):
     params, batches = mlp_case
     masks = tree.map(lambda w: rng.uniform(3, w.shape) > 0.5, params)

@@ -37,7 +37,7 @@ input checks). Nothing is cached between calls: pass a :class:`LinearTaps` to re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -324,18 +324,23 @@ def auto_chunk(count: int, width: int, chunk_size: int | None) -> int:
     return max(1, min(count, _BLOCK // max(width, 1)))
 
 
-def mean_grad(problem: Problem) -> list[torch.Tensor]:
-    """Gradient of the loss over all batches w.r.t. the scored leaves of ``theta`` (one per leaf)."""
+def batch_grads(problem: Problem) -> Iterator[tuple[float, list[torch.Tensor]]]:
+    """For each batch: its share of the samples and the gradient of its mean loss w.r.t. the
+    scored leaves of ``theta`` (one tensor per scored leaf)."""
     sub0 = [problem.theta[i] for i in problem.scored]
-    total = [torch.zeros_like(s) for s in sub0]
     for x, y in problem.batches:
 
         def loss(sub, x=x, y=y):
             logits = checked_logits("gradient", problem.model_fn(merge(problem, sub), x), y)
             return cross_entropy(logits, y)
 
-        g = grad(loss)(sub0)
-        w = x.shape[0] / problem.samples
+        yield x.shape[0] / problem.samples, grad(loss)(sub0)
+
+
+def mean_grad(problem: Problem) -> list[torch.Tensor]:
+    """Gradient of the loss over all batches w.r.t. the scored leaves of ``theta`` (one per leaf)."""
+    total = [torch.zeros_like(problem.theta[i]) for i in problem.scored]
+    for w, g in batch_grads(problem):
         total = [t + w * gi for t, gi in zip(total, g)]
     return total
 

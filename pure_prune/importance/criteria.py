@@ -65,6 +65,10 @@ def _snip(inp: ScoreInput) -> Any:
     return inp.restrict(gradient.snip(_fn(inp), inp.params, list(inp.batches), masks=inp.masks))
 
 
+def _taylor(inp: ScoreInput) -> Any:
+    return inp.restrict(gradient.taylor(_fn(inp), inp.params, list(inp.batches), masks=inp.masks))
+
+
 def _grasp(inp: ScoreInput) -> Any:
     return inp.restrict(hessian.grasp(_fn(inp), inp.params, list(inp.batches), masks=inp.masks))
 
@@ -181,7 +185,7 @@ def all_criteria() -> list[Criterion]:
         Criterion("l2", _l2, "element", False, "w², for channel norms summed as L2"),
         Criterion("random", _random, "element", False, "uniform random scores from the key (a control)"),
         Criterion("snip", _snip, "element", True, "|g ⊙ θ| (SNIP, Lee et al. 2019)"),
-        Criterion("taylor", _snip, "element", True, "first-order Taylor |g·θ| per element"),
+        Criterion("taylor", _taylor, "element", True, "Σ_b (g_b·θ)² per element (Molchanov et al. 2019)"),
         Criterion("grasp", _grasp, "element", True, "θ ⊙ Hg (GraSP, Wang et al. 2020; lowest pruned)"),
         Criterion("fisher", _fisher, "element", True, "½ F θ², empirical Fisher (Theis et al. 2018)"),
         Criterion("obd", _obd, "element", True, "½ h θ², Hessian diagonal (OBD, LeCun et al. 1990)"),

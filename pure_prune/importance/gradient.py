@@ -37,6 +37,7 @@ from pure_prune.importance._functional import (
     ModelFn,
     Problem,
     Units,
+    batch_grads,
     batch_moments,
     check_chunk,
     check_result,
@@ -61,6 +62,7 @@ __all__ = [
     "linear_taps",
     "per_sample_grads",
     "snip",
+    "taylor",
     "taylor_units",
 ]
 
@@ -260,6 +262,27 @@ def snip(
     """
     problem = prepare("snip", model_fn, params, batches, masks)
     return to_tree(problem, [v.abs() for v in _grad_times_theta("snip", problem)])
+
+
+def taylor(
+    model_fn: ModelFn, params: tree.Tree, batches: Batches, *, masks: tree.Tree | None = None
+) -> tree.Tree:
+    """First-order Taylor importance per weight (Molchanov et al. 2019): ``Σ_b w_b (g_b ⊙ θ)²``.
+
+    ``g_b`` is the gradient of batch ``b``'s mean loss at ``theta = W * M`` and ``w_b`` the batch's
+    share of the samples: the squared loss change of removing each weight, estimated per
+    mini-batch and averaged. With one batch it ranks as :func:`snip` does (``(g·θ)²`` against
+    ``|g·θ|``); over several it differs, since batch gradients that cancel in SNIP's mean gradient
+    still count here. Returns a tree like ``params``, ``None`` at unscored leaves; pruned entries
+    score 0.
+    """
+    problem = prepare("taylor", model_fn, params, batches, masks)
+    theta = [problem.theta[i] for i in problem.scored]
+    total = [torch.zeros_like(t) for t in theta]
+    for w, g in batch_grads(problem):
+        total = [acc + w * (gi * t).square() for acc, gi, t in zip(total, g, theta)]
+    check_result("taylor", problem, total, "score")
+    return to_tree(problem, total)
 
 
 def taylor_units(
