@@ -13,8 +13,10 @@ A masked model costs what the dense one does; a model whose pruned units are phy
 
 Training the compacted model is training the masked one: a removed unit's weights, bias and
 optimizer state are zero and stay zero under the masked step, and it feeds nothing downstream. The
-results agree up to float rounding (different GEMM shapes sum in a different order); a test holds
-them together.
+params and optimizer state agree up to float rounding (different GEMM shapes sum in a different
+order); a test holds them together. One difference: a removed unit's model state (BatchNorm running
+statistics) is left as it was, where the masked step would decay it towards the zero statistics of
+a dead channel; the unit's output is zero either way (its BatchNorm scale and shift are pruned).
 
 **When a new form is made.** Each new shape is a new graph for a compiled step (one compile per
 stage). Source A's knobs decide when the run re-materialises: at a compression (the masks' sparsity
@@ -25,8 +27,9 @@ units are zero), so the compiled step of that form is reused with the new masks 
 units are alive than the previous form holds (masks that grew back), a new form is made regardless.
 
 The wrapper remembers the current form (unit counts and the sparsity it was made at) between
-calls, as a compiled step remembers its graphs: a trainer belongs to one run. A resumed run starts
-without a form and makes one at its first round.
+calls in ``memo``, as a compiled step remembers its graphs. :func:`memo_to_json` and
+:func:`memo_from_json` carry it across a resume (the runner stores it in each round's row), so a
+resumed run makes its forms at the rounds where the uninterrupted run makes them.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pure_prune import compact, stage, tree
 from pure_prune.algorithms.base import Trained, TrainFn
 from pure_prune.groups import ChannelGroup
 
-__all__ = ["Form", "compacting_trainer", "mask_sparsity", "pad_kept"]
+__all__ = ["Form", "compacting_trainer", "mask_sparsity", "memo_from_json", "memo_to_json", "pad_kept"]
 
 
 class Form(NamedTuple):
@@ -91,10 +94,46 @@ def pad_kept(alive: dict[str, torch.Tensor], sizes: dict[str, int]) -> dict[str,
     return out
 
 
+def memo_to_json(memo: dict[str, Any]) -> dict[str, Any]:
+    """A trainer's ``memo`` (its current form and what it has seen) as plain JSON, for a run's rows."""
+    form = memo.get("form")
+    return {
+        "form": None
+        if form is None
+        else {"sizes": dict(form.sizes), "sparsity": form.sparsity, "compressions": form.compressions},
+        "seen": memo.get("seen"),
+        "compressions": memo.get("compressions", 0),
+    }
+
+
+def memo_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`memo_to_json`: a ``memo`` to pass to :func:`compacting_trainer`, so a
+    resumed run makes its forms when the uninterrupted run would."""
+    f = data.get("form")
+    form = (
+        None
+        if f is None
+        else Form({k: int(v) for k, v in f["sizes"].items()}, float(f["sparsity"]), int(f["compressions"]))
+    )
+    return {"form": form, "seen": data.get("seen"), "compressions": int(data.get("compressions", 0))}
+
+
 def _params_like(opt_state: dict[str, Any], params: Any) -> list[str]:
-    """Keys of ``opt_state`` whose value has the tree structure of ``params`` (moment buffers)."""
+    """Keys of ``opt_state`` whose value has the tree structure of ``params`` and floating-point
+    leaves (moment buffers such as ``momentum``, ``mu``, ``nu``; not e.g. a bool tree of chosen units)."""
     spec = tree.structure(params)
-    return [k for k, v in opt_state.items() if isinstance(v, dict) and tree.structure(v) == spec]
+    return [
+        k
+        for k, v in opt_state.items()
+        if isinstance(v, dict)
+        and tree.structure(v) == spec
+        and all(x is None or (isinstance(x, torch.Tensor) and x.is_floating_point()) for x in tree.leaves(v))
+    ]
+
+
+def _keep_removed_state(new: Any, old: Any, indicator: Any) -> Any:
+    """``new`` at the kept units (``indicator`` non-zero), ``old`` at the removed ones."""
+    return tree.map(lambda n, o, i: n if n is None else torch.where(i != 0, n, o), new, old, indicator)
 
 
 def _check_groups_fit(groups: Sequence[ChannelGroup], sizes: dict[str, int]) -> None:
@@ -191,6 +230,10 @@ def compacting_trainer(
             on_form(form, made, reason)
         res = train_fn(p, s, o, m, start=start, stop=stop, key=key, step=step, batch_map=batch_map)
         p_full, s_full, _ = compact.expand(res.params, res.state, m, kept, groups)
+        if tree.leaves(state):  # removed units keep their state (expand would zero it)
+            ones = tree.map(lambda x: None if x is None else torch.ones_like(x), res.state)
+            _, at_kept, _ = compact.expand(res.params, ones, m, kept, groups)
+            s_full = _keep_removed_state(s_full, state, at_kept)
         o_full = dict(res.opt_state)
         for k in moments:
             o_full[k] = compact.expand(res.opt_state[k], res.state, m, kept, groups)[0]

@@ -794,6 +794,8 @@ class _Engine(NamedTuple):
     info: dict[str, Any]
     header: str
     columns: tuple[str, ...]
+    resume: Callable[[list[dict[str, Any]]], None] = lambda rows: None
+    """Called with the saved rows when a run resumes (restores what the engine keeps between rounds)."""
 
 
 def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
@@ -809,11 +811,15 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
         if cfg.compact:
 
             def on_form(form: compact_training.Form, made: bool, reason: str) -> None:
+                before = forms.get(r)  # a round may train twice (IMP's rewind epochs, then the round)
+                if before is not None and before["form_made"]:
+                    made, reason = True, before["form_reason"]
                 forms[r] = {
                     "form_units": sum(form.sizes.values()),
                     "form_sizes": dict(form.sizes),
                     "form_made": made,
                     "form_reason": reason,
+                    "form_memo": compact_training.memo_to_json(memo),
                 }
 
             train_fn = compact_training.compacting_trainer(
@@ -830,6 +836,11 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
         return {**_metrics(ctx, r, out, timing), **forms.get(r, {})}
 
     header = f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, config {digest[:12]}, save dir {cfg.save_dir}"
+
+    def resume(rows: list[dict[str, Any]]) -> None:  # the form the last saved round trained
+        if rows and "form_memo" in rows[-1]:
+            memo.update(compact_training.memo_from_json(rows[-1]["form_memo"]))
+
     return _Engine(
         round_fn,
         metrics,
@@ -837,6 +848,7 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
         _model_info(ctx.exp),
         header,
         _SUMMARY_COLUMNS,
+        resume,
     )
 
 
@@ -862,6 +874,7 @@ def _loop(
         last = max(found)
         carry, meta = _load(found[last], digest, last)
         rounds, first = list(meta.get("metrics", [])), last + 1
+        engine.resume(rounds)
         say(f"resume: loaded round {last} from {found[last].name}; {total - first} rounds left")
     else:
         say("resume: no checkpoint yet; starting from round 0")

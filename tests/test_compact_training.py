@@ -18,7 +18,8 @@ from pure_prune.runconfig import RunConfig
 
 CASES = {  # model -> (config, one input sample's shape, classes)
     "mlp": ({"sizes": (12, 9, 7, 5)}, (12,), 5),
-    "conv2": ({"width": 4, "hidden": (6,), "image_size": 8}, (3, 8, 8), 10),  # BatchNorm state
+    "conv2": ({"width": 4, "hidden": (6,), "image_size": 8}, (3, 8, 8), 10),
+    "vgg11": ({"width": 4, "hidden": 8}, (3, 32, 32), 10),  # BatchNorm running statistics
 }
 
 
@@ -46,7 +47,7 @@ def _close(a, b):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=9, deadline=None)
 @given(name=st.sampled_from(sorted(CASES)), s=st.sampled_from([0.25, 0.5, 0.75]), key=st.integers(0, 2**16))
 def test_training_the_compacted_form_equals_training_the_masked_model(name, s, key):
     cfg, shape, classes = CASES[name]
@@ -61,7 +62,9 @@ def test_training_the_compacted_form_equals_training_the_masked_model(name, s, k
         )
         for i in range(3)
     ]
-    opt = optim.sgd(0.1, momentum=0.9)
+    # Adam's eps is raised: at eps=1e-8 a near-zero gradient's update g/(|g|+eps) turns the float
+    # rounding of other GEMM shapes into differences of lr-size, in the masked and compact run alike
+    opt = optim.sgd(0.1, momentum=0.9) if key % 2 else optim.adam(0.01, eps=1e-3, weight_decay=1e-3)
     plain = _loop_trainer(spec, batches, opt)
     forms = []
     small = compact_training.compacting_trainer(plain, groups, on_form=lambda f, made, why: forms.append(f))
@@ -70,8 +73,15 @@ def test_training_the_compacted_form_equals_training_the_masked_model(name, s, k
     got = small(params, state, o0, masks, start=0, stop=1, key=0)
     assert sum(forms[0].sizes.values()) < sum(g.size for g in groups)  # it did train a smaller model
     _close(got.params, want.params)
-    _close(got.state, want.state)
     _close(got.opt_state, want.opt_state)
+    # model state: as in the masked run, except removed units, whose state is left as it was
+    for g, w, before in zip(tree.leaves(got.state), tree.leaves(want.state), tree.leaves(state), strict=True):
+        same = torch.isclose(g, w, rtol=1e-4, atol=1e-5) if g.is_floating_point() else g == w
+        assert bool((same | (g == before)).all())
+    x = batches[0][0]
+    out_got, _ = spec.apply(got.params, got.state, x, train=False)
+    out_want, _ = spec.apply(want.params, want.state, x, train=False)
+    torch.testing.assert_close(out_got, out_want, rtol=1e-4, atol=1e-4)
     for p, m in zip(tree.leaves(got.params), tree.leaves(masks), strict=True):  # pruned stay exactly 0.0
         if m is not None:
             assert bool((p[~m] == 0).all())
@@ -181,3 +191,28 @@ def test_compact_run_compiles_once_per_form(tmp_path):
 def test_compact_configs_refused_with_a_reason(tmp_path, knobs, needle):
     with pytest.raises(ValueError, match=needle):
         _cfg(tmp_path, "bad", **knobs).check()
+
+
+def test_a_resumed_compact_run_makes_its_forms_where_the_whole_run_does(tmp_path):
+    torch.set_num_threads(1)
+    knobs = dict(compile=False, pruning_times=4, recompile_every=2, sparsity_change_threshold=1.0)
+    whole = runner.run(_cfg(tmp_path, "whole", **knobs), log=lambda _: None)
+    cut = _cfg(tmp_path, "cut", **knobs)
+    runner.run(cut, log=lambda _: None)
+    for r in (3, 4):  # as if killed after round 2
+        (Path(cut.save_dir) / "checkpoints" / f"round_{r:04d}.safetensors").unlink()
+    resumed = runner.run(cut, resume=True, log=lambda _: None)
+    made = [r["form_made"] for r in whole.rounds]
+    assert made == [True, False, True, False, True]  # every 2nd compression, as Source A's knob says
+    assert [r["form_made"] for r in resumed.rounds] == made
+    assert [r["form_units"] for r in resumed.rounds] == [r["form_units"] for r in whole.rounds]
+    for a, b in zip(tree.leaves(whole.carry.params), tree.leaves(resumed.carry.params), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_round_that_trains_twice_reports_the_form_it_made(tmp_path):
+    torch.set_num_threads(1)
+    res = runner.run(
+        _cfg(tmp_path, "rewind", compile=False, epochs=2, rewind_epoch=1, pruning_times=1), log=lambda _: None
+    )
+    assert res.rounds[0]["form_made"] and res.rounds[0]["form_reason"] == "no compiled form yet"
