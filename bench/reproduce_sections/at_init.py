@@ -230,7 +230,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "compression": S["criteria"]["compression"],
         "score_batches": S["criteria"]["score_batches"],
     }
-    res = cached(ctx.out, "init", conf, ctx.force, lambda: runs(S["init"], S["criteria"], seeds))
+    res = cached(ctx, "init", conf, lambda: runs(S["init"], S["criteria"], seeds))
     an = analysis(res, ctx.results.get("criteria"), ctx.checks)
     res["analysis"] = an
     ctx.figs["init"] = "results/" + plot(res, an, ctx.rd / "init.png", seeds).name

@@ -59,6 +59,7 @@ class Context:
     quick: bool = False
     force: bool = False
     mnist_root: str | None = None
+    wanted: tuple[str, ...] = ()
     checks: Checks = field(default_factory=Checks)
     figs: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
@@ -186,18 +187,29 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+class NotCached(LookupError):
+    """A section that was not asked for has no cached results with the current settings."""
+
+
 def cached(
-    out: Path, name: str, config: dict[str, Any], force: bool, compute: Callable[[], dict[str, Any]]
+    ctx: Context, name: str, config: dict[str, Any], compute: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
     """The section ``name``'s results: read from ``<out>/results/<name>.json`` when it holds the same
-    ``config``, else computed (timed) and written with the machine it ran on."""
-    path = out / "results" / f"{name}.json"
+    ``config``, else computed (timed) and written with the machine it ran on. A section that is not
+    in ``ctx.wanted`` is only read, never computed (``NotCached`` when it cannot be), so a partial
+    rebuild keeps every other cached section in the document; ``ctx.force`` recomputes the wanted."""
+    path = ctx.out / "results" / f"{name}.json"
+    force = ctx.force and name in ctx.wanted
     if path.is_file() and not force:
         stored = json.loads(path.read_text())
         if stored.get("config") == config:
             print(f"{name}: cached results from {path} (computed in {fmt_s(stored['wall_s'])})", flush=True)
             return stored
+        if name not in ctx.wanted:
+            raise NotCached(f"{path} holds other settings")
         print(f"{name}: {path} holds other settings; computing again", flush=True)
+    elif name not in ctx.wanted:
+        raise NotCached(f"no {path}")
     print(f"{name}: computing", flush=True)
     t0 = time.perf_counter()
     payload = compute()
@@ -229,6 +241,7 @@ def log_to(path: Path) -> Callable[[str], None]:
     """A ``log(msg)`` that appends ``msg`` as one line to ``path``."""
 
     def log(msg: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)  # --force may have removed the work folder
         with path.open("a") as f:
             f.write(msg + "\n")
 

@@ -255,8 +255,9 @@ def _findings(a: dict[str, Any]) -> str:
         )
     if "snip_taylor_diff" in a:
         txt.append(
-            f"SNIP and first-order Taylor give the same ranking (both score |g ⊙ w| per weight); their largest "
-            f"difference in mean accuracy over the grid is {100 * a['snip_taylor_diff']:.2f} pp."
+            "SNIP scores |g ⊙ w| with the gradient of all scoring batches; Taylor (Molchanov et al. 2019) "
+            "averages the per-batch (g_b ⊙ w)², so batch gradients that cancel in SNIP's mean still count; "
+            f"their largest difference in mean accuracy over the grid is {100 * a['snip_taylor_diff']:.2f} pp."
         )
     if a.get("rank_hi"):
         order = ", ".join(f"{c} ({s}) {100 * m:.1f}" for m, c, s in a["rank_hi"])
@@ -301,7 +302,7 @@ def markdown(res: dict[str, Any], an: dict[str, Any], seeds: int, ctx: Context, 
 def build(ctx: Context) -> dict[str, Any]:
     """The section's results (cached or computed), with its ``analysis`` and ``markdown``; the figures."""
     cfg, seeds = ctx.settings["criteria"], ctx.seeds
-    res = cached(ctx.out, "criteria", {"seeds": seeds, **cfg}, ctx.force, lambda: runs(cfg, seeds, ctx.work))
+    res = cached(ctx, "criteria", {"seeds": seeds, **cfg}, lambda: runs(cfg, seeds, ctx.work))
     an = analysis(res, ctx.checks)
     res["analysis"] = an
     for name, d in res["nets"].items():

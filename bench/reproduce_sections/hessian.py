@@ -294,7 +294,7 @@ def markdown(an: dict[str, Any], cfg: dict[str, Any]) -> str:
 def build(ctx: Context) -> dict[str, Any]:
     """The section's results (cached or computed), with its ``analysis`` and ``markdown``; the figure."""
     cfg, seeds = ctx.settings["hessian"], ctx.seeds
-    res = cached(ctx.out, "hessian", {"seeds": seeds, **cfg}, ctx.force, lambda: runs(cfg, seeds))
+    res = cached(ctx, "hessian", {"seeds": seeds, **cfg}, lambda: runs(cfg, seeds))
     an = analysis(res, cfg, ctx.checks)
     res["analysis"] = an
     ctx.figs["hessian"] = "results/" + plot(an, ctx.rd / "hessian.png", seeds).name

@@ -290,7 +290,7 @@ def build(ctx: Context) -> dict[str, Any]:
     """The section's results (cached or computed), with its ``analysis`` and ``markdown``; the figure."""
     cfg = ctx.settings["lottery"]
     conf = {"seeds": ctx.seeds, **cfg, "mnist_root": ctx.mnist_root}
-    res = cached(ctx.out, "lottery", conf, ctx.force, lambda: runs(cfg, ctx.seeds, ctx.work, ctx.mnist_root))
+    res = cached(ctx, "lottery", conf, lambda: runs(cfg, ctx.seeds, ctx.work, ctx.mnist_root))
     an = analysis(res, ctx.checks)
     ctx.figs["lottery"] = "results/" + plot(res, ctx.rd / "lottery.png", ctx.seeds).name
     res["analysis"] = an

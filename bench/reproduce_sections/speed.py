@@ -249,7 +249,7 @@ def markdown(res: dict[str, Any]) -> str:
 def build(ctx: Context) -> dict[str, Any]:
     """The section's results (cached or computed), with its ``analysis`` and ``markdown``; the figure."""
     cfg = ctx.settings["speed"]
-    res = cached(ctx.out, "speed", dict(cfg), ctx.force, lambda: runs(cfg, ctx.rd))
+    res = cached(ctx, "speed", dict(cfg), lambda: runs(cfg, ctx.rd))
     res["analysis"] = analysis(res, ctx.checks)
     ctx.figs["speed"] = "results/" + plot(res, ctx.rd / "speed.png").name
     res["markdown"] = markdown(res)

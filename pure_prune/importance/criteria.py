@@ -185,7 +185,9 @@ def all_criteria() -> list[Criterion]:
         Criterion("l2", _l2, "element", False, "w², for channel norms summed as L2"),
         Criterion("random", _random, "element", False, "uniform random scores from the key (a control)"),
         Criterion("snip", _snip, "element", True, "|g ⊙ θ| (SNIP, Lee et al. 2019)"),
-        Criterion("taylor", _taylor, "element", True, "Σ_b (g_b·θ)² per element (Molchanov et al. 2019)"),
+        Criterion(
+            "taylor", _taylor, "element", True, "mean over batches of (g_b·θ)² (Molchanov et al. 2019)"
+        ),
         Criterion("grasp", _grasp, "element", True, "θ ⊙ Hg (GraSP, Wang et al. 2020; lowest pruned)"),
         Criterion("fisher", _fisher, "element", True, "½ F θ², empirical Fisher (Theis et al. 2018)"),
         Criterion("obd", _obd, "element", True, "½ h θ², Hessian diagonal (OBD, LeCun et al. 1990)"),

@@ -267,7 +267,8 @@ def snip(
 def taylor(
     model_fn: ModelFn, params: tree.Tree, batches: Batches, *, masks: tree.Tree | None = None
 ) -> tree.Tree:
-    """First-order Taylor importance per weight (Molchanov et al. 2019): ``Σ_b w_b (g_b ⊙ θ)²``.
+    """First-order Taylor importance per weight (Molchanov et al. 2019): ``Σ_b w_b (g_b ⊙ θ)²``,
+    the mean over batches weighted by their share of the samples.
 
     ``g_b`` is the gradient of batch ``b``'s mean loss at ``theta = W * M`` and ``w_b`` the batch's
     share of the samples: the squared loss change of removing each weight, estimated per
