@@ -34,15 +34,19 @@ Findings (2-core AMD EPYC VM shared with other jobs, load 3-5, torch 2.13 CPU, J
   step the masks' uint8 views and testing ``int32(m) != 0`` in the graph vectorises the load:
   LeNet-300-100 at one thread 3.01 -> 2.47 ms, the MLP 1.26 -> 1.19 ms. ``premasked=True`` saves
   the forward ``where`` (2.47 -> 2.33, 1.19 -> 1.10 ms).
-* **At one thread** the shipped step is 1.20-1.24x the hooks (1.28-1.33x with ``premasked``) and
-  0.81-0.86x JAX (0.86-0.92x). Where the time goes (LeNet-300-100): the GEMMs alone, eager and
-  cache-hot, take 1.75 of the 2.33 ms (XLA's own GEMMs of the same shapes are not faster: 1.6 ms
-  against MKL's 1.55 measured back to back); ~0.13 ms is per-call Python (eager checks and uint8
-  views ~40 µs, dynamo guards and inductor's Python wrapper ~90 µs, against a few tens of µs for
-  ``jax.jit`` dispatch); the rest is the fused elementwise update (~0.1 ms) and GEMMs on operands
-  that are no longer in cache inside the step (the GEMMs after a 32 MB sweep: 1.90 vs 1.54 ms).
-  The compiled step allocates fresh output trees each call (pure functions, no donation), so it
-  streams ~5 MB per step through the cache where ``torch.optim`` updates in place.
+* **Timing each torch peer's calls back to back** (the default; ``--interleaved`` for call-by-call
+  turns) matters as much as any kernel: taking turns, each peer finds the others' weights in cache
+  and pays to reload its own, while the JAX process always ran its calls back to back. Timed the
+  same way on both sides (one thread, load 0.9-1.7, two runs of 80 and 160 calls), the shipped
+  step is 1.31-1.34x the hooks on the digits MLP (0.90-0.99 ms; hooks 1.20-1.29, JAX 1.00-1.12)
+  and 1.20-1.28x on LeNet-300-100 (2.04-2.11 ms; hooks 2.44-2.69, JAX 1.99-2.13): faster than
+  JAX on the MLP, level with it on LeNet-300-100. Taking turns, the same step read 0.81-0.92x JAX.
+* **Where LeNet-300-100's time goes**: the GEMMs alone take about 1.75 ms (XLA's GEMMs of the same
+  shapes are not faster: 1.6 ms against MKL's 1.55 measured back to back); ~0.13 ms is per-call
+  Python (eager checks and uint8 views ~20 µs, dynamo guards ~30 µs, inductor's runtime wrapper
+  and kernel launches the rest); the fused elementwise update ~0.1 ms. The compiled step
+  allocates fresh output trees each call (pure functions, no donation), where ``torch.optim``
+  updates in place.
 * **Two threads with OMP_WAIT_POLICY=PASSIVE** lose to one: every OpenMP parallel region (each
   inductor kernel, each MKL GEMM: ~18 per step) becomes a futex wake-up of the other thread. The
   MLP step is 1.9-2.2 ms (GEMMs alone 1.17 ms) against 1.1 ms at one thread; fewer regions
@@ -344,19 +348,32 @@ def jax_process(name: str, threads: int) -> tuple[subprocess.Popen, dict] | None
     return proc, head
 
 
-def time_alternating(fns, jax: subprocess.Popen | None, *, reps: int, blocks: int, warmup: int = 5):
-    """Time the in-process peers interleaved (``_common.time_interleaved``) in ``blocks`` blocks of
-    ``reps / blocks`` rounds, each followed by as many calls of the JAX process, which waits on
-    its stdin meanwhile (and the torch threads while JAX runs): both meet the same load, neither
-    runs while the other does. Returns ``time_interleaved``'s dict, ``"JAX jit"`` included."""
+def time_alternating(
+    fns, jax: subprocess.Popen | None, *, reps: int, blocks: int, warmup: int = 5, consecutive: bool = True
+):
+    """Time the in-process peers in ``blocks`` blocks of ``reps / blocks`` calls each, every block
+    followed by as many calls of the JAX process, which waits on its stdin meanwhile (and the torch
+    threads while JAX runs): both meet the same load, neither runs while the other does. With
+    ``consecutive`` each torch peer's calls of a block run back to back (peer order rotating per
+    block), as JAX's do, so every peer runs with its own data in cache; otherwise the peers take
+    turns call by call (``_common.time_interleaved``), which evicts each other's weights between
+    calls. Returns ``time_interleaved``'s dict, ``"JAX jit"`` included."""
     per = max(1, reps // blocks)
     samples: dict[str, list[dict]] = {}
     if jax is not None:
         jax.stdin.write(f"{warmup}\n")
         jax.stdin.flush()
         jax.stdout.readline()
+    names = list(fns)
     for b in range(blocks):
-        block = time_interleaved(fns, reps=per, warmup=warmup if b == 0 else 1, raw=True)
+        if consecutive:  # each peer's calls back to back, as the JAX process's are
+            order = names[b % len(names) :] + names[: b % len(names)]
+            block = {
+                n: time_interleaved({n: fns[n]}, reps=per, warmup=warmup if b == 0 else 2, raw=True)[n]
+                for n in order
+            }
+        else:
+            block = time_interleaved(fns, reps=per, warmup=warmup if b == 0 else 1, raw=True)
         for label, t in block.items():
             samples.setdefault(label, []).append(t)
         if jax is not None:
@@ -387,6 +404,11 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["mlp", "lenet300", "resnet20"])
     ap.add_argument("--variants", action="store_true", help="add the rows that explain the time")
     ap.add_argument("--no-jax", action="store_true", help="leave the JAX peer out")
+    ap.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="torch peers take turns call by call (each evicts the others' data); default: back to back",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (and XLA's, at 1)")
     ap.add_argument("--jax-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
@@ -414,7 +436,7 @@ def main() -> None:
             first_s["JAX jit"], first["JAX jit"] = head["first_call_s"], head["first_loss"]
         reps = args.reps if name != "resnet20" else max(20, args.reps // 2)
         load0 = os.getloadavg()[0]
-        timing = time_alternating(fns, proc, reps=reps, blocks=args.blocks)
+        timing = time_alternating(fns, proc, reps=reps, blocks=args.blocks, consecutive=not args.interleaved)
         if proc is not None:
             proc.communicate()
         hooks = timing[HOOKS]["median_ms"]
