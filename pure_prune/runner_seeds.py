@@ -34,21 +34,18 @@ from pure_prune import data, importance, losses, mask, rng, sweep, tree
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.experiment import Experiment
-from pure_prune.runconfig import RunConfig, parse_nm
-from pure_prune.runner import (
-    _TIMES,
-    SEED_METRICS,
-    _check_groups,
+from pure_prune.run_context import _check_groups, _setup
+from pure_prune.run_dir import _model_info
+from pure_prune.run_rounds import (
     _distill_settings,
     _dst_settings,
-    _Engine,
     _gradual_schedule,
     _imp_settings,
-    _model_info,
-    _row,
     _rsst_settings,
-    _setup,
 )
+from pure_prune.run_rows import _TIMES, SEED_METRICS, _row
+from pure_prune.runconfig import RunConfig, parse_nm
+from pure_prune.runner import _Engine
 
 __all__ = ["SUMMARY_COLUMNS", "aggregate", "engine"]
 
@@ -62,12 +59,12 @@ SUMMARY_COLUMNS = (
     "epochs",
     *_TIMES,
 )
-"""The ``summary.csv`` columns of a several-seed run: means and ``_std`` of :data:`runner.SEED_METRICS`."""
+"""The ``summary.csv`` columns of a several-seed run: means and ``_std`` of :data:`run_rows.SEED_METRICS`."""
 
 
 class _SeedCtx(NamedTuple):
     """The context of a vmapped several-seed run: per-seed keys (``k_*[i]`` from ``rng.split(keys[i], 3)``,
-    as ``runner._context`` splits one seed), per-seed scoring batches ``((x (S, B, ...), y (S, B)), ...)``,
+    as ``run_context._context`` splits one seed), per-seed scoring batches ``((x (S, B, ...), y (S, B)), ...)``,
     the vmapped steps (train: one batch per seed; eval: the shared test batches) and the method's
     extra seed functions (:func:`_method_steps`)."""
 
@@ -92,7 +89,7 @@ seed step, ``batch_map`` transforms every stacked batch. History entries hold pe
 
 
 def _method_steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> dict[str, Any]:
-    """The method's extra seed functions, as ``runner._steps`` builds the single-seed ones: RSST's
+    """The method's extra seed functions, as ``run_context._steps`` builds the single-seed ones: RSST's
     penalized optimizer and its vmapped step; distill's vmapped KD step and teacher forward
     (``(params, state, x) -> logits``); STE's vmapped straight-through step; RigL's vmapped dense
     gradient (``(params, state, masks, batch) -> grads``)."""
@@ -119,7 +116,7 @@ def _method_steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> d
 
 
 def _seed_context(cfg: RunConfig) -> _SeedCtx:
-    """The :class:`_SeedCtx` of ``cfg`` (``seeds > 1``); raises ``ValueError`` as ``runner._context``."""
+    """The :class:`_SeedCtx` of ``cfg`` (``seeds > 1``); raises ``ValueError`` as ``run_context._context``."""
     su = _setup(cfg)
     exp = su.exp
     keys = tuple(cfg.seed_keys())
@@ -593,7 +590,7 @@ _ROUNDS: dict[str, Callable[[_SeedCtx, Carry | None, int, _SeedTrainFn], RoundOu
 def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
     """One several-seed row from the single-seed rows of one round (one per seed, in key order).
 
-    Per :data:`runner.SEED_METRICS` entry ``m``: ``m`` (mean), ``m_std`` (sample std,
+    Per :data:`run_rows.SEED_METRICS` entry ``m``: ``m`` (mean), ``m_std`` (sample std,
     ``sweep.summarize``) and ``per_seed[m]``; a metric that some seed lacks (``None``) has mean and
     std ``None``. ``layer_sparsity`` is the mean per layer. Timings are the one program's (shared by
     the rows); ``mode`` is ``"vmap"``.
@@ -617,7 +614,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
 
 
 def _metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
-    """The round's row: every seed's single-seed row (``runner._row``), aggregated."""
+    """The round's row: every seed's single-seed row (``run_rows._row``), aggregated."""
     carry, n = out.carry, len(ctx.keys)
     test = sweep.evaluate_seeds(
         ctx.steps.eval, carry.params, carry.state, carry.masks, ctx.exp.test_batches()

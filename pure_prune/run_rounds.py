@@ -1,0 +1,277 @@
+"""The rounds of each method of a run: settings from the config, the round count, round ``r``.
+
+Each method of ``pure_prune.algorithms`` is driven by one round function ``(ctx, _Round) ->
+RoundOut`` (:data:`_ROUNDS`): round 0 starts from the context's init and masks, later rounds take
+the previous round's carry. The settings builders (``_imp_settings`` ...) and
+:func:`_gradual_schedule` are shared with the several-seed engine (``pure_prune.runner_seeds``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from tqdm import tqdm
+
+from pure_prune import importance, losses
+from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, one_shot, refill, rsst
+from pure_prune.algorithms.base import Carry, RoundOut
+from pure_prune.run_context import _Ctx
+from pure_prune.runconfig import RunConfig, parse_nm
+from pure_prune.schedule import linear, linear_steps, polynomial
+
+__all__ = ["n_rounds"]
+
+
+def _gradual_schedule(cfg: RunConfig) -> Callable[[int], float]:
+    if cfg.schedule == "linear_steps":
+        return linear_steps(
+            cfg.sparsity, steps=cfg.gradual_steps, start=cfg.gradual_start, every=cfg.gradual_every
+        )
+    make = linear if cfg.schedule == "linear" else polynomial
+    return make(
+        0.0, cfg.sparsity, start=cfg.gradual_start, every=cfg.gradual_every, updates=cfg.gradual_steps
+    )
+
+
+def n_rounds(cfg: RunConfig) -> int:
+    """Number of rounds of the (resolved) config: ``pruning_times + 1`` (IMP, Refill, distill; RSST
+    ``+ 2`` for the final fine-tuning), 2 for one-shot, the schedule's segments for gradual, and
+    one per epoch for DST."""
+    c = cfg.resolved()
+    if c.method in ("imp", "refill", "distill"):
+        return c.pruning_times + 1
+    if c.method == "rsst":
+        return c.pruning_times + 2
+    if c.method == "one_shot":
+        return 2
+    if c.method == "gradual":
+        return len(gradual.segments(_gradual_schedule(c), c.epochs))
+    return c.epochs
+
+
+def _score_fn(ctx: _Ctx) -> tuple[base.ScoreFn, str]:
+    crit = ctx.cfg.importance
+    level = importance.get(crit).level
+    apply = ctx.exp.model.apply
+
+    def fn(params: Any, state: Any, masks: Any, key: int) -> Any:
+        return masking.score(
+            crit, apply, params, state, masks, batches=ctx.score_batches, key=key, groups=ctx.groups
+        )[0]
+
+    return fn, level
+
+
+def _start(ctx: _Ctx) -> tuple[Any, Any, Any]:
+    cfg = ctx.cfg
+    params, state = ctx.init(ctx.k_init)
+    return params, state, masking.initial(params, cfg.struct, ctx.groups, exclude=cfg.exclude)
+
+
+class _Round(NamedTuple):
+    """What a method's round function gets besides the context: the carry (``None`` at round 0),
+    the round index, the round's training callback, its score function and its score level."""
+
+    carry: Carry | None
+    r: int
+    train_fn: base.TrainFn
+    score_fn: base.ScoreFn
+    level: str
+
+
+def _imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
+    return imp.Settings(
+        rate=cfg.rate,
+        rounds=cfg.pruning_times,
+        epochs=cfg.epochs,
+        rewind_epoch=cfg.rewind_epoch,
+        steps_per_epoch=spe,
+        schedule=cfg.schedule,
+        scope=cfg.scope,
+        struct=cfg.struct,
+        control=cfg.control,
+    ).check()
+
+
+def _imp_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    cfg = ctx.cfg
+    s = _imp_settings(cfg, ctx.spe)
+    kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
+    if a.r == 0:
+        return imp.first_round(*_start(ctx), s, **kw)
+    fn = (
+        refill.mask_fn(ctx.groups, cfg.fillback_rate, criterion=cfg.criteria)
+        if cfg.method == "refill"
+        else None
+    )
+    return imp.next_round(
+        a.carry,
+        a.r,
+        s,
+        score_fn=a.score_fn,
+        groups=ctx.groups,
+        level=a.level,
+        init_fn=ctx.init,
+        mask_fn=fn,
+        **kw,
+    )
+
+
+def _one_shot_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    cfg = ctx.cfg
+    kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
+    if a.r == 0:
+        return one_shot.first_round(*_start(ctx), epochs=cfg.epochs, **kw)
+    return one_shot.next_round(
+        a.carry,
+        cfg.sparsity,
+        finetune_epochs=cfg.finetune_epochs,
+        score_fn=a.score_fn,
+        scope=cfg.scope,
+        struct=cfg.struct,
+        groups=ctx.groups,
+        level=a.level,
+        nm=parse_nm(cfg.nm),
+        **kw,
+    )
+
+
+def _gradual_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    cfg = ctx.cfg
+    segs = gradual.segments(_gradual_schedule(cfg), cfg.epochs)
+    kw = dict(
+        train_fn=a.train_fn,
+        score_fn=a.score_fn,
+        key=ctx.key,
+        struct=cfg.struct,
+        scope=cfg.scope,
+        groups=ctx.groups,
+        level=a.level,
+    )
+    if a.r == 0:
+        return gradual.first_round(*_start(ctx), segs, optimizer=ctx.exp.optimizer, **kw)
+    return gradual.next_round(a.carry, a.r, segs, **kw)
+
+
+def _rsst_settings(cfg: RunConfig) -> rsst.Settings:
+    return rsst.Settings(
+        rate=cfg.rate,
+        rounds=cfg.pruning_times,
+        epochs=cfg.epochs,
+        finetune_epochs=cfg.finetune_epochs,
+        criterion=cfg.criteria,
+        growth=cfg.rst_schedule,
+        granularity=cfg.reg_granularity,
+        exponent=cfg.exponent,
+        scope=cfg.scope,
+        schedule=cfg.schedule,
+    )
+
+
+def _rsst_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    cfg, exp = ctx.cfg, ctx.exp
+    s = _rsst_settings(cfg)
+    kw = dict(optimizer=exp.optimizer, train_fn=a.train_fn, key=ctx.key)
+    if a.r == 0:
+        return rsst.first_round(*_start(ctx), s, **kw)
+    state = a.carry.state
+
+    def model_fn(params: Any, x: torch.Tensor) -> torch.Tensor:
+        return exp.model.apply(params, state, x, train=False)[0]
+
+    return rsst.next_round(
+        a.carry,
+        a.r,
+        s,
+        penalized_optimizer=ctx.steps["penalized"],
+        penalty_step=ctx.steps["rsst"],
+        groups=ctx.groups,
+        model_fn=model_fn,
+        batches=ctx.score_batches,
+        steps_per_epoch=ctx.spe,
+        **kw,
+    )
+
+
+def _distill_settings(cfg: RunConfig) -> distill.Settings:
+    return distill.Settings(
+        rate=cfg.rate,
+        rounds=cfg.pruning_times,
+        epochs=cfg.epochs,
+        finetune_epochs=cfg.finetune_epochs,
+        alpha=cfg.alpha,
+        T=cfg.temperature,
+        schedule=cfg.schedule,
+        scope=cfg.scope,
+        struct=cfg.struct,
+    )
+
+
+def _distill_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    s = _distill_settings(ctx.cfg)
+    kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
+    if a.r == 0:
+        return distill.first_round(*_start(ctx), s, **kw)
+    return distill.next_round(
+        a.carry,
+        a.r,
+        s,
+        apply=ctx.exp.model.apply,
+        kd_step=ctx.steps["distill"],
+        score_fn=a.score_fn,
+        groups=ctx.groups,
+        level=a.level,
+        **kw,
+    )
+
+
+def _dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
+    return dst.Settings(
+        kind=cfg.dst,
+        sparsity=cfg.sparsity,
+        epochs=cfg.epochs,
+        steps_per_epoch=spe,
+        update_every=cfg.update_every,
+        drop_fraction=cfg.drop_fraction,
+        end_fraction=cfg.end_fraction,
+        distribution=cfg.distribution,
+        scope=cfg.scope,
+    )
+
+
+def _dst_round(ctx: _Ctx, a: _Round) -> RoundOut:
+    cfg, exp = ctx.cfg, ctx.exp
+    s = _dst_settings(cfg, ctx.spe)
+    carry = dst.start(*_start(ctx), s, optimizer=exp.optimizer, key=ctx.key) if a.r == 0 else a.carry
+    batches = exp.train_batches(ctx.key)(a.r)
+    if cfg.progress:
+        batches = tqdm(batches, total=ctx.spe, desc=f"round {a.r}", unit="step", leave=False)
+    return dst.train_epoch(
+        carry,
+        a.r,
+        s,
+        batches,
+        step=ctx.steps.get("ste", exp.step),
+        key=ctx.key,
+        apply=exp.model.apply,
+        loss=losses.cross_entropy,
+    )
+
+
+_ROUNDS: dict[str, Callable[[_Ctx, _Round], RoundOut]] = {
+    "imp": _imp_round,
+    "refill": _imp_round,
+    "one_shot": _one_shot_round,
+    "gradual": _gradual_round,
+    "rsst": _rsst_round,
+    "distill": _distill_round,
+    "dst": _dst_round,
+}
+
+
+def _round(ctx: _Ctx, carry: Carry | None, r: int, train_fn: base.TrainFn) -> RoundOut:
+    """Round ``r`` of the configured method (``carry`` is ``None`` at round 0)."""
+    score_fn, level = _score_fn(ctx)
+    return _ROUNDS[ctx.cfg.method](ctx, _Round(carry, r, train_fn, score_fn, level))
