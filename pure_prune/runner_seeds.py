@@ -192,9 +192,14 @@ def _seed_trainer(ctx: _SeedCtx, desc: str) -> _SeedTrainFn:
                 it = sweep.seed_batches(exp.dataset, exp.batch_size, keys, e)
                 return it if batch_map is None else map(batch_map, it)
 
+            t0 = time.perf_counter()
             res = sweep.fit_seeds(run, params, state, opt_state, masks, batches, 1)
             params, state, opt_state = res.params, res.state, res.opt_state
-            entry: dict[str, Any] = {"epoch": float(epoch), **res.history[0]}
+            entry: dict[str, Any] = {
+                "epoch": float(epoch),
+                **res.history[0],
+                "seconds": time.perf_counter() - t0,
+            }
             if cfg.eval_every_epoch:
                 test = sweep.evaluate_seeds(ctx.steps.eval, params, state, masks, exp.test_batches())
                 entry.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
@@ -610,6 +615,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
         p: math.fsum(r["layer_sparsity"][p] for r in rows) / len(rows) for p in first["layer_sparsity"]
     }
     out.update({k: first[k] for k in _TIMES})
+    out["last_epoch_seconds"] = first.get("last_epoch_seconds")  # the one program's, shared by the seeds
     return out
 
 

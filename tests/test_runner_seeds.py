@@ -104,6 +104,7 @@ def test_seed_rows_tables_and_checkpoints(tmp_path):
         assert row["test_accuracy_std"] == pytest.approx(abs(a - b) / math.sqrt(2))  # sample std of 2 values
         assert row["sparsity"] == pytest.approx([0.0, 0.5, 0.75][row["round"]], abs=1e-3)
         assert set(row["layer_sparsity"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+        assert 0 < row["last_epoch_seconds"] <= row["train_seconds"]  # the one program's epoch
     assert [json.loads(x) for x in (save / "rounds.jsonl").read_text().splitlines()] == json.loads(
         json.dumps(res.rounds)
     )

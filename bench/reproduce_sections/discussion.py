@@ -3,6 +3,7 @@ this project has for them, then those that held."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .common import Checks
@@ -34,8 +35,10 @@ def results_discussion(checks: Checks) -> str:
 def explain(claim: str) -> str:
     """The best explanation this project has for a conclusion that fails (keyed by what the claim is about)."""
     if "ranks weights for OBD" in claim:
+        probes = re.search(r"K=(\d+)", claim)
+        at = f"at K={probes.group(1)}" if probes else "at the largest K measured"
         return (
-            "Hutchinson is unbiased, but its error per entry falls only as 1/√K and at K=256 is still of the order "
+            f"Hutchinson is unbiased, but its error per entry falls only as 1/√K and {at} is still of the order "
             "of the diagonal itself (see the table), and a large share of its entries come out negative where the "
             "true diagonal of a ReLU net with cross-entropy is never negative; OBD's ½ h w² then puts large weights "
             "with a negative estimate first in line for removal. Hutchinson is accurate for sums of many entries "
