@@ -3,7 +3,8 @@
 Choose the hypothesis profile with ``PURE_PRUNE_HYPOTHESIS_PROFILE=ci|thorough`` (default ``ci``).
 
 Process-wide torch state is isolated between tests: the CPU thread count (the runner's
-``--threads`` sets it) is restored after each test, and dynamo's in-memory caches are reset before
+``--threads`` sets it) is restored after each test (modules of small runs ask for one thread with
+``pytestmark = pytest.mark.usefixtures("one_thread")``), and dynamo's in-memory caches are reset before
 each test module, so compile counters in one module never see graphs (or recompile-limit
 pressure, or changed global-state guards) left by another. Compiled functions are still shared
 within a module through module-scoped fixtures, and inductor's on-disk cache keeps recompiles warm.
@@ -26,3 +27,10 @@ def _restore_num_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One CPU thread for the test (restored afterwards by ``_restore_num_threads``): the runs and
+    sweeps of these tests are small, and one thread keeps their timing and results steady."""
+    torch.set_num_threads(1)

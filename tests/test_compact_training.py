@@ -16,6 +16,8 @@ from pure_prune import models as model_registry
 from pure_prune.algorithms.base import Trained
 from pure_prune.runconfig import RunConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CASES = {  # model -> (config, one input sample's shape, classes)
     "mlp": ({"sizes": (12, 9, 7, 5)}, (12,), 5),
     "conv2": ({"width": 4, "hidden": (6,), "image_size": 8}, (3, 8, 8), 10),
@@ -158,7 +160,6 @@ def _cfg(tmp_path: Path, name: str, **knobs) -> RunConfig:
 
 
 def test_compact_run_compiles_once_per_form(tmp_path):
-    torch.set_num_threads(1)
     lines = []
     res = runner.run(_cfg(tmp_path, "every", recompile_every=1), log=lines.append)
     units = [r["form_units"] for r in res.rounds]
@@ -194,7 +195,6 @@ def test_compact_configs_refused_with_a_reason(tmp_path, knobs, needle):
 
 
 def test_a_resumed_compact_run_makes_its_forms_where_the_whole_run_does(tmp_path):
-    torch.set_num_threads(1)
     knobs = dict(compile=False, pruning_times=4, recompile_every=2, sparsity_change_threshold=1.0)
     whole = runner.run(_cfg(tmp_path, "whole", **knobs), log=lambda _: None)
     cut = _cfg(tmp_path, "cut", **knobs)
@@ -211,7 +211,6 @@ def test_a_resumed_compact_run_makes_its_forms_where_the_whole_run_does(tmp_path
 
 
 def test_a_round_that_trains_twice_reports_the_form_it_made(tmp_path):
-    torch.set_num_threads(1)
     res = runner.run(
         _cfg(tmp_path, "rewind", compile=False, epochs=2, rewind_epoch=1, pruning_times=1), log=lambda _: None
     )

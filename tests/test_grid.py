@@ -24,12 +24,7 @@ TINY = {"sizes": [64, 16, 16, 10]}
 SMALL = dict(model_cfg=TINY, seeds=2, epochs=2, finetune_epochs=1, batch_size=128, eager=True, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
