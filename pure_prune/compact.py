@@ -53,6 +53,7 @@ __all__ = [
     "compact",
     "csr_apply",
     "expand",
+    "kept_units",
     "measure_crossover",
     "to_csr",
     "to_module",
@@ -174,6 +175,25 @@ def _plan(groups: Sequence[ChannelGroup], leaves: Mapping[str, Tensor], kept: Ma
     return plan
 
 
+def _kept_of(alive: Tensor) -> Tensor:
+    """Ascending int64 indices of the alive units; unit 0 when none is (a group keeps one unit)."""
+    if not bool(alive.any()):
+        return torch.zeros(1, dtype=torch.int64)
+    return torch.nonzero(alive).reshape(-1)
+
+
+def kept_units(
+    params: Params, state: Params, masks: Params, groups: Sequence[ChannelGroup]
+) -> dict[str, Tensor]:
+    """The units :func:`compact` keeps when it is not given ``kept``, without building anything:
+    ``{group name: ascending int64 (k,) unit indices}`` (the module docstring's rule). Raises as
+    :func:`compact` does on bad input."""
+    mask_lib.validate(params, masks)
+    leaves, masks_by_path = _leaf_table(params, state, masks)
+    _check_groups(groups, leaves)
+    return {g.name: _kept_of(_alive_units(g, leaves, masks_by_path)) for g in groups}
+
+
 def compact(
     params: Params,
     state: Params,
@@ -223,10 +243,7 @@ def compact(
                 )
             chosen[g.name] = kept[g.name].cpu()
             continue
-        if not bool(alive.any()):
-            alive = torch.zeros(g.size, dtype=torch.bool)
-            alive[0] = True
-        chosen[g.name] = torch.nonzero(alive).reshape(-1)
+        chosen[g.name] = _kept_of(alive)
     kept = chosen
     plan = _plan(groups, leaves, kept)
 

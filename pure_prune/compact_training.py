@@ -166,8 +166,8 @@ def compacting_trainer(
             form by sharing this dict; by default each trainer has its own.
 
     Returns a :data:`~pure_prune.algorithms.base.TrainFn` with ``train_fn``'s arguments. Its
-    params, state and optimizer state come back at full size; a removed unit is zero in all of
-    them. The masks passed in must prune whole units for compaction to remove anything; other
+    params, state and optimizer state come back at full size; a removed unit is zero in the params
+    and optimizer state and keeps its model state (see the module docstring). The masks passed in must prune whole units for compaction to remove anything; other
     masks train correctly at (nearly) full size.
     """
     memo = {} if memo is None else memo
@@ -175,7 +175,7 @@ def compacting_trainer(
         memo.setdefault(k, v)
 
     def choose(params: Any, state: Any, masks: Any) -> tuple[dict[str, torch.Tensor], Form, bool, str]:
-        _, _, _, alive = compact.compact(params, state, masks, groups)
+        alive = compact.kept_units(params, state, masks, groups)
         s = mask_sparsity(masks)
         last: Form | None = memo["form"]
         if memo["seen"] is not None and s != memo["seen"]:
@@ -186,8 +186,8 @@ def compacting_trainer(
         elif s == last.sparsity:
             made, reason = False, "masks' sparsity unchanged since the form was made"
         else:
-            made, reason = stage.should_rematerialize(
-                max(memo["compressions"], 1),
+            made, reason = stage.should_rematerialize(  # sparsity moved: at least one compression
+                memo["compressions"],
                 s,
                 last.sparsity,
                 recompile_every=recompile_every,

@@ -85,6 +85,8 @@ def test_compacted_outputs_equal_masked_outputs(name, w, s, unstructured, key):
     groups = spec.groups(params)
     masks = _channel_masks(params, groups, s, key, unstructured)
     small_p, small_s, small_m, kept = compact.compact(params, state, masks, groups)
+    units = compact.kept_units(params, state, masks, groups)  # the same choice, nothing built
+    assert units.keys() == kept.keys() and all(torch.equal(units[k], kept[k]) for k in kept)
     x = _inputs(name, shape, key + 3)
     masked = mask.apply(params, masks)
     for train in (False, True):  # eval and train mode (BatchNorm batch statistics and new state)
