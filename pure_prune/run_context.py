@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pure_prune import data, losses, mask, optim, rng, stage, train
+from pure_prune import data, losses, optim, rng, stage, train
 from pure_prune.algorithms import distill, dst, masking, rsst
 from pure_prune.experiment import Experiment, make_optimizer, setup
 from pure_prune.runconfig import RunConfig
@@ -112,6 +112,8 @@ def _context(cfg: RunConfig) -> _Ctx:
     su = _setup(cfg)
     exp, init, backend = su.exp, su.init, su.backend
     ds = exp.dataset
+    # compact runs: one static graph per form (shape), counted per stage
+    compiler = (lambda body: stage.Compiled(body, backend=backend)) if cfg.compact and cfg.compile else None
     exp = exp._replace(
         step=train.make_step(  # premasked: base.fit_trainer masks the params when a round starts
             exp.model,
@@ -120,27 +122,12 @@ def _context(cfg: RunConfig) -> _Ctx:
             compile=cfg.compile,
             backend=backend,
             premasked=True,
+            compiler=compiler,
         ),
-        eval_step=train.make_eval_step(exp.model, losses.cross_entropy, compile=cfg.compile, backend=backend),
+        eval_step=train.make_eval_step(
+            exp.model, losses.cross_entropy, compile=cfg.compile, backend=backend, compiler=compiler
+        ),
     )
-    if cfg.compact and cfg.compile:  # one static graph per form (shape), counted per stage
-        exp = exp._replace(
-            step=_bytes_masks(
-                stage.Compiled(
-                    train.make_step(
-                        exp.model, losses.cross_entropy, exp.optimizer, compile=False, premasked=True
-                    ),
-                    backend=backend,
-                ),
-                3,
-            ),
-            eval_step=_bytes_masks(
-                stage.Compiled(
-                    train.make_eval_step(exp.model, losses.cross_entropy, compile=False), backend=backend
-                ),
-                2,
-            ),
-        )
     k_init, k_method, k_score = rng.split(cfg.seed, 3)
     params, _ = init(k_init)
     groups = masking.active_groups(exp.model.groups(params), cfg.exclude)
@@ -157,20 +144,6 @@ def _check_groups(cfg: RunConfig, groups: tuple) -> None:
         raise ValueError(
             f"method {cfg.method!r} removes whole channels, but model {cfg.model!r} has no prunable group"
         )
-
-
-def _bytes_masks(step: Callable[..., Any], at: int) -> Callable[..., Any]:
-    """``step`` with its bool masks (argument ``at``) checked, then passed as their uint8 views
-    (``mask.as_bytes``), as ``train.make_step(compile=True)`` passes them: faster compiled code."""
-
-    def run(*args: Any) -> Any:
-        masks = args[at]
-        if masks is None:
-            return step(*args)
-        mask.validate(args[0], masks)
-        return step(*args[:at], mask.as_bytes(masks), *args[at + 1 :])
-
-    return run
 
 
 def _steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ Batch = tuple[Tensor, ...]
 Loss = Callable[..., Tensor]
 Step = Callable[[Params, Params, OptState, Params, Batch], tuple[Params, Params, OptState, dict[str, Tensor]]]
 EvalStep = Callable[[Params, Params, Params, Batch], dict[str, Tensor]]
+Compiler = Callable[[Callable[..., Any]], Callable[..., Any]]
+"""Compiles a step's body in place of ``torch.compile``: ``compiler(body) -> callable``."""
 
 
 def _apply_fn(model: Any) -> Callable[..., tuple[Tensor, Params]]:
@@ -79,7 +81,11 @@ def _as_input(masks: Params | None, compiled: bool) -> Params | None:
     return mask.as_bytes(masks) if compiled and masks is not None else masks
 
 
-def _compiled(fn: Callable, compile: bool, backend: str | Callable) -> Callable:  # noqa: A002
+def _compiled(fn: Callable, compile: bool, backend: str | Callable, compiler: Compiler | None) -> Callable:  # noqa: A002
+    if compiler is not None:
+        if not callable(compiler):
+            raise TypeError(f"compiler must be callable (body -> compiled body), got {compiler!r}")
+        return compiler(fn)
     return stage.compile_fresh(fn, fullgraph=True, backend=backend) if compile else fn
 
 
@@ -91,6 +97,7 @@ def make_step(
     compile: bool = True,  # noqa: A002 - the switch's natural name
     backend: str | Callable = "inductor",
     premasked: bool = False,
+    compiler: Compiler | None = None,
 ) -> Step:
     """A masked training step.
 
@@ -106,6 +113,9 @@ def make_step(
     optimizer state are inputs, so changing their values never recompiles. The trees are checked
     (paths named in the error) before the compiled function is called, and the masks reach the
     compiled function as their uint8 views (``mask.as_bytes``: no copy, faster code on CPU).
+    ``compiler`` compiles the step's body instead of ``torch.compile`` (e.g. ``lambda body:
+    stage.Compiled(body, backend=...)``: one static graph per shape, counted per stage); the checks
+    and the uint8 masks are as with ``compile=True``.
 
     ``premasked=True`` promises that every pruned entry of ``params`` is already ``0.0`` on entry,
     as it is after ``mask.apply(params, masks)`` and after every step of this function (which
@@ -137,11 +147,12 @@ def make_step(
         metrics = {"accuracy": accuracy(out, targets[0]), "loss": value.detach()}
         return new_params, new_state, new_opt_state, metrics
 
-    run = _compiled(step, compile, backend)
+    run = _compiled(step, compile, backend, compiler)
+    compiled = compile or compiler is not None
 
     def checked_step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
         _check(params, masks, batch)
-        return run(params, state, opt_state, _as_input(masks, compile), batch)
+        return run(params, state, opt_state, _as_input(masks, compiled), batch)
 
     return checked_step
 
@@ -153,14 +164,15 @@ def make_eval_step(
     compile: bool = True,  # noqa: A002 - the switch's natural name
     backend: str | Callable = "inductor",
     premasked: bool = False,
+    compiler: Compiler | None = None,
 ) -> EvalStep:
     """A masked evaluation step (``apply(..., train=False)``; the state is not changed).
 
     ``eval_step(params, state, masks, batch) -> {"correct": int64 (), "count": int64 (),
     "loss_sum": float32 ()}``, sums over the label entries of the batch so that they add up across
-    batches (``loss_sum = loss * count``, as ``loss`` is a mean). See :func:`evaluate`. ``compile``
-    and ``premasked`` (params promised zero at pruned entries: the forward pass skips the masking)
-    as in :func:`make_step`.
+    batches (``loss_sum = loss * count``, as ``loss`` is a mean). See :func:`evaluate`. ``compile``,
+    ``compiler`` and ``premasked`` (params promised zero at pruned entries: the forward pass skips
+    the masking) as in :func:`make_step`.
     """
     apply = _apply_fn(model)
     if not callable(loss):
@@ -178,11 +190,12 @@ def make_eval_step(
             "loss_sum": loss(out, *targets).detach() * n,
         }
 
-    run = _compiled(eval_step, compile, backend)
+    run = _compiled(eval_step, compile, backend, compiler)
+    compiled = compile or compiler is not None
 
     def checked_eval_step(params: Params, state: Params, masks: Params | None, batch: Batch):
         _check(params, masks, batch)
-        return run(params, state, _as_input(masks, compile), batch)
+        return run(params, state, _as_input(masks, compiled), batch)
 
     return checked_eval_step
 

@@ -12,7 +12,7 @@ from einops import rearrange, reduce
 from hypothesis import given, settings
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from pure_prune import mask, optim, rng, train, tree
+from pure_prune import mask, optim, rng, stage, train, tree
 from pure_prune.losses import cross_entropy, kd_loss
 from pure_prune.testing import invariants, strategies
 from pure_prune.testing.plugin import scaled_examples
@@ -339,6 +339,43 @@ def test_compiled_premasked_step_equals_the_eager_masked_step():
         invariants.pruned_are_zero(ours[0], masks)
         invariants.optimizer_state_zero_at_pruned(ours[2]["momentum"], masks)
     assert counter.frame_count == 1
+
+
+def test_a_given_compiler_compiles_the_body_and_gets_uint8_masks():
+    """``compiler=`` replaces torch.compile (here: stage.Compiled, one static graph per shape): the
+    eager checks run first, the body sees the masks' uint8 views, the results are the eager step's."""
+    opt = OPTIMIZERS["nesterov"]
+    seen, built = [], []
+
+    def compiler(body):
+        compiled_body = stage.Compiled(body, backend="eager")
+        built.append(compiled_body)
+
+        def spy(*args):  # outside the graph: a side effect inside it would become a guard
+            seen.append({str(m.dtype) for m in tree.leaves(args[-2]) if m is not None})
+            return compiled_body(*args)
+
+        return spy
+
+    step = train.make_step(mlp_apply, cross_entropy, opt, compiler=compiler)
+    eval_step = train.make_eval_step(mlp_apply, cross_entropy, compiler=compiler)
+    params, state = mlp_init(41)
+    masks = random_masks(params, 42, 0.5)
+    batches = [classification_batch(43 + k) for k in range(2)]
+    ours = run(step, params, state, opt.init(params), masks, batches)
+    eager = run(EAGER_STEPS["nesterov"], params, state, opt.init(params), masks, batches)
+    for a, b in zip(ours, eager):
+        assert_trees_close(a, b, rtol=1e-5, atol=1e-6)
+    got = eval_step(ours[0], ours[1], masks, batches[0])
+    want = train.make_eval_step(mlp_apply, cross_entropy, compile=False)(ours[0], ours[1], masks, batches[0])
+    assert_trees_close(got, want, rtol=1e-5, atol=1e-6)
+    assert len(built) == 2 and set().union(*seen) == {"torch.uint8"}
+    assert [s["compiles"] for s in built[0].stats().values()] == [1]  # two steps, one graph
+    bad = {**masks, "fc1": {**masks["fc1"], "w": masks["fc1"]["w"][:1]}}
+    with pytest.raises(ValueError, match=r"fc1\.w"):  # the eager check still names the bad leaf
+        step(params, state, opt.init(params), bad, batches[0])
+    with pytest.raises(TypeError, match="compiler must be callable"):
+        train.make_step(mlp_apply, cross_entropy, opt, compiler=3)
 
 
 def test_no_recompile_across_masks_and_lr(compiled):
