@@ -505,12 +505,7 @@ def evaluate_seeds(
     Per seed, ``accuracy`` and ``loss`` are means over every label entry, as ``train.evaluate``;
     ``count`` is the number of label entries each seed saw. Raises ``ValueError`` on no batches.
     """
-    totals: dict[str, Tensor] | None = None
-    for batch in batches:
-        m = eval_step(params, state, masks, batch)
-        totals = m if totals is None else {k: totals[k] + m[k] for k in totals}
-    if totals is None:
-        raise ValueError("evaluate_seeds: batches is empty")
+    totals = train.sum_metrics(eval_step, params, state, masks, batches, where="evaluate_seeds")
     count = totals["count"].to(torch.float64)
     return {
         "accuracy": (totals["correct"].to(torch.float64) / count).tolist(),

@@ -32,7 +32,7 @@ from pure_prune import mask, stage
 from pure_prune.losses import accuracy, correct
 from pure_prune.optim import Optimizer, OptState, apply_updates
 
-__all__ = ["FitResult", "evaluate", "fit", "make_eval_step", "make_step"]
+__all__ = ["FitResult", "evaluate", "fit", "make_eval_step", "make_step", "sum_metrics"]
 
 Params = Any
 Batch = tuple[Tensor, ...]
@@ -200,6 +200,27 @@ def make_eval_step(
     return checked_eval_step
 
 
+def sum_metrics(
+    eval_step: Callable[..., dict[str, Tensor]],
+    params: Params,
+    state: Params,
+    masks: Params | None,
+    batches: Iterable[Batch],
+    *,
+    where: str = "sum_metrics",
+) -> dict[str, Tensor]:
+    """``eval_step(params, state, masks, batch)``'s metrics summed key by key over ``batches`` (any
+    eval step whose metrics add up across batches: :func:`make_eval_step`'s, or a vmapped one's,
+    whose tensors are ``(S,)``). Raises ``ValueError`` (prefixed ``where``) when ``batches`` is empty."""
+    totals: dict[str, Tensor] | None = None
+    for batch in batches:
+        metrics = eval_step(params, state, masks, batch)
+        totals = metrics if totals is None else {k: totals[k] + metrics[k] for k in totals}
+    if totals is None:
+        raise ValueError(f"{where}: batches is empty")
+    return totals
+
+
 def evaluate(
     eval_step: EvalStep, params: Params, state: Params, masks: Params | None, batches: Iterable[Batch]
 ) -> dict[str, float]:
@@ -208,12 +229,7 @@ def evaluate(
     ``loss`` and ``accuracy`` are means over every label entry (not over batches); ``count`` is the
     number of label entries (an int). Raises ``ValueError`` when ``batches`` is empty.
     """
-    totals: dict[str, Tensor] | None = None
-    for batch in batches:
-        metrics = eval_step(params, state, masks, batch)
-        totals = metrics if totals is None else {k: totals[k] + metrics[k] for k in totals}
-    if totals is None:
-        raise ValueError("evaluate: batches is empty")
+    totals = sum_metrics(eval_step, params, state, masks, batches, where="evaluate")
     count = int(totals["count"])
     return {
         "accuracy": float(totals["correct"]) / count,

@@ -174,6 +174,11 @@ def test_eval_step_and_evaluate_by_hand():
     assert out["loss"] == pytest.approx((2 * ce_right + ce_wrong) / 3, rel=1e-6)
     with pytest.raises(ValueError, match="batches is empty"):
         train.evaluate(eval_step, params, {}, masks, [])
+    sums = train.sum_metrics(eval_step, params, {}, masks, [b1, b2])
+    assert int(sums["correct"]) == 2 and int(sums["count"]) == 3
+    assert float(sums["loss_sum"]) == pytest.approx(2 * ce_right + ce_wrong, rel=1e-6)
+    with pytest.raises(ValueError, match="evaluate_seeds: batches is empty"):
+        train.sum_metrics(eval_step, params, {}, masks, iter([]), where="evaluate_seeds")
 
 
 def test_extra_batch_entries_reach_the_loss():
