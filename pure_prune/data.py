@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from einops import rearrange, reduce
 
-from pure_prune import rng
+from pure_prune import extras, rng
 
 __all__ = [
     "UNK", "Dataset", "LMCorpus", "batches", "check_batch", "decode", "encode", "epoch_key", "lm_batches",
@@ -121,9 +121,7 @@ def _load_digits(*, test_size: int = 360, key: int = 0) -> Dataset:
     """sklearn's bundled 8x8 digits (1797 images): inputs ``(N, 64)`` = pixel / 16 in [0, 1].
     Split: ``perm = torch.randperm(1797, generator=rng.generator(key))``; test = ``perm[:test_size]``,
     train = ``perm[test_size:]`` (default 1437/360), both in permutation order."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    bunch = extras.require("sklearn.datasets", "the digits data set").load_digits()
     n = len(bunch.target)
     if isinstance(test_size, bool) or not isinstance(test_size, int) or not 0 < test_size < n:
         raise ValueError(f"test_size must be an int in (0, {n}), got {test_size!r}")
@@ -143,11 +141,11 @@ def _load_mnist1d() -> Dataset:
     import random
     from importlib.metadata import version
 
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d_data = extras.require("mnist1d.data", "the mnist1d data set")
 
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
-        d = make_dataset(get_dataset_args())
+        d = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
