@@ -45,13 +45,46 @@ def exclude(*patterns: str, base: Prunable = default_prunable) -> Prunable:
     """A predicate like ``base`` that also rejects leaves whose path matches any glob in ``patterns``.
 
     ``exclude("conv1.*", "fc.*")`` keeps the first conv and the classifier dense (the seeds'
-    ``--conv1`` switch and the usual classifier exception).
+    ``--conv1`` switch and the usual classifier exception). Raises ``TypeError`` for a pattern
+    that is not a ``str`` or a ``base`` that is not callable.
     """
+    _check_patterns(patterns, "exclude")
+    if not callable(base):
+        raise TypeError(f"exclude: base must be a predicate (path, leaf) -> bool, got {base!r}")
 
     def predicate(path: str, leaf: torch.Tensor) -> bool:
         return base(path, leaf) and not any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
     return predicate
+
+
+def _check_patterns(patterns: object, name: str) -> tuple[str, ...]:
+    """``patterns`` as a tuple of glob strings; a lone ``str`` (whose characters would be taken as
+    one pattern each) or a non-``str`` pattern raises ``TypeError`` naming it."""
+    if isinstance(patterns, (str, bytes)):
+        raise TypeError(f"{name}: patterns must be an iterable of globs, got the single string {patterns!r}")
+    out = tuple(patterns)
+    for i, p in enumerate(out):
+        if not isinstance(p, str):
+            raise TypeError(f"{name}: pattern [{i}] must be a str glob, got {p!r}")
+    return out
+
+
+def _describe(m: object) -> str:
+    return f"{m.dtype} tensor" if isinstance(m, torch.Tensor) else f"{type(m).__name__} {m!r}"[:80]
+
+
+def _check_masks(masks: tree.Tree, name: str = "mask", bytes_ok: bool = False) -> tuple[list, list]:
+    """``(paths, leaves)`` of ``masks`` after checking that every leaf is a bool tensor (or its
+    uint8 bytes when ``bytes_ok``) or ``None``; raises ``TypeError`` naming the first bad leaf."""
+    names, leaves, _ = tree.flatten_with_paths(masks)
+    dtypes = (torch.bool, torch.uint8) if bytes_ok else (torch.bool,)
+    for path, m in zip(names, leaves):
+        if m is None or (isinstance(m, torch.Tensor) and m.dtype in dtypes):
+            continue
+        want = "a bool tensor (or its uint8 bytes) or None" if bytes_ok else "a bool tensor or None"
+        raise TypeError(f"{name} {path!r} is a {_describe(m)}, expected {want}")
+    return names, leaves
 
 
 def _check_float_leaf(path: str, leaf: object) -> None:
@@ -71,12 +104,21 @@ def ones_like(
 
     ``prunable(path, leaf) -> bool`` picks the leaves; ``exclude_paths`` globs remove more.
     Raises ``ValueError`` when nothing is prunable, ``TypeError`` for an integer leaf that the
-    predicate selects.
+    predicate selects, a predicate that is not callable or returns a non-bool, or
+    ``exclude_paths`` given as a single string.
     """
-    patterns = tuple(exclude_paths)
+    if not callable(prunable):
+        raise TypeError(f"ones_like: prunable must be a predicate (path, leaf) -> bool, got {prunable!r}")
+    patterns = _check_patterns(exclude_paths, "ones_like: exclude_paths")
+
+    def selected(path: str, leaf: torch.Tensor) -> bool:
+        pick = prunable(path, leaf)
+        if not isinstance(pick, bool):
+            raise TypeError(f"ones_like: prunable({path!r}, leaf) returned {pick!r}, expected a bool")
+        return pick
 
     def make(path: str, leaf: torch.Tensor | None) -> torch.Tensor | None:
-        if leaf is None or not prunable(path, leaf):
+        if leaf is None or not selected(path, leaf):
             return None
         if any(fnmatch.fnmatchcase(path, p) for p in patterns):
             return None
@@ -140,13 +182,26 @@ def keep(x: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
     ``m`` has ``x``'s shape: a bool mask, or the same mask as ``torch.uint8`` bytes (:func:`as_bytes`,
     read as ``m != 0``). Returns a tensor of ``x``'s shape and dtype. Implemented as
     ``where(M, x, 0)``, so a pruned entry is ``+0.0`` even where ``x`` held ``-1``, ``inf`` or
-    ``NaN``, and the gradient with respect to ``x`` is ``M ⊙ g``.
+    ``NaN``, and the gradient with respect to ``x`` is ``M ⊙ g``. Outside ``torch.compile`` a mask
+    that is not bool/uint8 or whose shape differs from ``x``'s (no broadcasting) raises
+    ``TypeError``/``ValueError``.
     """
     if m is None:
         return x
+    if not torch.compiler.is_compiling():
+        _check_keep(x, m)
     if m.dtype == torch.uint8:  # `!= 0` on int32, not uint8: inductor vectorises that compare
         m = m.to(torch.int32) != 0
     return torch.where(m, x, torch.zeros((), dtype=x.dtype))
+
+
+def _check_keep(x: object, m: object) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"keep: x must be a tensor, got {_describe(x)}")
+    if not isinstance(m, torch.Tensor) or m.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"keep: the mask must be a bool tensor (or its uint8 bytes), got a {_describe(m)}")
+    if m.shape != x.shape:
+        raise ValueError(f"keep: mask of shape {tuple(m.shape)} does not match x of shape {tuple(x.shape)}")
 
 
 def as_bytes(masks: tree.Tree) -> tree.Tree:
@@ -160,8 +215,10 @@ def as_bytes(masks: tree.Tree) -> tree.Tree:
     random 300x784 mask takes ~440 µs with the bool mask and ~60 µs with its bytes (one thread;
     ~55 µs without the mask). Converting inside the compiled function does not help (the view is
     folded back into a bool load), so convert outside, as ``train.make_step`` does. ``validate``
-    accepts bytes only with ``bytes_ok=True``. ``None`` leaves stay ``None``.
+    accepts bytes only with ``bytes_ok=True``. ``None`` leaves stay ``None``; any other leaf than a
+    bool tensor raises ``TypeError`` (a float mask's bytes would be four per entry).
     """
+    _check_masks(masks)
     return tree.map(lambda m: None if m is None else m.view(torch.uint8), masks)
 
 
@@ -170,13 +227,22 @@ def apply(params: tree.Tree, masks: tree.Tree) -> tree.Tree:
 
     Implemented as ``where(M, W, 0)``: a pruned entry is exactly ``+0.0`` even when ``W`` held a
     negative value, ``inf`` or ``NaN`` there; the gradient with respect to ``W`` is ``M ⊙ g``.
-    ``masks`` may also be :func:`as_bytes` views (same result).
+    ``masks`` may also be :func:`as_bytes` views (same result). Outside ``torch.compile`` the trees
+    are checked first (:func:`validate` with ``bytes_ok=True``: same structure, bool or uint8 masks
+    of exactly the param's shape, no broadcasting), raising ``TypeError``/``ValueError`` naming the
+    leaf path.
     """
+    if not torch.compiler.is_compiling():
+        validate(params, masks, bytes_ok=True)
     return tree.map(keep, params, masks)
 
 
 def from_nonzero(params: tree.Tree, like: tree.Tree) -> tree.Tree:
-    """Masks that keep the non-zero entries of ``params``, on the leaves where ``like`` has a mask."""
+    """Masks that keep the non-zero entries of ``params``, on the leaves where ``like`` has a mask.
+
+    ``like`` is a mask tree of ``params``' structure (:func:`validate`); returns bool masks.
+    """
+    validate(params, like)
     return tree.map(lambda p, m: None if m is None else p != 0, params, like)
 
 
@@ -184,13 +250,16 @@ def count(masks: tree.Tree, params: tree.Tree | None = None) -> tuple[int, int]:
     """``(kept, total)`` entries.
 
     Without ``params``: over prunable leaves only. With ``params``: over every parameter, dense
-    leaves counting as kept.
+    leaves counting as kept (the masks must fit them, :func:`validate`). Every mask leaf must be a
+    bool tensor or ``None`` (``TypeError`` naming the leaf otherwise: an integer mask holding 2
+    would count an entry twice).
     """
-    m_leaves = tree.leaves(masks)
+    _, m_leaves = _check_masks(masks)
+    if params is not None:
+        validate(params, masks)
     kept = sum(int(m.sum()) for m in m_leaves if m is not None)
     total = sum(m.numel() for m in m_leaves if m is not None)
     if params is not None:
-        tree.assert_same_structure(params, masks, ("params", "masks"))
         dense = sum(p.numel() for p, m in zip(tree.leaves(params), m_leaves) if m is None and p is not None)
         kept, total = kept + dense, total + dense
     return kept, total
@@ -205,8 +274,9 @@ def sparsity(masks: tree.Tree, params: tree.Tree | None = None) -> float:
 
 
 def layer_sparsity(masks: tree.Tree) -> dict[str, float]:
-    """``{path: fraction pruned}`` for every prunable leaf (empty leaves report 0.0)."""
-    names, m_leaves, _ = tree.flatten_with_paths(masks)
+    """``{path: fraction pruned}`` for every prunable leaf (empty leaves report 0.0); mask leaves
+    must be bool tensors or ``None``."""
+    names, m_leaves = _check_masks(masks)
     return {
         p: (1.0 - float(m.sum()) / m.numel()) if m.numel() else 0.0
         for p, m in zip(names, m_leaves)
@@ -215,12 +285,14 @@ def layer_sparsity(masks: tree.Tree) -> dict[str, float]:
 
 
 def prunable_paths(masks: tree.Tree) -> list[str]:
-    """Paths of the leaves that carry a mask."""
-    names, m_leaves, _ = tree.flatten_with_paths(masks)
+    """Paths of the leaves that carry a mask (bool tensors; any other non-``None`` leaf raises)."""
+    names, m_leaves = _check_masks(masks)
     return [p for p, m in zip(names, m_leaves) if m is not None]
 
 
 def _binary(op: Callable, a: tree.Tree, b: tree.Tree, name: str) -> tree.Tree:
+    _check_masks(a, f"{name}: mask a")
+    _check_masks(b, f"{name}: mask b")
     tree.assert_same_structure(a, b, ("a", "b"))
 
     def f(path: str, x: torch.Tensor | None, y: torch.Tensor | None):
@@ -254,8 +326,19 @@ def difference(a: tree.Tree, b: tree.Tree) -> tree.Tree:
 
 
 def is_nested(new: tree.Tree, old: tree.Tree) -> bool:
-    """True when every entry kept by ``new`` is also kept by ``old`` (``new ⊆ old``)."""
+    """True when every entry kept by ``new`` is also kept by ``old`` (``new ⊆ old``).
+
+    Both are bool mask trees of one structure with equal shapes leaf by leaf (``None`` = all kept);
+    raises ``TypeError``/``ValueError`` naming the leaf otherwise.
+    """
+    _check_masks(new, "is_nested: mask new")
+    _check_masks(old, "is_nested: mask old")
     tree.assert_same_structure(new, old, ("new", "old"))
+    for path, n, o in zip(tree.paths(new), tree.leaves(new), tree.leaves(old)):
+        if n is not None and o is not None and n.shape != o.shape:
+            raise ValueError(
+                f"is_nested: masks at {path!r} have shapes {tuple(n.shape)} (new) and {tuple(o.shape)} (old)"
+            )
     for n, o in zip(tree.leaves(new), tree.leaves(old)):
         if o is None:
             continue

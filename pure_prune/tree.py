@@ -164,9 +164,13 @@ def stack(trees: Sequence[Tree]) -> Tree:
     """Stack trees of identical structure along a new leading axis.
 
     Each tensor leaf of shape ``S`` becomes ``(len(trees), *S)``; a leaf that is ``None`` in every
-    tree stays ``None``. Raises ``ValueError`` on mismatched structures or a mix of ``None`` and
-    tensors at one path.
+    tree stays ``None``. ``trees`` is a list or tuple. Raises ``ValueError`` on mismatched
+    structures, a mix of ``None`` and tensors at one path, or leaves of one path that differ in
+    shape, and ``TypeError`` on a leaf that is not a tensor or leaves that differ in dtype or
+    device (nothing is promoted or broadcast); each error names the path and both values.
     """
+    if not isinstance(trees, (list, tuple)):
+        raise TypeError(f"stack needs a list or tuple of trees, got {type(trees).__name__}")
     if len(trees) == 0:
         raise ValueError("stack needs at least one tree")
     for i, t in enumerate(trees[1:], start=1):
@@ -177,6 +181,22 @@ def stack(trees: Sequence[Tree]) -> Tree:
             return None
         if any(x is None for x in xs):
             raise ValueError(f"stack: leaf {path!r} is None in some trees and a tensor in others")
+        for i, x in enumerate(xs):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(
+                    f"stack: leaf {path!r} of trees[{i}] is {type(x).__name__} {x!r:.60}, expected a tensor"
+                )
+        first = xs[0]
+        for i, x in enumerate(xs[1:], start=1):
+            if x.shape != first.shape:
+                raise ValueError(
+                    f"stack: leaf {path!r} has shape {tuple(first.shape)} in trees[0] but {tuple(x.shape)} in trees[{i}]"
+                )
+            if x.dtype != first.dtype or x.device != first.device:
+                raise TypeError(
+                    f"stack: leaf {path!r} is {first.dtype} on {first.device} in trees[0] but "
+                    f"{x.dtype} on {x.device} in trees[{i}]"
+                )
         return torch.stack(xs)
 
     return map_with_path(_stack, *trees)
@@ -186,9 +206,16 @@ def unstack(tree: Tree, n: int | None = None) -> list[Tree]:
     """Split every tensor leaf along its leading axis: the inverse of :func:`stack`.
 
     ``n`` is the leading size; when omitted it is read from the first tensor leaf. Returns a list of
-    ``n`` trees; ``None`` leaves are repeated.
+    ``n`` trees; ``None`` leaves are repeated. Raises ``TypeError`` for a leaf that is neither a
+    tensor nor ``None`` or an ``n`` that is not an int, ``ValueError`` for a leaf whose leading
+    size is not ``n``.
     """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise TypeError(f"unstack: n must be a non-negative int or None, got {n!r}")
     flat, spec = flatten(tree)
+    for p, x in zip(paths(tree), flat):
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f"unstack: leaf {p!r} is {type(x).__name__} {x!r:.60}, expected a tensor or None")
     tensors = [x for x in flat if x is not None]
     if n is None:
         if not tensors:
