@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import cnn1d, conv, layers, lenet5, lstm_lm, mlp, resnet, structure, vgg
+from . import cnn1d, conv, layers, lenet5, llama, lstm_lm, mlp, resnet, structure, vgg
 
 __all__ = [
     "ModelSpec",
@@ -28,6 +28,7 @@ __all__ = [
     "get",
     "layers",
     "lenet5",
+    "llama",
     "lstm_lm",
     "mlp",
     "names",
@@ -71,6 +72,7 @@ def _table() -> tuple[tuple[str, Any, dict[str, Any], tuple[int, ...], str], ...
         ("vgg16", vgg, {"depth": 16}, (3, 32, 32), "VGG-16 with BatchNorm for 32x32 inputs"),
         ("lstm_lm", lstm_lm, {}, (35,), "2-layer LSTM language model, 200 units, vocab 10000 (PTB)"),
         ("cnn1d", cnn1d, {}, (40,), "1-D CNN for MNIST-1D"),
+        ("llama", llama, {}, (128,), "LLaMA-style decoder, byte vocab 256, 4 blocks of width 128 (pydoc)"),
     )
 
 
@@ -93,6 +95,6 @@ def get(name: str) -> ModelSpec:
                 default_cfg=dict(cfg),
                 input_shape=input_shape,
                 description=description,
-                input_dtype=torch.long if module is lstm_lm else torch.float32,
+                input_dtype=torch.long if module in (lstm_lm, llama) else torch.float32,
             )
     raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")

@@ -30,11 +30,13 @@ def _cfg(name: str, w: int) -> tuple[dict, tuple[int, ...]]:
         return {"vocab": 11, "embed": w, "hidden": w + 1}, (3,)
     if name == "cnn1d":
         return {"channels": (w, w, w + 1), "length": 12}, (12,)
+    if name == "llama":
+        return {"vocab": 11, "dim": 8, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn": w, "context": 5}, (5,)
     raise AssertionError(f"no small config for {name}")
 
 
 def _inputs(name: str, shape: tuple[int, ...], key: int) -> torch.Tensor:
-    if name == "lstm_lm":
+    if name in ("lstm_lm", "llama"):
         return torch.randint(0, 11, (2, *shape), generator=rng.generator(key))
     return rng.normal(key, (3, *shape))
 

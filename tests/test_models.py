@@ -31,6 +31,11 @@ TINY = {
     "vgg16": ({"width": 4, "hidden": 6}, (3, 32, 32), ("fc2.",)),
     "lstm_lm": ({"vocab": 11, "embed": 5, "hidden": 4}, (6,), ("decoder.", "embedding.")),
     "cnn1d": ({"channels": (3, 4, 5), "hidden": (6,)}, (40,), ("fc2.",)),
+    "llama": (
+        {"vocab": 11, "dim": 8, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn": 6, "context": 8},
+        (6,),
+        ("embed.", "norm.", *(f"blocks.{i}.{x}." for i in (0, 1) for x in ("attn_norm", "mlp_norm", "attn.o", "mlp.down"))),
+    ),
 }
 BN_MODELS = {"resnet20", "resnet32", "resnet56", "vgg11", "vgg16"}
 N = 4
@@ -45,7 +50,7 @@ def tiny(name: str, key: int = 0):
 
 def inputs(name: str, n: int = N, key: int = 1) -> torch.Tensor:
     shape = (n, *TINY[name][1])
-    if name == "lstm_lm":
+    if name in ("lstm_lm", "llama"):
         return torch.randint(0, TINY[name][0]["vocab"], shape, generator=rng.generator(key))
     return rng.normal(key, shape)
 
@@ -179,7 +184,7 @@ def test_init_deterministic_canonical_float32(name):
     for t in (p0, s0):
         assert is_canonical(t)
         assert all(x.dtype == torch.float32 for x in tree.leaves(t))
-    assert (s0 == {}) == (name not in BN_MODELS)
+    assert (s0 == {}) == (name not in BN_MODELS | {"llama"})  # llama: its rotary tables
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -188,7 +193,7 @@ def test_apply_shapes_acts_and_purity(name):
     x = inputs(name)
     copies = [tree.map(torch.clone, t) for t in (params, state)] + [x.clone()]
     out, new_state, acts = spec.apply(params, state, x, train=True, capture=True)
-    lead = (N, TINY[name][1][0]) if name == "lstm_lm" else (N,)
+    lead = (N, TINY[name][1][0]) if name in ("lstm_lm", "llama") else (N,)
     assert out.shape == (*lead, n_out(name))
     tree.assert_same_structure(new_state, state)
     groups = spec.groups(params)
@@ -219,7 +224,8 @@ def test_groups_consistent_with_shapes(name):
     # every leaf's axis 0 belongs to a group, except the output layer's (and the embedding's vocab axis)
     uncovered = {p for p in tree.paths(params) if (p, 0) not in covered}
     assert uncovered == {p for p in tree.paths(params) if p.startswith(TINY[name][2])}
-    assert {f"state.{p}" for p in tree.paths(state)} <= {p for p, _ in covered}
+    stats = {f"state.{p}" for p in tree.paths(state) if not p.startswith("rope.")}  # llama's rotary tables: no units
+    assert stats <= {p for p, _ in covered}
     prunable = {g.name: g.prunable for g in groups}
     if name.startswith("resnet"):
         assert [k for k, v in prunable.items() if not v] == ["layer1", "layer2", "layer3"]
@@ -238,7 +244,7 @@ def test_train_updates_state_and_eval_uses_running_stats(name):
     one, _ = spec.apply(params, state, x[:1], train=False)
     assert torch.allclose(one, out_eval[:1], atol=1e-5)  # eval: each sample independent of the batch
     if name not in BN_MODELS:
-        assert new_state == {} and torch.allclose(out_train, out_eval)
+        assert (new_state is state or new_state == {}) and torch.allclose(out_train, out_eval)
         return
     assert all(not torch.equal(a, b) for a, b in zip(tree.leaves(new_state), tree.leaves(state)))
     assert not torch.allclose(out_train, out_eval)

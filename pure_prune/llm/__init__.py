@@ -1,0 +1,13 @@
+"""Pruning for transformer language models: one-shot, post-training methods that read a little
+calibration data block by block, over the same trees, masks, groups and compaction as the rest of
+the library.
+
+Modules (import them by name, e.g. ``from pure_prune.llm import structured``):
+
+* ``structured``: attention heads (KV-group consistent), MLP channels and whole blocks (ShortGPT's
+  block influence), scored, selected and compacted to a smaller model.
+
+The model they are written against is ``pure_prune.models.llama``; its per-block interface
+(``embed``, ``block``, ``head``, ``rope``, ``LINEARS``) is what these functions are given. The
+library never imports the model zoo: callers pass the model's functions and trees in.
+"""
