@@ -7,6 +7,8 @@ Each function returns ``{path: sparsity}`` for the leaves that carry a mask; pas
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -19,8 +21,14 @@ __all__ = ["erk", "layer_multipliers", "uniform", "SEEDS_MULTIPLIERS"]
 SEEDS_MULTIPLIERS = (0.5, 1.0, 1.5)
 
 
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.60}")
+    return float(value)
+
+
 def _check_target(sparsity: float) -> float:
-    s = float(sparsity)
+    s = _real("sparsity", sparsity)
     if not 0.0 <= s <= 1.0:  # also rejects NaN
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
     return s
@@ -28,6 +36,10 @@ def _check_target(sparsity: float) -> float:
 
 def _shapes(masks: tree.Tree) -> dict[str, torch.Size]:
     names, leaves, _ = tree.flatten_with_paths(masks)
+    for p, m in zip(names, leaves):
+        if m is not None and not (isinstance(m, torch.Tensor) and m.dtype == torch.bool):
+            what = f"a {m.dtype} tensor" if isinstance(m, torch.Tensor) else f"{type(m).__name__} {m!r:.60}"
+            raise TypeError(f"mask {p!r} is {what}, expected a bool tensor or None")
     out = {p: m.shape for p, m in zip(names, leaves) if m is not None}
     if not out:
         raise ValueError("the mask tree has no prunable leaf")
@@ -71,8 +83,11 @@ def erk(masks: tree.Tree, sparsity: float, *, power_scale: float = 1.0) -> dict[
     linear weight the Erdős–Rényi ratio ``(out + in) / (out·in)``. Small layers end up denser.
     """
     s = _check_target(sparsity)
+    scale = _real("power_scale", power_scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"power_scale must be finite, got {power_scale!r}")
     shapes = _shapes(masks)
-    weights = {p: (sum(sh) / max(1, torch.Size(sh).numel())) ** power_scale for p, sh in shapes.items()}
+    weights = {p: (sum(sh) / max(1, torch.Size(sh).numel())) ** scale for p, sh in shapes.items()}
     sizes = {p: torch.Size(sh).numel() for p, sh in shapes.items()}
     return _fill_to_target(weights, sizes, s)
 
@@ -94,12 +109,17 @@ def layer_multipliers(
     s = _check_target(sparsity)
     shapes = _shapes(masks)
     names = list(order) if order is not None else list(shapes)
+    if order is not None and (isinstance(order, (str, bytes)) or not all(isinstance(p, str) for p in names)):
+        raise TypeError(f"order must be a sequence of leaf paths, got {order!r:.80}")
     if sorted(names) != sorted(shapes):
         raise ValueError(f"order must list exactly the prunable paths {sorted(shapes)}, got {names}")
-    if any(m < 0 for m in multipliers) or not multipliers:
-        raise ValueError(f"multipliers must be non-negative and non-empty, got {tuple(multipliers)}")
-    parts = len(multipliers)
-    mult = {p: multipliers[min(parts - 1, i * parts // len(names))] for i, p in enumerate(names)}
+    if isinstance(multipliers, (str, bytes)) or not isinstance(multipliers, Sequence):
+        raise TypeError(f"multipliers must be a sequence of real numbers, got {multipliers!r:.60}")
+    values = [_real(f"multipliers[{i}]", m) for i, m in enumerate(multipliers)]
+    if not values or any(not (0.0 <= m < math.inf) for m in values):
+        raise ValueError(f"multipliers must be finite, non-negative and non-empty, got {tuple(multipliers)}")
+    parts = len(values)
+    mult = {p: values[min(parts - 1, i * parts // len(names))] for i, p in enumerate(names)}
     sizes = {p: torch.Size(shapes[p]).numel() for p in names}
     total = sum(sizes.values())
     prune_budget = s * total

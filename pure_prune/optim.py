@@ -117,7 +117,8 @@ def _count(name: str, value: object, low: int) -> int:
 
 
 def _check_tree(params: Params, other: Params, name: str) -> None:
-    """Raise naming the first bad leaf path unless ``other`` has the structure and leaf shapes of ``params``."""
+    """Raise naming the first bad leaf path unless ``other`` has the structure, leaf shapes and
+    dtypes of ``params`` (a float64 gradient would silently promote a float32 param)."""
     p_leaves, p_spec = tree.flatten(params)
     o_leaves, o_spec = tree.flatten(other)
     if p_spec != o_spec:
@@ -129,6 +130,10 @@ def _check_tree(params: Params, other: Params, name: str) -> None:
             want = tuple(p.shape) if isinstance(p, Tensor) else repr(p)
             raise ValueError(
                 f"{name} at {tree.paths(params)[i]!r} has shape {tuple(o.shape)}, but the param is {want}"
+            )
+        if o.dtype != p.dtype:
+            raise TypeError(
+                f"{name} at {tree.paths(params)[i]!r} has dtype {o.dtype}, but the param is {p.dtype}"
             )
 
 
@@ -150,6 +155,9 @@ def _check_state(opt_state: OptState, keys: Sequence[str]) -> None:
     missing = [k for k in keys if k not in opt_state]
     if missing:
         raise ValueError(f"opt_state lacks {missing} (has {sorted(opt_state)}): made by another optimizer?")
+    for k in ("count", "lr_override", "lr_override_on"):
+        if k in keys and not isinstance(opt_state[k], Tensor):
+            raise TypeError(f"opt_state[{k!r}] must be a tensor, got {opt_state[k]!r:.60}")
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -179,6 +187,8 @@ def multistep(lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Sched
     factor = _number("gamma", gamma)
     if factor <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
+        raise TypeError(f"milestones must be a sequence of ints, got {milestones!r}")
     marks = [_count(f"milestones[{i}]", m, 0) for i, m in enumerate(milestones)]
     if any(b <= a for a, b in zip(marks, marks[1:])):
         raise ValueError(f"milestones must be strictly increasing, got {list(milestones)!r}")
@@ -230,7 +240,7 @@ def warmup(schedule: float | Schedule, warmup_steps: int) -> Schedule:
 
 
 def _as_schedule(lr: float | Schedule) -> Schedule:
-    if callable(lr):
+    if callable(lr) and not isinstance(lr, Tensor):
         return lr
     return constant(lr)
 
@@ -307,7 +317,10 @@ def _begin(
     """Check the arguments of ``update`` (eagerly); return ``masks`` with ``None`` spelled out per leaf."""
     if _checking():
         _check_state(opt_state, ["count", "lr_override", "lr_override_on", *keys])
+        _check_params(params)
         _check_tree(params, grads, "grads")
+        for k in keys:
+            _check_tree(params, opt_state[k], f"opt_state[{k!r}]")
         if masks is not None:
             validate_masks(params, masks, bytes_ok=True)
     return tree.map(lambda _: None, params) if masks is None else masks
@@ -324,9 +337,12 @@ def sgd(
         b <- momentum * b + g              (masked; the first step gives b = g, as torch)
         d <- g + momentum * b  if nesterov else  b   (d = g without momentum)
         update = -lr * d                   (masked)
+
+    ``momentum`` is in ``[0, 1)`` (at 1 or above the buffer never decays and the steps grow
+    without bound); ``lr`` and ``weight_decay`` are finite and ``>= 0``.
     """
     schedule = _as_schedule(lr)
-    mu = _non_negative("momentum", momentum)
+    mu = _unit_interval("momentum", momentum)
     wd = _non_negative("weight_decay", weight_decay)
     if not isinstance(nesterov, bool):
         raise TypeError(f"nesterov must be a bool, got {nesterov!r}")

@@ -22,6 +22,7 @@ itself (``select.*``) turns a target into exact counts (``round(s · N)`` pruned
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 __all__ = [
@@ -43,21 +44,30 @@ Schedule = Callable[[int], float]
 PROGRESSIVE_FACTORS: tuple[tuple[int, float], ...] = ((0, 1.0), (5, 0.8), (10, 0.6), (15, 0.4))
 
 
+def _real(name: str, value: object) -> float:
+    """``value`` as a float: a real number, not a bool, a string or a tensor (``TypeError``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.60}")
+    return float(value)
+
+
 def _unit(name: str, value: float) -> float:
-    v = float(value)
+    v = _real(name, value)
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return v
 
 
 def _nonneg_int(name: str, value: int, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r:.60}")
+    if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _rate(rate: float) -> float:
-    r = float(rate)
+    r = _real("rate", rate)
     if not 0.0 <= r < 1.0:
         raise ValueError(f"rate must be in [0, 1) (a share of the remaining weights), got {rate!r}")
     return r
@@ -67,7 +77,7 @@ def one_shot(final: float, at: int = 0) -> Schedule:
     """Sparsity 0 before step ``at`` and ``final`` from ``at`` on."""
     s = _unit("final", final)
     at = _nonneg_int("at", at)
-    return lambda t: s if t >= at else 0.0
+    return lambda t: s if _nonneg_int("step", t) >= at else 0.0
 
 
 def polynomial(
@@ -82,11 +92,11 @@ def polynomial(
     start = _nonneg_int("start", start)
     every = _nonneg_int("every", every, 1)
     updates = _nonneg_int("updates", updates, 1)
-    if not power > 0:
+    if not _real("power", power) > 0:
         raise ValueError(f"power must be > 0, got {power!r}")
 
     def schedule(t: int) -> float:
-        if t < start:
+        if _nonneg_int("step", t) < start:
             return si
         k = min(updates, (t - start) // every)
         return sf + (si - sf) * (1.0 - k / updates) ** power
@@ -110,7 +120,7 @@ def linear_steps(final: float, *, steps: int = 5, start: int = 30, every: int = 
     every = _nonneg_int("every", every, 1)
 
     def schedule(t: int) -> float:
-        if t < start:
+        if _nonneg_int("epoch", t) < start:
             return 0.0
         k = min(steps, (t - start) // every + 1)
         return sf * k / steps
@@ -134,9 +144,7 @@ def progressive_rates(
     """Per-round rates ``rate × factor(round)`` for rounds ``0..rounds−1`` (Source C's decay)."""
     r = _rate(rate)
     rounds = _nonneg_int("rounds", rounds)
-    table = sorted(factors)
-    if not table or table[0][0] != 0:
-        raise ValueError(f"factors must start at round 0, got {tuple(factors)}")
+    table = _check_factors(factors)
     out = []
     for k in range(rounds):
         f = [m for first, m in table if first <= k][-1]
@@ -144,9 +152,29 @@ def progressive_rates(
     return out
 
 
+def _check_factors(factors: object) -> list[tuple[int, float]]:
+    """``factors`` sorted: ``(first round, multiplier)`` pairs, the first at round 0, multipliers
+    ``>= 0`` and small enough that ``rate × multiplier`` stays a rate (checked by the caller)."""
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+        raise TypeError(f"factors must be a sequence of (first round, multiplier) pairs, got {factors!r:.60}")
+    table = []
+    for i, pair in enumerate(factors):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"factors[{i}] must be a (first round, multiplier) pair, got {pair!r:.60}")
+        first, mult = _nonneg_int(f"factors[{i}][0]", pair[0]), _real(f"factors[{i}][1]", pair[1])
+        if not 0.0 <= mult:
+            raise ValueError(f"factors[{i}][1] (a rate multiplier) must be >= 0, got {pair[1]!r}")
+        table.append((first, mult))
+    table.sort()
+    if not table or table[0][0] != 0:
+        raise ValueError(f"factors must start at round 0, got {tuple(factors)}")
+    return table
+
+
 def progressive(rate: float, factors: Sequence[tuple[int, float]] = PROGRESSIVE_FACTORS) -> Schedule:
     """Target after round ``k`` under Source C's decaying rate: ``1 − Π_{j<k} (1 − rate_j)``."""
     _rate(rate)
+    _check_factors(factors)
 
     def schedule(k: int) -> float:
         remaining = math.prod(1.0 - x for x in progressive_rates(rate, _nonneg_int("round", k), factors))
@@ -173,10 +201,10 @@ def penalty_growth(kind: str, granularity: float, total: int, *, exponent: float
     """
     if kind not in _GROWTH:
         raise ValueError(f"unknown penalty growth {kind!r}; known: {sorted(_GROWTH)}")
-    if not granularity >= 0:
-        raise ValueError(f"granularity must be >= 0, got {granularity!r}")
+    if not (_real("granularity", granularity) >= 0 and math.isfinite(granularity)):
+        raise ValueError(f"granularity must be finite and >= 0, got {granularity!r}")
     total = _nonneg_int("total", total, 1)
-    if kind == "exp_custom" and not exponent > 0:
-        raise ValueError(f"exponent must be > 0, got {exponent!r}")
+    if kind == "exp_custom" and not (_real("exponent", exponent) > 0 and math.isfinite(exponent)):
+        raise ValueError(f"exponent must be finite and > 0, got {exponent!r}")
     g = _GROWTH[kind]
-    return lambda t: granularity * g(min(max(t, 0), total) / total, exponent)
+    return lambda t: granularity * g(min(_nonneg_int("step", t), total) / total, exponent)

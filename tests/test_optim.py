@@ -266,7 +266,7 @@ def test_set_lr_clear_lr_and_current_lr():
         (lambda: optim.sgd(float("nan")), ValueError, "lr must be finite"),
         (lambda: optim.sgd("0.1"), TypeError, "lr must be a real number"),
         (lambda: optim.sgd(True), TypeError, "lr must be a real number"),
-        (lambda: optim.sgd(0.1, momentum=-0.5), ValueError, "momentum must be >= 0, got -0.5"),
+        (lambda: optim.sgd(0.1, momentum=-0.5), ValueError, r"momentum must be in \[0, 1\), got -0.5"),
         (lambda: optim.sgd(0.1, nesterov=True), ValueError, "nesterov=True needs momentum > 0"),
         (lambda: optim.sgd(0.1, weight_decay=-1.0), ValueError, "weight_decay must be >= 0"),
         (lambda: optim.adam(-1e-3), ValueError, "lr must be >= 0"),
