@@ -537,13 +537,18 @@ class _Exported(nn.Module):
             node = getattr(node, part)
         return node
 
+    def _leaf(self, path: str) -> Tensor:
+        # getattr, not get_parameter: under torch.func.functional_call the leaves are plain tensors
+        owner, _, name = path.rpartition(".")
+        return getattr(self.get_submodule(owner), name)
+
     def params(self) -> Params:
         """The current parameters as a params tree (the ``nn.Parameter`` objects themselves)."""
-        return tree.unflatten(self._param_spec, [self.get_parameter(n) for n in self._param_names])
+        return tree.unflatten(self._param_spec, [self._leaf(n) for n in self._param_names])
 
     def state(self) -> Params:
         """The current buffers as a state tree."""
-        return tree.unflatten(self._state_spec, [self.get_buffer(n) for n in self._state_names])
+        return tree.unflatten(self._state_spec, [self._leaf(n) for n in self._state_names])
 
     def forward(self, x: Tensor, **kwargs: Any) -> Any:
         """``apply(params, state, x, train=self.training, **kwargs)`` without the state.

@@ -4,7 +4,10 @@
   canonical nested dicts built from ``named_parameters()`` / ``named_buffers()`` split on dots
   (``"layer1.0.conv1.weight"`` -> ``{"layer1": {"0": {"conv1": {"weight": ...}}}}``), holding
   detached clones; ``apply`` runs the module through ``torch.func.functional_call``.
-* :func:`to_module` writes (optionally masked) params and state into a deep copy of a module.
+* :func:`to_module` writes (optionally masked) params and state into a copy of a module, resizing
+  its layers when the trees are compacted (the user's own class comes back, smaller).
+* :func:`channel_groups` finds a module's channel groups by tracing (``pure_prune.trace_groups``);
+  :func:`default_prunable` / :func:`masks_like` pick its Linear and Conv weights.
 * :func:`to_torch_prune` / :func:`from_torch_prune` convert pure_prune masks to and from the
   ``<name>_orig`` parameter + ``<name>_mask`` buffer + forward-pre-hook form of
   ``torch.nn.utils.prune``; :func:`strip_torch_prune` gives back the plain module.
@@ -36,6 +39,7 @@ every alias with the leaf's mask, so ``weight_orig`` stays one shared parameter;
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +49,24 @@ from torch.func import functional_call
 from torch.nn.utils import prune
 
 from pure_prune import mask as mask_lib
+from pure_prune import resize
 from pure_prune import tree as tree_lib
+from pure_prune.groups import ChannelGroup
+from pure_prune.trace_groups import GroupReport, trace_groups
 
-__all__ = ["Apply", "from_module", "from_torch_prune", "strip_torch_prune", "to_module", "to_torch_prune"]
+__all__ = [
+    "Apply",
+    "channel_groups",
+    "channel_groups_report",
+    "default_prunable",
+    "from_module",
+    "from_torch_prune",
+    "masks_like",
+    "strip_torch_prune",
+    "to_module",
+    "to_torch_prune",
+    "warn_fully_pruned",
+]
 
 Apply = Callable[..., tuple[Any, tree_lib.Tree]]
 
@@ -96,16 +115,25 @@ def _check_names(flat: dict[str, torch.Tensor], expected: list[str], what: str) 
         )
 
 
-def _check_like(flat: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], what: str) -> None:
-    """Each leaf of ``flat`` has the shape and dtype of the module tensor of the same name."""
+def _check_fits(flat: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], what: str) -> bool:
+    """Each leaf of ``flat`` has the module tensor's dtype and rank and no axis longer than it.
+
+    Returns whether any shape differs (compacted trees). ``ValueError``/``TypeError`` name the leaf.
+    """
+    smaller = False
     for name, value in flat.items():
         ref = reference[name]
-        if value.shape != ref.shape:
-            raise ValueError(
-                f"{what} leaf {name!r} has shape {tuple(value.shape)}, the module's has {tuple(ref.shape)}"
-            )
         if value.dtype != ref.dtype:
             raise TypeError(f"{what} leaf {name!r} has dtype {value.dtype}, the module's has {ref.dtype}")
+        if value.ndim != ref.ndim or any(a > b for a, b in zip(value.shape, ref.shape)):
+            raise ValueError(
+                f"{what} leaf {name!r} has shape {tuple(value.shape)}, which does not fit the module's "
+                f"{tuple(ref.shape)} (same rank, no axis longer)"
+            )
+        if any(a == 0 for a in value.shape) and ref.numel():
+            raise ValueError(f"{what} leaf {name!r} has shape {tuple(value.shape)}: an axis lost every unit")
+        smaller = smaller or value.shape != ref.shape
+    return smaller
 
 
 def _torch_pruned(module: nn.Module) -> list[tuple[str, str]]:
@@ -211,29 +239,39 @@ def to_module(
     *,
     masks: tree_lib.Tree | None = None,
 ) -> nn.Module:
-    """A deep copy of ``module`` holding ``params`` (``W * M`` where ``masks`` has a tensor) and ``state``.
+    """A copy of ``module`` (same class) holding ``params`` (``W * M`` where ``masks`` has a tensor) and ``state``.
 
-    ``params`` must name exactly the module's parameters (tied ones once) with the module's shapes
-    and dtypes; ``state``, when given, exactly its buffers (``None`` keeps the module's buffers).
-    ``masks`` follows ``pure_prune.mask`` (checked by ``mask.validate``). Everything is checked before
-    anything is written: ``ValueError``/``TypeError`` name the leaf and both shapes or dtypes.
-    Returns the new module; ``module`` and the trees are not modified.
+    ``params`` must name exactly the module's parameters (tied ones once) with the module's dtypes
+    and ranks; ``state``, when given, exactly its buffers (``None`` keeps the module's buffers).
+    Leaves may be *smaller* than the module's (compacted trees, ``compact.compact`` through
+    :func:`channel_groups`): the copy's layers are then resized (``in_features``,
+    ``out_channels``, ``num_features``, head counts, ...; :func:`pure_prune.resize.resized`), so
+    ``torch.save(new.state_dict())`` reloads into a module of that class with those shapes
+    (e.g. another ``to_module`` of the same trees). Compacted params that change a buffer's
+    length need ``state`` (BatchNorm statistics). ``masks`` follows ``pure_prune.mask`` and must
+    fit ``params``. A leaf masked to 100% gets a ``UserWarning`` naming it. Everything is
+    checked before anything is written: ``ValueError``/``TypeError`` name the leaf and both
+    shapes or dtypes. Returns the new module; ``module`` and the trees are not modified.
     """
     _check_module(module)
     _reject_torch_pruned(module, "to_module")
     flat_params = _flatten(params, "params")
     module_params = dict(module.named_parameters())
     _check_names(flat_params, list(module_params), "params")
-    _check_like(flat_params, module_params, "params")
+    smaller = _check_fits(flat_params, module_params, "params")
     flat_state: dict[str, torch.Tensor] = {}
+    module_buffers = dict(module.named_buffers())
     if state is not None:
         flat_state = _flatten(state, "state")
-        module_buffers = dict(module.named_buffers())
         _check_names(flat_state, list(module_buffers), "state")
-        _check_like(flat_state, module_buffers, "state")
+        smaller = _check_fits(flat_state, module_buffers, "state") or smaller
     if masks is not None:
         mask_lib.validate(params, masks)
+        warn_fully_pruned(masks)
         flat_params = _flatten(mask_lib.apply(params, masks), "params")
+    if smaller:
+        buffers = flat_state if state is not None else {n: b.detach() for n, b in module_buffers.items()}
+        return resize.resized(module, flat_params, buffers)
     new = copy.deepcopy(module)
     with torch.no_grad():
         for name, value in flat_params.items():
@@ -241,6 +279,85 @@ def to_module(
         for name, value in flat_state.items():
             new.get_buffer(name).copy_(value)
     return new
+
+
+def warn_fully_pruned(masks: tree_lib.Tree) -> list[str]:
+    """Warn (``UserWarning``) naming every leaf whose mask prunes all of its entries; returns their paths."""
+    names, leaves, _ = tree_lib.flatten_with_paths(masks)
+    dead = [
+        n for n, m in zip(names, leaves) if isinstance(m, torch.Tensor) and m.numel() and not bool(m.any())
+    ]
+    if dead:
+        warnings.warn(
+            f"{len(dead)} leaf(s) pruned to 100%: {dead[:8]}; the layer outputs only its bias", stacklevel=2
+        )
+    return dead
+
+
+def _prunable_owners(module: nn.Module) -> set[str]:
+    owners = set()
+    for path, sub in module.named_modules():
+        w = getattr(sub, "weight", None)
+        layer = isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)) or (
+            hasattr(sub, "nf") and hasattr(sub, "nx")
+        )
+        if layer and isinstance(w, nn.Parameter):
+            owners.add(f"{path}.weight" if path else "weight")
+        if type(sub).__name__.endswith("Experts"):  # stacked expert weights (experts, out, in)
+            for name, p in sub.named_parameters(recurse=False):
+                if p.ndim >= 3:
+                    owners.add(f"{path}.{name}" if path else name)
+    return owners
+
+
+def default_prunable(module: nn.Module) -> mask_lib.Prunable:
+    """The default prunable leaves of a module: the weights of its Linear and Conv layers.
+
+    Also transformers' ``Conv1D`` weights (GPT-2) and the stacked 3-D weights of modules whose
+    class name ends in ``Experts`` (mixture-of-experts banks). Not embeddings, norms, biases,
+    positional tables or class tokens. A module with none of these layers (bare parameters, such
+    as ``compact.to_module``'s export) falls back to ``mask.default_prunable`` (``ndim >= 2``).
+    Returns a predicate ``(path, leaf) -> bool`` for
+    ``mask.ones_like(params, prunable)``; tied parameters count under their first name.
+    """
+    _check_module(module)
+    owners = _prunable_owners(module)
+    if not owners:  # no Linear/Conv layer (a module holding bare tensors): every matrix or kernel
+        return mask_lib.default_prunable
+    by_id: dict[int, str] = {}
+    for name, p in module.named_parameters():
+        by_id.setdefault(id(p), name)
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if name in owners:
+            owners.add(by_id[id(p)])
+
+    def prunable(path: str, leaf: torch.Tensor) -> bool:
+        return path in owners
+
+    return prunable
+
+
+def masks_like(module: nn.Module, params: tree_lib.Tree) -> tree_lib.Tree:
+    """``mask.ones_like(params, default_prunable(module))``: all-kept masks on the module's Linear/Conv weights."""
+    return mask_lib.ones_like(params, default_prunable(module))
+
+
+def channel_groups(module: nn.Module, *example_inputs: Any, verify: bool = True) -> tuple[ChannelGroup, ...]:
+    """The channel groups of ``module``, found by tracing ``module(*example_inputs)``.
+
+    Member paths are the leaf names of :func:`from_module` (buffers as ``"state.<name>"``), so
+    ``compact.compact(params, state, masks, groups)`` and ``select.channels(scores, s, groups)``
+    work on its trees. Only groups the tracer can follow and (``verify=True``) that compact to
+    the masked module's outputs are returned; :func:`channel_groups_report` says what was left
+    out and why (``pure_prune.trace_groups``). The module is not modified.
+    """
+    return trace_groups(module, *example_inputs, verify=verify).groups
+
+
+def channel_groups_report(module: nn.Module, *example_inputs: Any, verify: bool = True) -> GroupReport:
+    """:func:`channel_groups` with the groups left out: ``GroupReport(groups, left_out)``, each
+    ``LeftOut(name, size, members, reason)``."""
+    return trace_groups(module, *example_inputs, verify=verify)
 
 
 def _aliases(module: nn.Module) -> dict[str, list[str]]:
