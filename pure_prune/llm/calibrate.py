@@ -174,7 +174,10 @@ def _run(
     stages = model.stage_list()
     total, done = len(paths) * len(stages), 0
     with torch.no_grad():
-        emb_device = device if device is not None else tokens.device
+        # the embedding runs where the parameters are (on the CPU while blocks visit a GPU)
+        emb_device = next(
+            (x.device for x in tree.leaves(params) if isinstance(x, torch.Tensor)), tokens.device
+        )
         hs = [
             model.embed(params, shard[i : i + batch_size].to(emb_device)).to(storage)
             for i in range(0, shard.shape[0], batch_size)
