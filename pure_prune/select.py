@@ -465,12 +465,15 @@ def units(
                 raise ValueError(f"channel group {g.name!r}: member {mem.path!r} is not a leaf of the tree")
             i = index[mem.path]
             ref = l_leaves[i] if l_leaves[i] is not None else m_leaves[i]
-            if ref is None:
+            if ref is None and (mem.score or mem.axis not in (0, -1)):
                 raise ValueError(
                     f"channel group {g.name!r}: member {mem.path!r} has neither a tensor nor a mask; "
                     "pass a tree with a tensor there (e.g. the params) so its shape is known"
                 )
-            keep = unit_mask_to_member(keep_units, mem, ref.shape)
+            # an unscored axis-0 member with neither (a bias, a BatchNorm weight: None in magnitude
+            # scores of default masks) is a per-unit vector of outer * size * inner entries
+            shape = ref.shape if ref is not None else torch.Size([mem.outer * g.size * mem.inner])
+            keep = unit_mask_to_member(keep_units, mem, shape)
             out[i] = keep.clone() if out[i] is None else out[i] & keep
     return tree.unflatten(spec, out)
 
@@ -491,7 +494,9 @@ def channels(
     structure of params with tensors at every scored member (biases and norms may be ``None``;
     their shapes come from ``masks`` or they must be tensors). ``scope="layer"`` removes
     ``round(s·size)`` units of every prunable group; ``"global"`` ``round(s·U)`` over all of them.
-    Returns masks with the structure of ``scores``.
+    An unscored axis-0 member whose score is ``None`` and that has no mask (a bias or BatchNorm
+    weight under ``magnitude(params, mask.ones_like(params))``) is taken as a vector of
+    ``outer * size * inner`` entries and gets a mask. Returns masks with the structure of ``scores``.
     """
     norms = unit_norms(scores, groups, ord=ord, normalize=normalize, masks=masks)
     return units(norms, sparsity, groups, scores, scope=scope, masks=masks)
