@@ -131,14 +131,22 @@ def save_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     ``obj`` must be plain JSON (see the module doc); ``TypeError``/``ValueError`` name the offending
     value before anything is written. Parent directories are created.
     """
+    path = _check_path(path)
     _check_json(obj, "obj")
-    path = Path(path)
     _write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
     return path
 
 
+def _check_path(path: object, name: str = "path") -> Path:
+    if not isinstance(path, (str, os.PathLike)) or path == "":
+        raise TypeError(
+            f"{name} must be a non-empty str or os.PathLike, got {type(path).__name__} {path!r:.60}"
+        )
+    return Path(path)
+
+
 def _resolve(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = _check_path(path)
     return path / DEFAULT_NAME if path.is_dir() else path
 
 
@@ -199,6 +207,7 @@ def save(
     Everything is checked before the file is touched; ``TypeError``/``ValueError`` name the tree,
     leaf path or metadata entry at fault.
     """
+    _check_path(path)
     if type(trees) is not dict:
         raise TypeError(f"trees must be a dict of name -> tree, got {type(trees).__name__}")
     metadata = {} if metadata is None else metadata
@@ -288,7 +297,9 @@ def latest(directory: str | os.PathLike, pattern: str = "*.safetensors") -> Path
     of interrupted writes are skipped, and corrupt files are skipped with a ``UserWarning``. A missing
     directory gives ``None`` (a run that has not saved yet).
     """
-    directory = Path(directory)
+    directory = _check_path(directory, "directory")
+    if not isinstance(pattern, str) or not pattern:
+        raise TypeError(f"pattern must be a non-empty str glob, got {pattern!r:.60}")
     if not directory.is_dir():
         return None
     candidates = [

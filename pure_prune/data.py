@@ -36,11 +36,15 @@ from einops import rearrange, reduce
 from pure_prune import extras, rng
 
 __all__ = [
-    "UNK", "Dataset", "LMCorpus", "batches", "check_batch", "decode", "encode", "epoch_key", "lm_batches",
+    "MAX_CLASSES", "UNK", "Dataset", "LMCorpus", "batches", "check_batch", "decode", "encode", "epoch_key", "lm_batches",
     "load", "names", "num_batches", "num_lm_batches", "read_idx", "text_corpus", "tokenize",
 ]  # fmt: skip
 
 UNK = "<unk>"
+MAX_CLASSES = 1 << 16
+"""The most classes a dataset may have (65,536): labels are small non-negative ints. A label file
+whose largest label is 2**40 (a hash, an id, a corrupted byte) would otherwise ask for a classifier
+with 2**40 + 1 outputs; relabel such data to ``0..C-1`` first."""
 
 
 class Dataset(NamedTuple):
@@ -74,6 +78,29 @@ def _check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def _check_num_classes(value: object, name: str = "num_classes") -> int:
+    n = _check_positive_int(value, name)
+    if n > MAX_CLASSES:
+        raise ValueError(f"{name} = {n} exceeds MAX_CLASSES = {MAX_CLASSES}; relabel the data to 0..C-1")
+    return n
+
+
+def _check_label_array(y: np.ndarray, where: str) -> int:
+    """The largest label of the integer array ``y`` after checking, on the raw array before any
+    copy, that it is 1-D, non-empty and holds labels in ``[0, MAX_CLASSES)``; raises naming
+    ``where``, the first bad index and its value."""
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"{where} must be a non-empty 1-D label array, got shape {y.shape}")
+    lo, hi = y.min(), y.max()
+    if lo < 0 or hi >= MAX_CLASSES:
+        i = int(np.argmax((y < 0) | (y >= MAX_CLASSES)))
+        raise ValueError(
+            f"{where}[{i}] = {int(y[i])} is outside [0, MAX_CLASSES = {MAX_CLASSES}): labels are "
+            "small non-negative ints; relabel the data to 0..C-1"
+        )
+    return int(hi)
 
 
 def _check_labels(y: torch.Tensor, num_classes: int, name: str) -> None:
@@ -163,6 +190,8 @@ def _load_mnist1d() -> Dataset:
 def tokenize(text: str, level: str) -> list[str]:
     """``"char"``: one token per character. ``"word"``: lowercase, split on anything that is not a
     letter or digit (``_`` included), empty pieces dropped."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     if level == "char":
         return list(text)
     if level == "word":
@@ -491,14 +520,24 @@ def _load_npz(root: Path, *, num_classes: int | None = None) -> Dataset:
         ok = "iu" if k.startswith("y") else "fiu"
         if a.dtype.kind not in ok:
             raise TypeError(f"{root}: {k} has dtype {a.dtype}; expected numpy kind in {ok!r}")
+    # every check on the raw arrays, before any float32/int64 copy is made
+    top = max(_check_label_array(arrays[f"y_{part}"], f"{root}: y_{part}") for part in ("train", "test"))
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.ndim == 0 or len(x) != len(y):
+            raise ValueError(f"{root}: x_{part} has shape {x.shape} but y_{part} has shape {y.shape}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            i = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"{root}: x_{part}{i.tolist()} = {x[tuple(i)]} is not finite")
+    if num_classes is None:
+        num_classes = top + 1
+    num_classes = _check_num_classes(num_classes)
     for k in ("x_train", "x_test"):
         arrays[k] = arrays[k].astype(np.float32)
     for k in ("y_train", "y_test"):
         arrays[k] = arrays[k].astype(np.int64)
-    if num_classes is None:
-        num_classes = int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0))) + 1
     meta = {"source": f"npz file {root}", "split": "the file's own x_train/x_test"}
-    return _dataset("npz", arrays, _check_positive_int(num_classes, "num_classes"), meta)
+    return _dataset("npz", arrays, num_classes, meta)
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -528,8 +567,10 @@ def load(name: str, *, root: str | Path | None = None, **opts) -> Dataset:
     dataset's options: digits(test_size=360, key=0); mnist1d(); text(level="char", eval_split="test",
     max_vocab=None, min_count=None); mnist(flatten=False); cifar10(standardize=False);
     npz(num_classes=None). Unknown names raise ``ValueError``, unknown options ``TypeError``."""
-    if name not in _LOADERS:
+    if not isinstance(name, str) or name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; known: {list(names())}")
+    if root is not None and not isinstance(root, (str, Path)):
+        raise TypeError(f"root must be a str or Path, got {type(root).__name__} {root!r:.60}")
     fn = _LOADERS[name]
     params = inspect.signature(fn).parameters
     accepted = [p for p in params if params[p].kind == inspect.Parameter.KEYWORD_ONLY]
@@ -550,7 +591,11 @@ def load(name: str, *, root: str | Path | None = None, **opts) -> Dataset:
 
 def num_batches(n: int, batch_size: int, *, drop_last: bool = True) -> int:
     """Batches per epoch for ``n`` samples: ``n // batch_size`` (``ceil`` when ``drop_last=False``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
     _check_positive_int(batch_size, "batch_size")
+    if not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -570,8 +615,10 @@ def batches(
     are checked on the call, before iteration."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
-    if x.ndim == 0 or len(x) != len(y):
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise ValueError(f"x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; lengths differ")
+    if key is not None:
+        rng.check_key(key)
     n = len(x)
     count = num_batches(n, batch_size, drop_last=drop_last)
     if count == 0:

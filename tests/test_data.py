@@ -468,7 +468,7 @@ def test_load_npz(tmp_path):
         ({"x_test": np.ones((2, 3, 2))}, ValueError, r"x_train rows have shape \(2, 3\) but x_test rows \(3, 2\)"),
         ({"x_test": np.array([[[0, 0, 0], [0, 0, 0]], [[0, 0, 0], [np.nan, 0, 0]]])}, ValueError,
          re.escape("x_test[1, 1, 0] = nan is not finite")),
-        ({"y_train": np.array([0, 1, -1, 1, 0])}, ValueError, re.escape("y_train[2] = -1 is outside [0, 4)")),
+        ({"y_train": np.array([0, 1, -1, 1, 0])}, ValueError, re.escape("y_train[2] = -1 is outside [0, MAX_CLASSES = 65536)")),
     ],
 )  # fmt: skip
 def test_npz_validation_errors(tmp_path, change, error, message):
