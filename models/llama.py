@@ -93,7 +93,6 @@ __all__ = [
     "apply",
     "block",
     "block_names",
-    "config_of",
     "drop_blocks",
     "embed",
     "expected_shapes",
@@ -418,28 +417,6 @@ def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"llama config has unknown keys {unknown}; known: {sorted(defaults)}")
     return defaults | dict(config)
-
-
-def config_of(params: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
-    """The :func:`init` config of a *dense* model read back from its trees (``rope_theta`` from the
-    tables' first angle step); ``ValueError`` when blocks differ (a structurally pruned model)."""
-    names = block_names(params)
-    per = set()
-    for name in names:
-        p = get_block(params, name)
-        n_heads, n_kv = _head_counts(p, HEAD_DIM)
-        per.add((n_heads, n_kv, p["mlp"]["gate"]["weight"].shape[0]))
-    if len(per) != 1:
-        raise ValueError(
-            f"config_of needs at least one block and equal blocks, got (H, KV, F) = {sorted(per)}"
-        )
-    ((n_heads, n_kv, ffn),) = per
-    cos = state["rope"]["cos"]
-    step = math.atan2(float(state["rope"]["sin"][1, 1]), float(cos[1, 1])) if cos.shape[0] > 1 else 0.0
-    theta = round(step ** (-HEAD_DIM / 2.0), 3) if step > 0 else 10000.0
-    vocab, dim = params["embed"]["weight"].shape
-    return {"vocab": vocab, "dim": dim, "n_layers": len(names), "n_heads": n_heads, "n_kv_heads": n_kv,
-            "ffn": ffn, "context": cos.shape[0], "rope_theta": theta, "tie_weights": "head" not in params}  # fmt: skip
 
 
 def load_checkpoint(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,3 +142,40 @@ def test_bad_config():
         llama.init(0, **(CFG | {"n_heads": 3, "n_kv_heads": 2}))
     with pytest.raises(ValueError, match="unknown keys"):
         llama.expected_shapes({"width": 3})
+
+
+def _write(tmp_path, params, name="w.safetensors"):
+    from safetensors.torch import save
+
+    blob = save(dict(zip(tree.paths(params), tree.leaves(params))))
+    path = tmp_path / name
+    path.write_bytes(blob)
+    return path, hashlib.sha256(blob).hexdigest()
+
+
+def test_load_checkpoint_round_trip_and_refusals(tmp_path, model):
+    params, state = model
+    path, sha = _write(tmp_path, params)
+    loaded, loaded_state = llama.load_checkpoint(path, CFG, sha256=sha)
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(loaded), tree.leaves(params)))
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(loaded_state), tree.leaves(state)))
+    with pytest.raises(ValueError, match=f"SHA-256 is {sha}, expected 00"):
+        llama.load_checkpoint(path, CFG, sha256="00" * 32)
+    # a checkpoint of another shape than its config: every offending path named
+    with pytest.raises(
+        ValueError, match=r"blocks.0.mlp.up.weight has shape \(20, 24\), config needs \(21, 24\)"
+    ):
+        llama.load_checkpoint(path, CFG | {"ffn": 21}, sha256=sha)
+    with pytest.raises(ValueError, match="missing blocks.2.attn.k.weight"):
+        llama.load_checkpoint(path, CFG | {"n_layers": 3}, sha256=sha)
+    with pytest.raises(ValueError, match=r"missing head.weight \(19, 24\)"):
+        llama.load_checkpoint(path, CFG | {"tie_weights": False}, sha256=sha)
+
+
+def test_flops_per_token(model):
+    params, _ = model
+    # per token: 2 * (linear weights) + attention 2 * 2 * H*hd * (T+1)/2 + head
+    p = llama.get_block(params, "blocks.0")
+    lin = sum(int(p[a][b]["weight"].numel()) for a, b in (s.split(".") for s in llama.LINEARS))
+    want = 2 * (2 * lin + 2 * 2 * 64 * 5.5) + 2 * 19 * 24
+    assert llama.flops_per_token(params, 10) == want
