@@ -50,7 +50,7 @@ def accumulate(stats: LayerStats, x: torch.Tensor) -> LayerStats:
         raise ValueError(f"inputs have {x.shape[-1]} features, the statistics {stats.sq_norms.shape[0]}")
     flat = rearrange(x, "... i -> (...) i").to(stats.sq_norms.dtype)
     sq = stats.sq_norms + (flat * flat).sum(0)
-    g = None if stats.gram is None else stats.gram + flat.T @ flat
+    g = None if stats.gram is None else torch.addmm(stats.gram, flat.T, flat)  # one new (in, in) tensor
     return LayerStats(stats.count + flat.shape[0], sq, g)
 
 
