@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from pure_prune import mask, stage
+from pure_prune import mask, stage, tree
 from pure_prune.losses import accuracy, correct
 from pure_prune.optim import Optimizer, OptState, apply_updates
 
@@ -73,6 +73,91 @@ def _check(params: Params, masks: Params | None, batch: Any) -> None:
         raise TypeError(f"batch must be a tuple (x, y, *extra), got {type(batch).__name__}")
     if not isinstance(batch[1], Tensor):
         raise TypeError(f"batch[1] (the labels) must be a tensor, got {batch[1]!r}")
+
+
+def _unreadable(x: Any) -> bool:
+    """Whether tensor values cannot be read here: while dynamo traces, or ``x`` is one sample of a
+    ``torch.func.vmap`` (the seeds' steps; their batches are checked where they are stacked)."""
+    return torch.compiler.is_compiling() or (
+        isinstance(x, Tensor) and torch._C._functorch.is_batchedtensor(x)
+    )
+
+
+def _check_batch_values(apply: Callable[..., Any], params: Params, state: Params, batch: Any) -> None:
+    """The checks that read the batch (and, once, the model's output width), before a step runs:
+
+    * a floating-point ``x`` has the params' float dtype (no silent promotion, no "mat1 and mat2
+      must have the same dtype" from inside the model: cast the batch with ``x.to(dtype)``);
+    * every floating-point tensor of the batch is finite (a NaN input makes NaN gradients, and the
+      optimizer then writes NaN into every param it touches);
+    * integer ``y`` whose shape is the output's without its last axis are class labels: each in
+      ``[0, C)`` where ``C`` is the output's last axis, read from the model applied (eval mode, no
+      gradient) to ``x[:1]``; out of range they would reach the compiled kernel as an "index out
+      of bounds" assertion.
+
+    Raises ``TypeError``/``ValueError`` naming ``batch[i]``, the index and the value.
+    """
+    x, y = batch[0], batch[1]
+    dtypes = {p.dtype for p in tree.leaves(params) if isinstance(p, Tensor) and p.is_floating_point()}
+    if isinstance(x, Tensor) and x.is_floating_point() and dtypes and x.dtype not in dtypes:
+        want = ", ".join(sorted(str(d) for d in dtypes))
+        raise TypeError(
+            f"batch[0] (the inputs) has dtype {x.dtype} but the params are {want}; cast the batch "
+            f"(x.to({want})) or the params"
+        )
+    for i, t in enumerate(batch):
+        if (
+            isinstance(t, Tensor)
+            and t.is_floating_point()
+            and t.numel()
+            and not bool(torch.isfinite(t).all())
+        ):
+            idx = tuple(int(j) for j in torch.nonzero(~torch.isfinite(t))[0])
+            raise ValueError(f"batch[{i}] is not finite at index {idx}: {t[idx].item()}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or not isinstance(x, Tensor):
+        return
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"batch[0] (the inputs) has shape {tuple(x.shape)}: no sample")
+    try:
+        with torch.no_grad():
+            out = apply(params, state, x[:1], train=False)[0]
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(
+            f"batch[0] of shape {tuple(x.shape)} and dtype {x.dtype} does not fit the model: {e}"
+        ) from e
+    if not isinstance(out, Tensor) or out.ndim != y.ndim + 1 or tuple(out.shape[1:-1]) != tuple(y.shape[1:]):
+        return  # integer targets that are not class labels of this output
+    classes = out.shape[-1]
+    bad = (y < 0) | (y >= classes)
+    if bool(bad.any()):
+        idx = tuple(int(j) for j in torch.nonzero(bad)[0])
+        raise ValueError(
+            f"batch[1] (the labels) at index {idx} is {int(y[idx])}, outside [0, {classes}): the model "
+            f"has {classes} classes"
+        )
+
+
+def _checker(apply: Callable[..., Any]) -> Callable[[Params, Params, Params | None, Any], None]:
+    """``check(params, state, masks, batch)``: :func:`_check` on every call (tree structure and
+    types: no tensor read), and :func:`_check_batch_values` on the first batch of each signature
+    (shapes, dtypes, device of the batch's tensors) that this step sees, so once per stage.
+
+    Reading the values of every batch would cost a device sync and ~16 µs per step (2.7% of the
+    compiled digits-MLP step, 2 CPU threads); the batches of ``data.batches`` come from a
+    ``data.load`` dataset whose labels and inputs were checked when it was loaded.
+    """
+    seen: set[tuple[Any, ...]] = set()
+
+    def check(params: Params, state: Params, masks: Params | None, batch: Any) -> None:
+        _check(params, masks, batch)
+        if any(_unreadable(t) for t in batch):
+            return
+        sig = tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, Tensor) else type(t) for t in batch)
+        if sig not in seen:
+            _check_batch_values(apply, params, state, batch)
+            seen.add(sig)
+
+    return check
 
 
 def _as_input(masks: Params | None, compiled: bool) -> Params | None:
@@ -149,9 +234,10 @@ def make_step(
 
     run = _compiled(step, compile, backend, compiler)
     compiled = compile or compiler is not None
+    check = _checker(apply)
 
     def checked_step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
-        _check(params, masks, batch)
+        check(params, state, masks, batch)
         return run(params, state, opt_state, _as_input(masks, compiled), batch)
 
     return checked_step
@@ -192,9 +278,10 @@ def make_eval_step(
 
     run = _compiled(eval_step, compile, backend, compiler)
     compiled = compile or compiler is not None
+    check = _checker(apply)
 
     def checked_eval_step(params: Params, state: Params, masks: Params | None, batch: Batch):
-        _check(params, masks, batch)
+        check(params, state, masks, batch)
         return run(params, state, _as_input(masks, compiled), batch)
 
     return checked_eval_step
