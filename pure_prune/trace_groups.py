@@ -395,7 +395,9 @@ class _Walker:
         hq, hk = qs[-3], ks[-3]
         if hq == hk:
             self.atoms.unify(qd[-3], kd[-3], where)
-        elif hq % hk == 0 and hk > 1:
+        elif hk == 1:  # every query head reads the one key/value head: the query heads are free
+            pass
+        elif hq % hk == 0:
             q_heads = self.atoms.reshape([qd[-3]], [hk, hq // hk], where)
             self.atoms.unify(q_heads[0], kd[-3], where)
         else:

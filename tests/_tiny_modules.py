@@ -193,7 +193,7 @@ TRANSFORMERS = {
         lambda t: t.MixtralForCausalLM(
             t.MixtralConfig(
                 hidden_size=32,
-                intermediate_size=24,
+                intermediate_size=40,
                 num_hidden_layers=1,
                 num_attention_heads=4,
                 num_key_value_heads=2,
@@ -216,7 +216,7 @@ def builders() -> dict[str, Builder]:
         "zoo-mlp": _bundled("mlp", (4, 64)),
         "zoo-lenet5": _bundled("lenet5", (2, 1, 28, 28)),
         "zoo-vgg11": _bundled("vgg11", (2, 3, 32, 32)),
-        "zoo-resnet": _bundled("resnet20", (2, 3, 32, 32)),
+        "zoo-resnet20": _bundled("resnet20", (2, 3, 32, 32)),
     }
     try:
         import transformers  # noqa: F401
@@ -262,7 +262,9 @@ def prune_and_check(module: nn.Module, x: torch.Tensor, groups, sparsity: float 
     buf = io.BytesIO()
     torch.save(small.state_dict(), buf)
     buf.seek(0)
-    blank = interop.to_module(module, tree.map(torch.zeros_like, cp), tree.map(torch.zeros_like, cs))
+    # a fresh module of the class with the new shapes (non-persistent buffers such as RoPE's
+    # inv_freq are not in a state_dict, so the state is passed as it is)
+    blank = interop.to_module(module, tree.map(torch.zeros_like, cp), cs)
     blank.load_state_dict(torch.load(buf, weights_only=True))
     with torch.no_grad():
         out_reload = _logits(blank.eval()(x))
