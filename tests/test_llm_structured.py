@@ -103,9 +103,8 @@ def test_compacted_units_equal_masked(model, stats, kind, scope):
     pruned = [int((~member_view(flat[g.members[0].path], g.members[0], g.size).any(1)).sum()) for g in groups]
     units = sum(g.size for g in groups)
     assert sum(pruned) == (units // 2 if scope == "global" else sum(g.size // 2 for g in groups))
-    # a group never shrinks below one unit: a fully pruned group keeps one (zero) unit
-    removed = sum(g.size - kept[g.name].numel() for g in groups)
-    assert removed == sum(min(k, g.size - 1) for k, g in zip(pruned, groups))
+    assert max(k / g.size for k, g in zip(pruned, groups)) < 1  # min_units=1: no group emptied
+    assert sum(g.size - kept[g.name].numel() for g in groups) == sum(pruned)
     if kind == "attn":  # GQA consistent: every block keeps H/KV = 2 query heads per KV head
         for name in llama.block_names(small_p):
             p = llama.get_block(small_p, name)
@@ -138,6 +137,19 @@ def test_removed_blocks_equal_masked_blocks(model, stats):
         llama.apply(mask.apply(small, m2), state, x, train=False)[0],
         rtol=1e-5,
     )
+
+
+def test_min_units_keeps_the_best_unit_of_every_group(model):
+    params, _ = model
+    groups = structured.groups_of(llama.groups(params), "attn")  # 3 groups of 2 units
+    # block 0's units score lowest: a plain global selection of 2 units would empty it
+    scores = {g.name: torch.tensor([float(i), float(i) + 0.5]) for i, g in enumerate(groups)}
+    masks = structured.unit_masks(params, groups, scores, 2 / 6, scope="global")
+    k = {name: bool(masks["blocks"][name[7]]["attn"]["k"]["weight"].any(1).all()) for name in scores}
+    assert k == {"blocks.0.attn": False, "blocks.1.attn": False, "blocks.2.attn": True}
+    with pytest.raises(ValueError, match="needs more than the 3 left"):
+        structured.unit_masks(params, groups, scores, 4 / 6, scope="global")
+    assert structured.unit_masks(params, groups, scores, 4 / 6, scope="global", min_units=0) is not None
 
 
 def test_block_errors(model):

@@ -184,12 +184,36 @@ def unit_masks(
     sparsity: float,
     *,
     scope: str = "layer",
+    min_units: int = 1,
     masks: Params | None = None,
 ) -> Params:
     """Masks that remove the lowest-scoring ``sparsity`` of the units of ``groups`` (``select.units``:
-    ``scope="layer"`` per group, ``"global"`` over all of them), every member of a removed unit
-    ``False``. Leaves outside ``groups`` keep ``masks`` (default: dense, ``None``)."""
-    scores = {g.name: unit_scores[g.name] for g in groups if g.prunable}
+    ``scope="layer"`` per group, ``"global"`` ``round(sparsity · U)`` over all of them), every member
+    of a removed unit ``False``. The ``min_units`` best units of every group are never removed (so
+    a global selection cannot empty a block's attention; ``ValueError`` when the count asked for
+    needs them). Leaves outside ``groups`` keep ``masks`` (default: dense, ``None``)."""
+    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 0:
+        raise ValueError(f"min_units must be a non-negative int, got {min_units!r}")
+    active = [g for g in groups if g.prunable]
+    if not active:
+        raise ValueError("unit_masks: no prunable channel group")
+    missing = [g.name for g in active if g.name not in unit_scores]
+    if missing:
+        raise ValueError(f"unit_masks: no unit scores for groups {missing}")
+    raw = {g.name: unit_scores[g.name].double() for g in active}
+    hi = max(float(u.max()) for u in raw.values())
+    above = hi + (hi - min(float(u.min()) for u in raw.values())) + 1.0  # finite, above every score
+    scores = {
+        k: u.index_fill(0, torch.topk(u, min(min_units, u.numel())).indices, above) for k, u in raw.items()
+    }
+    total = sum(g.size for g in active)
+    removable = sum(max(g.size - min_units, 0) for g in active)
+    asked = round(sparsity * total) if scope == "global" else sum(round(sparsity * g.size) for g in active)
+    if asked > removable:
+        raise ValueError(
+            f"removing {asked} of {total} units needs more than the {removable} left after keeping "
+            f"min_units={min_units} per group"
+        )
     return select.units(scores, sparsity, groups, params, scope=scope, masks=masks)
 
 
