@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
-.PHONY: demo test lint format bench results
+.PHONY: demo test lint format bench results wheel-check
 demo: $(BIN)/.installed
 	$(BIN)/pure-prune demo
 
@@ -21,6 +21,11 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory wheel-check
+
+# the newcomer's path: the built wheel in a fresh venv without the dev extras (.ci/wheel_check.sh)
+wheel-check:
+	PY=$(PY) .ci/wheel_check.sh
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix pure_prune models tests bench

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pure_prune import checkpoint, data, mask, rng, runconfig
+from pure_prune import checkpoint, data, extras, mask, rng, runconfig
 from pure_prune import models as model_registry
 from pure_prune.algorithms import one_shot
 from pure_prune.experiment import OPTIMIZERS, setup
@@ -199,6 +199,8 @@ def _float_list(text: str, name: str) -> tuple[float, ...]:
 def _sweep(args) -> int:
     from pure_prune import grid
 
+    if not args.no_plots:
+        extras.pyplot("pure-prune sweep's plot (--no-plots leaves it out)")
     cfg = grid.SweepConfig(
         model=args.model,
         data=args.data,
@@ -257,9 +259,13 @@ def _run(args) -> int:
         last = res.rounds[-1]
         std = last.get("test_accuracy_std")
         seeds = "" if std is None else f" ± {100 * std:.2f}% (mean ± std over {last['seeds']} seeds)"
+        params = ""
+        if last.get("params_kept") is not None:
+            params = f" ({round(last['params_kept']):,} of all {last['params_total']:,} params kept, biases included)"
         print(
             f"{res.save_dir}: {len(res.rounds)} rounds, final test accuracy {100 * last['test_accuracy']:.2f}%"
-            f"{seeds} at {100 * (1 - last['sparsity']):.2f}% of the prunable weights, {last['elapsed_seconds']:.1f} s"
+            f"{seeds} at {100 * (1 - last['sparsity']):.2f}% of the prunable weights{params}, "
+            f"{last['elapsed_seconds']:.1f} s"
         )
     return 0
 
@@ -267,6 +273,8 @@ def _run(args) -> int:
 def _report(args) -> int:
     from pure_prune import report
 
+    if not args.no_plots:
+        extras.pyplot("pure-prune report's plots (--no-plots writes the table only)")
     rows, files = report.report(args.dirs, args.out, plots=not args.no_plots)
     print(report.format_table(rows))
     print("wrote " + ", ".join(str(f) for f in files))
@@ -274,37 +282,45 @@ def _report(args) -> int:
 
 
 def _row(stage: str, metrics: dict, masks, params, seconds: float) -> dict:
-    kept, total = mask.count(masks, params) if masks is not None else (None, None)
-    if masks is None:
-        n = sum(p.numel() for p in _leaves(params))
-        kept, total = n, n
+    """One table row. ``sparsity`` and ``weights_kept``/``weights_total`` count the prunable weights
+    (the leaves ``mask.ones_like`` masks); ``params_kept``/``params_total`` every parameter, dense
+    leaves (biases) as kept. ``masks=None``: a dense model."""
+    masks = mask.ones_like(params) if masks is None else masks
+    weights_kept, weights_total = mask.count(masks)
+    kept, total = mask.count(masks, params)
     return {
         "stage": stage,
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
-        "sparsity": 0.0 if masks is None else mask.sparsity(masks),
+        "sparsity": mask.sparsity(masks),
+        "weights_kept": weights_kept,
+        "weights_total": weights_total,
         "params_kept": kept,
         "params_total": total,
         "seconds": seconds,
     }
 
 
-def _leaves(params):
-    from pure_prune import tree
-
-    return [x for x in tree.leaves(params) if x is not None]
-
-
 def _print_table(rows: list[dict]) -> None:
-    head = f"{'stage':<28}{'test acc':>10}{'sparsity':>10}{'params kept':>22}{'seconds':>9}"
+    """The rows, then a footnote saying what the sparsity and the kept counts are taken over."""
+    head = (
+        f"{'stage':<28}{'test acc':>10}{'sparsity':>10}{'weights kept':>18}{'params kept':>18}{'seconds':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        kept = f"{r['params_kept']:,}/{r['params_total']:,}"
+        weights = f"{r['weights_kept']:,}/{r['weights_total']:,}"
+        params = f"{r['params_kept']:,}/{r['params_total']:,}"
         print(
             f"{r['stage']:<28}{100 * r['test_accuracy']:>9.2f}%{100 * r['sparsity']:>9.1f}%"
-            f"{kept:>22}{r['seconds']:>9.1f}"
+            f"{weights:>18}{params:>18}{r['seconds']:>9.1f}"
         )
+    weights, params = rows[0]["weights_total"], rows[0]["params_total"]
+    print(
+        f"sparsity, weights kept: of the {weights:,} prunable weights (weight matrices and conv kernels); "
+        f"params kept: of all {params:,} parameters, the {params - weights:,} biases and other dense "
+        "ones included (never pruned)"
+    )
 
 
 def _machine() -> str:
@@ -414,13 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "report", "sweep"):
         try:
             return {"run": _run, "report": _report, "sweep": _sweep}[args.command](args)
-        except (ValueError, TypeError, FileNotFoundError) as e:
+        except (ValueError, TypeError, FileNotFoundError, extras.MissingExtraError) as e:
             print(f"pure-prune: error: {e}", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
     try:
         rows = {"demo": _demo, "train": _train}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, extras.MissingExtraError) as e:
         print(f"pure-prune: error: {e}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - t0

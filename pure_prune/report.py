@@ -14,19 +14,22 @@ One row per run:
   columns this equals its structured ``2·rows·cols·(1 − ratio)``). Positions are read off the
   model's own forward pass on a zero input (:func:`count_flops`).
 
-The table is printed and written as ``report.csv`` and ``report.md``. With matplotlib installed
-(the ``plots`` extra; imported inside the plotting functions, the table works without it) the
+The table is printed and written as ``report.csv`` and ``report.md``, with footnotes
+(:data:`TABLE_NOTES`) saying what each share counts. The plots need matplotlib (the ``plots``
+extra; imported inside the plotting functions, so the table works without it, and ``report``
+refuses with one line naming the extra rather than silently leaving the pictures out): the
 report directory also gets ``rounds.png`` (sparsity and accuracy across rounds),
-``accuracy_vs_weights.png`` (accuracy against remaining weights, log x axis, one line per run,
-coloured by method), ``accuracy_bars.png`` (best and final accuracy per run), and per run
-``masks_<run>.png`` (the final mask of every prunable layer) and ``mask_kinds_<run>.png``
+``accuracy_vs_weights.png`` (accuracy against remaining weights, log x axis labelled in %, one line
+per run, coloured by method), ``accuracy_bars.png`` (best and final accuracy per run, on an axis
+that spans the values), and per run ``masks_<run>.png`` (the final mask of every prunable layer,
+with a kept/pruned legend, output and input axes, each layer's sparsity) and ``mask_kinds_<run>.png``
 (unstructured, row, column and 2:4 masks of one layer at the run's sparsity, side by side).
 
 **Runs of several seeds** (``pure-prune run --seeds N``): the row shows the accuracies as
 ``mean ± std`` over the seeds (``best_accuracy_std``, ``final_accuracy_std``; sample std), and
 ``sparsity``, ``params_kept`` and the FLOPs are means over the seeds (every seed's FLOPs are
 counted on its own final masks). The curves of ``rounds.png`` and ``accuracy_vs_weights.png``
-carry ``mean ± std`` bands (``fill_between``), the bars error bars; the mask pictures show seed 0.
+carry ``mean ± std`` bands (``fill_between``), the bars ``± std`` error bars (only these runs); the mask pictures show seed 0.
 :attr:`Run.final` then holds the seeds' final trees stacked (seed axis first), read from the run's
 own checkpoints (vmapped seeds) or from its seed directories (sequential seeds, as saved before every method ran its seeds vmapped).
 """
@@ -45,11 +48,12 @@ import torch
 from einops import rearrange
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pure_prune import checkpoint, select, tree
+from pure_prune import checkpoint, extras, mask, select, tree
 from pure_prune import models as model_registry
 
 __all__ = [
     "COLUMNS",
+    "TABLE_NOTES",
     "Run",
     "n_seeds",
     "count_flops",
@@ -58,6 +62,7 @@ __all__ = [
     "markdown_table",
     "mask_kinds",
     "mean_std_band",
+    "percent_log_axis",
     "plot_accuracy_bars",
     "plot_accuracy_vs_weights",
     "plot_mask_kinds",
@@ -275,6 +280,16 @@ def _cell(key: str, v: Any, std: float | None = None) -> str:
     return str(v)
 
 
+TABLE_NOTES = (
+    "sparsity, weights_kept: share of the prunable weights (weight matrices and conv kernels) "
+    "pruned and kept",
+    "params: parameters kept / all parameters; biases and other dense leaves are never pruned and "
+    "count as kept",
+    "flops_kept: multiply-adds x2 of one sample at the final masks (share of the dense count)",
+)
+"""The footnotes :func:`format_table` and :func:`markdown_table` print under the table: what each
+share counts (``sparsity`` and ``params`` have different denominators)."""
+
 _SHOWN = ("run", "method", "model", "data", "rounds", "seeds", "best_accuracy", "final_accuracy", "sparsity")
 
 
@@ -301,20 +316,20 @@ def _display(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as an aligned plain-text table (one line per run)."""
+    """The rows as an aligned plain-text table (one line per run), then :data:`TABLE_NOTES`."""
     head, body = _display(rows)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *TABLE_NOTES])
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a GitHub Markdown table."""
+    """The rows as a GitHub Markdown table, then :data:`TABLE_NOTES` as a list."""
     head, body = _display(rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(b) + " |" for b in body]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *(f"- {note}" for note in TABLE_NOTES)]) + "\n"
 
 
 def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
@@ -328,14 +343,7 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -
 
 # ----------------------------------------------------------------------------- plots
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_KEPT_COLOUR, _PRUNED_COLOUR = "#1d2f5b", "#e4e4e4"
 
 
 def _label(run: Run) -> str:
@@ -364,16 +372,34 @@ def _line(ax: Any, xs: list, rows: Sequence[dict[str, Any]], key: str, **kw: Any
         ax.fill_between(xs, *band, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
+def percent_log_axis(ax: Any, axis: str = "x") -> None:
+    """Label the log-scale ``axis`` (``"x"`` or ``"y"``) of ``ax`` with plain numbers (100, 10, 1,
+    0.1) instead of matplotlib's ``10^k``, and, when its limits span less than two decades, also the
+    2 and 5 multiples between them (50, 20, 5, 2). Call it after the data is drawn."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    few_decades = lo > 0 and hi / lo < 100
+    target.set_major_locator(LogLocator(base=10))
+    target.set_major_formatter(plain)
+    target.set_minor_locator(LogLocator(base=10, subs=(2, 5) if few_decades else tuple(range(2, 10))))
+    target.set_minor_formatter(plain if few_decades else NullFormatter())
+
+
 def plot_rounds(runs: Sequence[Run], path: str | Path) -> Path:
     """Sparsity (%) and test accuracy (%) against the round index, one line per run; runs of several
     seeds draw the mean with a ``mean ± std`` band. A PNG at ``path``."""
-    plt = _pyplot()
+    plt = extras.pyplot("the report's plots")
     fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
         idx = [r["round"] for r in run.rounds]
         _line(ax_s, idx, run.rounds, "sparsity", marker="o", ms=3, label=_label(run))
         _line(ax_a, idx, run.rounds, "test_accuracy", marker="o", ms=3, label=_label(run))
-    ax_s.set(xlabel="round", ylabel="sparsity of prunable weights (%)", title="sparsity across rounds")
+    ax_s.set(xlabel="round", ylabel="prunable weights pruned (%)", title="sparsity across rounds")
     ax_a.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy across rounds")
     from matplotlib.ticker import MaxNLocator
 
@@ -385,10 +411,10 @@ def plot_rounds(runs: Sequence[Run], path: str | Path) -> Path:
 
 
 def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
-    """Test accuracy against the remaining share of prunable weights (log x axis, 100% on the left),
-    one line per run, one colour per method, ``mean ± std`` bands for runs of several seeds (at the
-    mean remaining share); a PNG at ``path``."""
-    plt = _pyplot()
+    """Test accuracy against the remaining share of prunable weights (log x axis labelled 100, 50,
+    20, 10, ...; 100% on the left), one line per run, one colour per method, ``mean ± std`` bands for
+    runs of several seeds (at the mean remaining share); a PNG at ``path``."""
+    plt = extras.pyplot("the report's plots")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = sorted({str(r.info.get("config", {}).get("method")) for r in runs})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
@@ -412,8 +438,9 @@ def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
         )
     ax.set_xscale("log")
     ax.invert_xaxis()
+    percent_log_axis(ax, "x")
     ax.set(
-        xlabel="weights remaining (%), log scale",
+        xlabel="prunable weights remaining (%, log scale)",
         ylabel="test accuracy (%)",
         title="accuracy vs remaining weights",
     )
@@ -422,19 +449,72 @@ def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
     return _save_fig(fig, path)
 
 
+def _bar_axis_limits(values: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """y limits (%) around the ``(mean, std)`` pairs drawn: the spread of the values fills most of
+    the axis (at least 2 points wide), clipped to [0, 100], with headroom for the value labels."""
+    lo = min(m - s for m, s in values)
+    hi = max(m + s for m, s in values)
+    span = max(hi - lo, 2.0)
+    return max(0.0, lo - 0.35 * span), min(hi + 0.3 * span, 100.0 + 0.15 * span)
+
+
 def plot_accuracy_bars(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Best and final accuracy per run as grouped bars (seeds Source C's comparison chart), with
-    ``± std`` error bars for runs of several seeds."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4))
-    xs = range(len(rows))
-    for name, shift in (("best", -0.2), ("final", 0.2)):
-        heights = [100 * (r[f"{name}_accuracy"] or 0) for r in rows]
-        errors = [100 * (r.get(f"{name}_accuracy_std") or 0) for r in rows]
-        ax.bar([x + shift for x in xs], heights, width=0.4, label=name, yerr=errors, capsize=3)
-    ax.set_xticks(list(xs), [r["run"] for r in rows], rotation=20, ha="right", fontsize=7)
-    ax.set(ylabel="test accuracy (%)", title="best and final accuracy")
-    ax.legend()
+    """Best and final accuracy per run as grouped bars (seeds Source C's comparison chart), each
+    value printed above its bar. The y axis spans the values drawn, not 0–100, so that differences
+    of a fraction of a point show (the title says when it does not start at 0); ``± std`` error bars
+    only for runs of several seeds (rows with ``<key>_std``); missing accuracies draw no bar."""
+    plt = extras.pyplot("the report's plots")
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.4 * len(rows) + 2.5), 4.2))
+    drawn: list[tuple[float, float]] = []
+    any_std = False
+    for name, shift, colour in (("best", -0.2, "#4c72b0"), ("final", 0.2, "#dd8452")):
+        pts = [
+            (x, 100 * r[f"{name}_accuracy"], r.get(f"{name}_accuracy_std"))
+            for x, r in enumerate(rows)
+            if r.get(f"{name}_accuracy") is not None
+        ]
+        if not pts:
+            continue
+        xs = [x + shift for x, _, _ in pts]
+        heights = [h for _, h, _ in pts]
+        ax.bar(xs, heights, width=0.4, color=colour, label=name)
+        with_std = [(x, h, 100 * s) for x, (_, h, s) in zip(xs, pts) if s is not None]
+        if with_std:
+            any_std = True
+            ax.errorbar(
+                [x for x, _, _ in with_std],
+                [h for _, h, _ in with_std],
+                yerr=[s for _, _, s in with_std],
+                fmt="none",
+                ecolor="black",
+                elinewidth=1,
+                capsize=3,
+            )
+        for x, (_, h, s) in zip(xs, pts):
+            top = h + (100 * s if s is not None else 0.0)
+            ax.annotate(
+                f"{h:.2f}", (x, top), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7
+            )
+        drawn += [(h, 100 * s if s is not None else 0.0) for _, h, s in pts]
+    if drawn:
+        ax.set_ylim(*_bar_axis_limits(drawn))
+    labels = []
+    for r in rows:
+        seeds = r.get("seeds") or 1
+        extra = f", {seeds} seeds" if seeds > 1 else ""
+        labels.append(f"{r['run']}\n{r['method']}{extra}" if r.get("method") else f"{r['run']}{extra}")
+    long = max((len(line) for lab in labels for line in lab.split("\n")), default=0) > 14
+    ax.set_xticks(range(len(rows)), labels, rotation=20 if long else 0, ha="right" if long else "center")
+    ax.tick_params(axis="x", labelsize=7)
+    bottom = ax.get_ylim()[0]
+    notes = [f"axis starts at {bottom:.1f}%"] if drawn and bottom > 0 else []
+    notes += ["error bars ± std over seeds"] if any_std else []
+    title = "best and final test accuracy" + (f" ({'; '.join(notes)})" if notes else "")
+    ax.set(ylabel="test accuracy (%)", title=title)
+    ax.title.set_fontsize(9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save_fig(fig, path)
 
 
@@ -442,30 +522,67 @@ def _as_2d(x: torch.Tensor) -> torch.Tensor:
     return rearrange(x, "o ... -> o (...)") if x.ndim > 1 else rearrange(x, "n -> 1 n")
 
 
+def _mask_axes_labels(shape: Sequence[int]) -> tuple[str, str]:
+    """``(x label, y label)`` of a mask drawn as its ``(out, rest)`` view."""
+    if len(shape) > 2:
+        positions = math.prod(shape[2:])
+        return (
+            f"inputs: {shape[1]} channels × {positions} kernel positions",
+            f"output channels ({shape[0]})",
+        )
+    return f"input units ({shape[1]})", f"output units ({shape[0]})"
+
+
+def _draw_mask(ax: Any, m: torch.Tensor, title: str, shape: Sequence[int]) -> None:
+    """``m`` (its ``(out, rest)`` view) kept dark, pruned light; axis labels from the leaf ``shape``."""
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(
+        _as_2d(m).to(torch.float32).numpy(),
+        cmap=ListedColormap([_PRUNED_COLOUR, _KEPT_COLOUR]),
+        interpolation="nearest",
+        aspect="auto",
+        vmin=0,
+        vmax=1,
+    )
+    xlabel, ylabel = _mask_axes_labels(shape)
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.tick_params(labelsize=6)
+
+
+def _mask_legend(fig: Any) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor=_KEPT_COLOUR, edgecolor="0.4", label="kept"),
+        Patch(facecolor=_PRUNED_COLOUR, edgecolor="0.4", label="pruned"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+
+
 def plot_masks(masks: Any, path: str | Path, *, title: str = "") -> Path:
-    """One panel per prunable leaf: its mask as a ``(rows, rest)`` picture, kept entries dark."""
-    plt = _pyplot()
+    """One panel per prunable leaf: its mask as a ``(rows, rest)`` picture, kept entries dark and
+    pruned light (legend below), output units down and inputs across (axis labels with their
+    counts), titled with the leaf's path and sparsity; ``title`` above all panels. A PNG at ``path``."""
+    plt = extras.pyplot("the report's plots")
     items = [(p, m) for p, m in zip(tree.paths(masks), tree.leaves(masks)) if m is not None and m.ndim >= 2]
     if not items:
         raise ValueError("plot_masks: the mask tree has no prunable matrix")
     cols = min(4, len(items))
     rows = math.ceil(len(items) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 3.3 * rows + 0.6), squeeze=False, layout="constrained"
+    )
     for ax, (p, m) in zip(axes.flat, items):
-        ax.imshow(
-            _as_2d(m).to(torch.float32).numpy(),
-            cmap="Greys",
-            interpolation="nearest",
-            aspect="auto",
-            vmin=0,
-            vmax=1,
-        )
-        ax.set_title(f"{p}\n{100 * float(m.float().mean()):.1f}% kept", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        pruned = 100 * (1 - float(m.float().mean()))
+        _draw_mask(ax, m, f"{p}: {pruned:.1f}% pruned", tuple(m.shape))
     for ax in list(axes.flat)[len(items) :]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _mask_legend(fig)
     return _save_fig(fig, path)
 
 
@@ -489,27 +606,31 @@ def mask_kinds(
 
 
 def plot_mask_kinds(weight: torch.Tensor, sparsity: float, path: str | Path, *, title: str = "") -> Path:
-    """:func:`mask_kinds` side by side (seeds Source D's picture), kept entries dark; a PNG at ``path``."""
-    plt = _pyplot()
+    """:func:`mask_kinds` side by side (seeds Source D's picture), kept entries dark and pruned light
+    (legend below), each panel titled with its kind and sparsity, axes labelled as in
+    :func:`plot_masks`; a PNG at ``path``."""
+    plt = extras.pyplot("the report's plots")
     kinds = mask_kinds(weight, sparsity)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(3.6 * len(kinds), 3.9), squeeze=False, layout="constrained"
+    )
     for ax, (name, m) in zip(axes.flat, kinds.items()):
-        ax.imshow(
-            m.to(torch.float32).numpy(), cmap="Greys", interpolation="nearest", aspect="auto", vmin=0, vmax=1
-        )
-        ax.set_title(f"{name}: {100 * (1 - float(m.float().mean())):.1f}% pruned", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
+        pruned = 100 * (1 - float(m.float().mean()))
+        fixed = " (fixed by the pattern)" if ":" in name else ""
+        _draw_mask(ax, m, f"{name}: {pruned:.1f}% pruned{fixed}", tuple(weight.shape))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _mask_legend(fig)
     return _save_fig(fig, path)
 
 
 def _save_fig(fig: Any, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
+    """Write ``fig`` to ``path`` (110 dpi; laid out tightly unless it has a layout engine) and close it."""
+    plt = extras.pyplot("the report's plots")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -519,9 +640,16 @@ def _run_plots(run: Run, out: Path) -> list[Path]:
     """The final masks and the mask kinds of ``run`` (seed 0 of a several-seed run)."""
     if not run.final:
         return []
-    which = " (seed 0)" if n_seeds(run) > 1 else ""
+    which = ", seed 0" if n_seeds(run) > 1 else ""
     masks = _seed(run.final["masks"], run)
-    files = [plot_masks(masks, out / f"masks_{run.name}.png", title=f"final masks: {_label(run)}{which}")]
+    overall = 100 * mask.sparsity(masks)
+    files = [
+        plot_masks(
+            masks,
+            out / f"masks_{run.name}.png",
+            title=f"final masks of {_label(run)}{which}: {overall:.1f}% of the prunable weights pruned",
+        )
+    ]
     dirs = _seed_dirs(run.path, run.info)
     ckpts = _checkpoint_paths(dirs[0] if dirs else run.path)
     dense = checkpoint.load(ckpts[0])[0]["params"]  # round 0: trained before (most) pruning
@@ -533,12 +661,14 @@ def _run_plots(run: Run, out: Path) -> list[Path]:
         path, m = max(layers, key=lambda pm: pm[1].numel())
         sparsity = 1.0 - float(m.float().mean())
         weight = dict(zip(tree.paths(dense), tree.leaves(dense)))[path]
+        shape = " × ".join(str(d) for d in weight.shape)
         files.append(
             plot_mask_kinds(
                 weight,
                 sparsity,
                 out / f"mask_kinds_{run.name}.png",
-                title=f"{path} of {run.name} at {100 * sparsity:.1f}% sparsity (round-0 weights)",
+                title=f"{path} ({shape}) of {run.name}: the mask kinds by |w| of its round-0 weights, "
+                f"at its final sparsity {100 * sparsity:.1f}%",
             )
         )
     return files
@@ -550,10 +680,16 @@ def _run_plots(run: Run, out: Path) -> list[Path]:
 def report(
     dirs: Sequence[str | Path], out: str | Path, *, plots: bool = True
 ) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Read the run directories ``dirs``, write ``report.csv``/``report.md`` (and, with ``plots`` and
-    matplotlib available, the PNGs) into ``out``. Returns the rows and the files written."""
+    """Read the run directories ``dirs``, write ``report.csv``/``report.md`` (and, with ``plots``, the
+    PNGs) into ``out``. Returns the rows and the files written.
+
+    Raises ``ValueError`` for an empty ``dirs`` and :class:`pure_prune.extras.MissingExtraError`
+    (naming the ``plots`` extra) when ``plots`` is set and matplotlib is not installed, both before
+    anything is read or written."""
     if not dirs:
         raise ValueError("report: pass at least one run directory")
+    if plots:
+        extras.pyplot("the report's plots (plots=False writes the table only)")
     runs = [load_run(d) for d in dirs]
     rows = [summarize(r) for r in runs]
     out = Path(out)
@@ -562,10 +698,6 @@ def report(
     (out / "report.md").write_text(markdown_table(rows))
     files = [out / "report.csv", out / "report.md"]
     if plots:
-        try:
-            _pyplot()
-        except ImportError:
-            return rows, files
         plotted = [r for r in runs if r.rounds]
         if plotted:
             files += [

@@ -18,6 +18,16 @@ def test_demo_prints_before_after_table_and_writes_json(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["sparsity"] for r in rows] == [0.0, pytest.approx(0.8, abs=1e-4), pytest.approx(0.8, abs=1e-4)]
     assert rows[1]["params_kept"] == rows[2]["params_kept"] < rows[0]["params_kept"]
+    # sparsity counts the prunable weights, "params kept" every parameter (the dense biases too)
+    weights, params = rows[0]["weights_total"], rows[0]["params_total"]
+    biases = 256 + 256 + 10  # the default digits MLP 64-256-256-10
+    assert params - weights == biases and rows[0]["weights_kept"] == weights
+    assert (
+        rows[1]["weights_kept"] == round(0.2 * weights)
+        and rows[1]["params_kept"] == round(0.2 * weights) + biases
+    )
+    assert f"{round(0.2 * weights):,}/{weights:,}" in text and f"of the {weights:,} prunable weights" in text
+    assert f"of all {params:,} parameters, the {biases:,} biases" in text
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
 
 

@@ -98,9 +98,11 @@ def test_table_rows_and_files(runs, tmp_path):
         imp_row["flops_kept"]
     )
     md = (tmp_path / "rep" / "report.md").read_text().splitlines()
-    assert md[0].startswith("| run | method") and len(md) == 4 and "25.00%" in md[2]
-    text = report.format_table(rows)
-    assert "weights_kept" in text.splitlines()[0] and "imp" in text.splitlines()[2]
+    assert md[0].startswith("| run | method") and "25.00%" in md[2] and md[4] == ""
+    assert md[5:] == [f"- {note}" for note in report.TABLE_NOTES]  # what sparsity and params count
+    text = report.format_table(rows).splitlines()
+    assert "weights_kept" in text[0] and "imp" in text[2] and text[-3:] == list(report.TABLE_NOTES)
+    assert "prunable weights" in report.TABLE_NOTES[0] and "biases" in report.TABLE_NOTES[1]
 
 
 def test_table_only_and_cli(runs, tmp_path, capsys):
@@ -209,3 +211,110 @@ def test_csv_text_writes_the_header_and_rows_in_column_order():
     text = report_mod.csv_text([{"b": 2, "a": 1}], columns=("a", "b"))
     assert text.splitlines() == ["a,b", "1,2"]
     assert report_mod.csv_text([]).splitlines()[0].split(",") == list(report_mod.COLUMNS)
+
+
+# ----------------------------------------------------------------------------- what the pictures show
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plotting functions save, in order (``Figure.savefig`` recorded)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or savefig(fig, *a, **k))
+    return figures
+
+
+def _error_bars(ax):
+    from matplotlib.container import ErrorbarContainer
+
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_accuracy_bars_span_the_values_and_show_std_only_for_several_seeds(drawn, tmp_path):
+    one_seed = [
+        {"run": "a", "method": "imp", "seeds": 1, "best_accuracy": 0.9028, "final_accuracy": 0.8944},
+        {"run": "b", "method": "one_shot", "seeds": 1, "best_accuracy": 0.8917, "final_accuracy": 0.8917},
+    ]
+    report.plot_accuracy_bars(one_seed, tmp_path / "one.png")
+    ax = drawn[-1].axes[0]
+    bottom, top = ax.get_ylim()
+    assert 80 < bottom < 89.17 and 90.28 < top < 93  # the 1.1-point differences fill the axis
+    assert _error_bars(ax) == [] and "axis starts at" in ax.get_title() and "std" not in ax.get_title()
+    labels = {t.get_text() for t in ax.texts}
+    assert {"90.28", "89.44", "89.17"} <= labels
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["best", "final"]
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # beside the bars, not on them
+
+    seeds = [{**one_seed[0], "seeds": 3, "best_accuracy_std": 0.01, "final_accuracy_std": 0.02}, one_seed[1]]
+    report.plot_accuracy_bars(seeds, tmp_path / "seeds.png")
+    ax = drawn[-1].axes[0]
+    bars = _error_bars(ax)
+    assert len(bars) == 2 and "± std over seeds" in ax.get_title()  # best and final of run "a" only
+    (segments,) = bars[1].lines[2]
+    assert [tuple(seg[:, 1]) for seg in segments.get_segments()] == [pytest.approx((87.44, 91.44))]
+    assert ax.get_ylim()[0] < 87.44 and "a\nimp, 3 seeds" in [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_mask_pictures_have_a_legend_axis_labels_and_layer_titles(drawn, tmp_path):
+    masks = {
+        "conv": {"bias": None, "weight": torch.arange(16 * 3 * 9).reshape(16, 3, 3, 3) % 4 == 0},
+        "fc": {"bias": None, "weight": torch.ones(10, 64, dtype=torch.bool)},
+    }
+    report.plot_masks(masks, tmp_path / "m.png", title="final masks")
+    fig = drawn[-1]
+    conv, fc = fig.axes[:2]
+    assert conv.get_title() == "conv.weight: 75.0% pruned" and fc.get_title() == "fc.weight: 0.0% pruned"
+    assert conv.get_xlabel() == "inputs: 3 channels × 9 kernel positions"
+    assert conv.get_ylabel() == "output channels (16)"
+    assert fc.get_xlabel() == "input units (64)" and fc.get_ylabel() == "output units (10)"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["kept", "pruned"]
+    assert fig.get_suptitle() == "final masks"
+
+    report.plot_mask_kinds(torch.randn(8, 12), 0.5, tmp_path / "k.png", title="kinds")
+    fig = drawn[-1]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "unstructured: 50.0% pruned",
+        "rows: 50.0% pruned",
+        "columns: 50.0% pruned",
+        "2:4: 50.0% pruned (fixed by the pattern)",
+    ]
+    assert all(
+        ax.get_xlabel() == "input units (12)" and ax.get_ylabel() == "output units (8)" for ax in fig.axes
+    )
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["kept", "pruned"]
+
+
+def test_percent_log_axis_reads_100_10_1():
+    from pure_prune import extras
+
+    plt = extras.pyplot()
+    fig, (wide, narrow) = plt.subplots(1, 2)
+    try:
+        wide.plot([100, 0.5], [0, 1])
+        narrow.plot([100, 12.5], [0, 1])
+        for ax in (wide, narrow):
+            ax.set_xscale("log")
+            report.percent_log_axis(ax, "x")
+        major = wide.xaxis.get_major_formatter()
+        assert [major(v, 0) for v in (100, 10, 1, 0.1)] == ["100", "10", "1", "0.1"]
+        assert wide.xaxis.get_minor_formatter()(50, 0) == ""  # 2.3 decades: only the powers of ten
+        assert narrow.xaxis.get_minor_formatter()(50, 0) == "50"  # under two decades: 50, 20 too
+        with pytest.raises(ValueError, match="axis must be 'x' or 'y'"):
+            report.percent_log_axis(wide, "z")
+    finally:
+        plt.close(fig)
+
+
+def test_accuracy_vs_weights_has_a_plain_percent_axis(runs, drawn, tmp_path):
+    run = report.load_run(runs[0].save_dir)
+    report.plot_accuracy_vs_weights([run], tmp_path / "w.png")
+    ax = drawn[-1].axes[0]
+    drawn[-1].canvas.draw()
+    shown = {t.get_text() for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)}
+    assert {"100", "50"} <= shown and not any("10^" in t or "times" in t for t in shown)
+    assert ax.get_xlabel() == "prunable weights remaining (%, log scale)"
