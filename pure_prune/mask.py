@@ -71,7 +71,7 @@ def _check_patterns(patterns: object, name: str) -> tuple[str, ...]:
 
 
 def _describe(m: object) -> str:
-    return f"{m.dtype} tensor" if isinstance(m, torch.Tensor) else f"{type(m).__name__} {m!r}"[:80]
+    return f"a {m.dtype} tensor" if isinstance(m, torch.Tensor) else f"{type(m).__name__} {m!r}"[:80]
 
 
 def _check_masks(masks: tree.Tree, name: str = "mask", bytes_ok: bool = False) -> tuple[list, list]:
@@ -83,7 +83,7 @@ def _check_masks(masks: tree.Tree, name: str = "mask", bytes_ok: bool = False) -
         if m is None or (isinstance(m, torch.Tensor) and m.dtype in dtypes):
             continue
         want = "a bool tensor (or its uint8 bytes) or None" if bytes_ok else "a bool tensor or None"
-        raise TypeError(f"{name} {path!r} is a {_describe(m)}, expected {want}")
+        raise TypeError(f"{name} {path!r} is {_describe(m)}, expected {want}")
     return names, leaves
 
 
@@ -199,7 +199,7 @@ def _check_keep(x: object, m: object) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"keep: x must be a tensor, got {_describe(x)}")
     if not isinstance(m, torch.Tensor) or m.dtype not in (torch.bool, torch.uint8):
-        raise TypeError(f"keep: the mask must be a bool tensor (or its uint8 bytes), got a {_describe(m)}")
+        raise TypeError(f"keep: the mask must be a bool tensor (or its uint8 bytes), got {_describe(m)}")
     if m.shape != x.shape:
         raise ValueError(f"keep: mask of shape {tuple(m.shape)} does not match x of shape {tuple(x.shape)}")
 
