@@ -150,12 +150,13 @@ def _checker(apply: Callable[..., Any]) -> Callable[[Params, Params, Params | No
 
     def check(params: Params, state: Params, masks: Params | None, batch: Any) -> None:
         _check(params, masks, batch)
-        if any(_unreadable(t) for t in batch):
+        if torch.compiler.is_compiling():
             return
-        sig = tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, Tensor) else type(t) for t in batch)
-        if sig not in seen:
-            _check_batch_values(apply, params, state, batch)
-            seen.add(sig)
+        sig = tuple((t.shape, t.dtype, t.device) if isinstance(t, Tensor) else type(t) for t in batch)
+        if sig in seen or any(_unreadable(t) for t in batch):
+            return
+        _check_batch_values(apply, params, state, batch)
+        seen.add(sig)
 
     return check
 
@@ -196,7 +197,10 @@ def make_step(
 
     With ``compile=True`` the step is ``torch.compile(fullgraph=True, backend=backend)``; masks and
     optimizer state are inputs, so changing their values never recompiles. The trees are checked
-    (paths named in the error) before the compiled function is called, and the masks reach the
+    (paths named in the error) before the compiled function is called, and so is the first batch
+    of each shape and dtype the step sees (inputs in the params' float dtype, finite, class labels
+    in ``[0, C)``: see ``_check_batch_values``; later batches of that shape are not read, which
+    would cost a sync per step). The masks reach the
     compiled function as their uint8 views (``mask.as_bytes``: no copy, faster code on CPU).
     ``compiler`` compiles the step's body instead of ``torch.compile`` (e.g. ``lambda body:
     stage.Compiled(body, backend=...)``: one static graph per shape, counted per stage); the checks
