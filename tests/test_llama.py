@@ -179,3 +179,29 @@ def test_flops_per_token(model):
     lin = sum(int(p[a][b]["weight"].numel()) for a, b in (s.split(".") for s in llama.LINEARS))
     want = 2 * (2 * lin + 2 * 2 * 64 * 5.5) + 2 * 19 * 24
     assert llama.flops_per_token(params, 10) == want
+
+
+@pytest.mark.slow
+def test_fullgraph_compile_equals_eager(model):
+    params, state = model
+    x = tokens(2, 6)
+    want = llama.apply(params, state, x, train=True, capture=True)
+    got = torch.compile(llama.apply, fullgraph=True, backend="aot_eager")(
+        params, state, x, train=True, capture=True
+    )
+    assert_close(got[0], want[0], rtol=1e-6)
+    for name, act in want[2].items():
+        assert_close(got[2][name], act, rtol=1e-6)
+
+
+def test_vmap_over_seeds_and_grad(model):
+    params, state = model
+    x = tokens(2, 6)
+    trees = [llama.init(k, **CFG) for k in (0, 1)]
+    stacked = torch.func.vmap(lambda p, s: llama.apply(p, s, x, train=True)[0])(
+        tree.stack([p for p, _ in trees]), tree.stack([s for _, s in trees])
+    )
+    for i, (p, s) in enumerate(trees):
+        assert_close(stacked[i], llama.apply(p, s, x, train=True)[0], rtol=1e-5)
+    g = torch.func.grad(lambda p: llama.apply(p, state, x, train=True)[0].square().mean())(params)
+    assert all(bool(leaf.abs().sum() > 0) for leaf in tree.leaves(g))
