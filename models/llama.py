@@ -31,8 +31,8 @@ param shapes, as ``docs/conventions.md`` asks, also after heads were removed)::
     head.weight                  (V, D)         untied only
 
 State: ``{"rope": {"cos": (C, hd/2), "sin": (C, hd/2)}}``, the rotary tables of the ``C`` positions
-of the context (buffers, never trained). They fix the head dim and the context: a sequence longer
-than ``C`` is refused with a ``ValueError``. ``apply`` reads everything else from the param shapes,
+of the context (buffers, never trained, rebuilt from the config by the loader). They fix the
+context: a sequence longer than ``C`` is refused with a ``ValueError``. ``apply`` reads everything else from the param shapes,
 so blocks may hold different numbers of heads and MLP channels (after structured compaction).
 
 **Per-block interface** (for block-by-block calibration; every function is pure)::
