@@ -1,15 +1,16 @@
 """Optional dependencies: import one, or fail with one line that names the pip extra installing it.
 
-The core library needs only torch, optree, einops, numpy, safetensors and tqdm. Three kinds of work
-need more, each installed by an extra of the ``pure-prune`` distribution:
+The core library needs only torch, optree, einops, numpy, safetensors and tqdm. Two kinds of work
+need more, installed by extras of the ``pure-prune`` distribution:
 
 * ``data``: ``scikit-learn`` (the bundled ``digits`` set) and ``mnist1d`` (the ``mnist1d`` generator);
-* ``plots``: ``matplotlib`` (the PNGs of ``pure-prune report`` and ``pure-prune sweep``);
-* ``test``: ``pytest``, ``hypothesis`` and ``ruff`` (``pure_prune.testing`` and this project's tests).
+* ``plots``: ``matplotlib`` (the PNGs of ``pure-prune report`` and ``pure-prune sweep``).
+
+(``pure_prune.testing`` needs ``hypothesis``, from the ``test`` extra, and imports it directly.)
 
     >>> load_digits = require("sklearn.datasets", "the digits data set").load_digits
-    >>> # without scikit-learn: MissingExtraError: the digits data set needs scikit-learn, which is
-    >>> # not installed: pip install "pure-prune[data]"
+    >>> # without scikit-learn: MissingExtraError: scikit-learn is not installed; it is needed for
+    >>> # the digits data set: pip install "pure-prune[data]"
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "data"),
     "mnist1d": ("mnist1d", "data"),
     "matplotlib": ("matplotlib", "plots"),
-    "hypothesis": ("hypothesis", "test"),
 }
 
 
 class MissingExtraError(ModuleNotFoundError):
-    """An optional dependency is not installed. ``str(err)`` is one line naming what needed it, the
-    missing distribution and the ``pip install "pure-prune[<extra>]"`` command; ``err.extra`` is the
+    """An optional dependency is not installed. ``str(err)`` is one line naming the missing
+    distribution, what needed it and the ``pip install "pure-prune[<extra>]"`` command; ``err.extra`` is the
     extra and ``err.name`` the missing module."""
 
     def __init__(self, message: str, *, name: str, extra: str):
@@ -54,7 +54,7 @@ def require(module: str, purpose: str) -> types.ModuleType:
         missing = e.name or top
         what = dist if missing.split(".")[0] == top else f"{missing} (a dependency of {dist})"
         raise MissingExtraError(
-            f'{purpose} needs {what}, which is not installed: pip install "pure-prune[{extra}]"',
+            f'{what} is not installed; it is needed for {purpose}: pip install "pure-prune[{extra}]"',
             name=missing,
             extra=extra,
         ) from None

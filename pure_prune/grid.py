@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from pure_prune import checkpoint, distributed, importance, losses, mask, report, rng, tree
+from pure_prune import checkpoint, distributed, extras, importance, losses, mask, report, rng, tree
 from pure_prune import sweep as seeds
 from pure_prune.algorithms import masking
 from pure_prune.experiment import OPTIMIZERS, Experiment
@@ -588,11 +588,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -
     """Test accuracy (%) against the compression ratio (log₂ x axis), one line per criterion and
     scope with a ``mean ± std`` band; left panel before fine-tuning, right panel after; the dense
     accuracy as a dashed line with its band. A PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = extras.pyplot("the sweep's plot")
     dense = next(r for r in rows if r["criterion"] == "dense")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     lines = _lines(rows)
@@ -622,7 +618,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -
         )
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(f"test accuracy (%), mean ± std over {dense['n']} seeds")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside, not on the lines
     if title:
         fig.suptitle(title, fontsize=10)
     path = Path(path)
@@ -658,8 +654,11 @@ def run(cfg: SweepConfig, *, plots: bool = True, log: Callable[[str], None] = _s
     """Run the sweep ``cfg`` (see the module docstring) in this process or on every ``torchrun`` rank.
 
     Returns the :class:`SweepResult` on rank 0 and ``None`` on the other ranks. ``plots=False``
-    skips ``sweep.png``. Raises ``ValueError`` for bad settings before anything is written."""
+    skips ``sweep.png``. Raises ``ValueError`` for bad settings, and ``extras.MissingExtraError`` for
+    ``plots`` without matplotlib, before anything is computed or written."""
     cfg = cfg.check()
+    if plots:
+        extras.pyplot("the sweep's plot (plots=False leaves it out)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     exp, init = setup_eager(cfg)

@@ -62,7 +62,7 @@ __all__ = [
     "markdown_table",
     "mask_kinds",
     "mean_std_band",
-    "percent_log_axis",
+    "plain_log_axis",
     "plot_accuracy_bars",
     "plot_accuracy_vs_weights",
     "plot_mask_kinds",
@@ -372,7 +372,7 @@ def _line(ax: Any, xs: list, rows: Sequence[dict[str, Any]], key: str, **kw: Any
         ax.fill_between(xs, *band, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def percent_log_axis(ax: Any, axis: str = "x") -> None:
+def plain_log_axis(ax: Any, axis: str = "x") -> None:
     """Label the log-scale ``axis`` (``"x"`` or ``"y"``) of ``ax`` with plain numbers (100, 10, 1,
     0.1) instead of matplotlib's ``10^k``, and, when its limits span less than two decades, also the
     2 and 5 multiples between them (50, 20, 5, 2). Call it after the data is drawn."""
@@ -438,7 +438,7 @@ def plot_accuracy_vs_weights(runs: Sequence[Run], path: str | Path) -> Path:
         )
     ax.set_xscale("log")
     ax.invert_xaxis()
-    percent_log_axis(ax, "x")
+    plain_log_axis(ax, "x")
     ax.set(
         xlabel="prunable weights remaining (%, log scale)",
         ylabel="test accuracy (%)",

@@ -289,7 +289,7 @@ def test_mask_pictures_have_a_legend_axis_labels_and_layer_titles(drawn, tmp_pat
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["kept", "pruned"]
 
 
-def test_percent_log_axis_reads_100_10_1():
+def test_plain_log_axis_reads_100_10_1():
     from pure_prune import extras
 
     plt = extras.pyplot()
@@ -299,13 +299,13 @@ def test_percent_log_axis_reads_100_10_1():
         narrow.plot([100, 12.5], [0, 1])
         for ax in (wide, narrow):
             ax.set_xscale("log")
-            report.percent_log_axis(ax, "x")
+            report.plain_log_axis(ax, "x")
         major = wide.xaxis.get_major_formatter()
         assert [major(v, 0) for v in (100, 10, 1, 0.1)] == ["100", "10", "1", "0.1"]
         assert wide.xaxis.get_minor_formatter()(50, 0) == ""  # 2.3 decades: only the powers of ten
         assert narrow.xaxis.get_minor_formatter()(50, 0) == "50"  # under two decades: 50, 20 too
         with pytest.raises(ValueError, match="axis must be 'x' or 'y'"):
-            report.percent_log_axis(wide, "z")
+            report.plain_log_axis(wide, "z")
     finally:
         plt.close(fig)
 

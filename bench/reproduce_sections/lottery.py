@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pure_prune import runner
+from pure_prune.report import plain_log_axis
 from pure_prune.runconfig import RunConfig, config_hash
 
 from .common import (
@@ -196,9 +197,10 @@ def plot(res: dict[str, Any], path: Path, seeds: int) -> Path:
         ax.axhline(100 * dense["test_accuracy"], color="k", ls=":", lw=1, label="dense")
         ax.set_xscale("log")
         ax.invert_xaxis()
+        plain_log_axis(ax, "x")
         finish_axes(
             ax,
-            xlabel="weights remaining (%, log scale)",
+            xlabel="prunable weights remaining (%, log scale)",
             ylabel=f"test accuracy (%), mean ± std, {seeds} seeds",
             title=f"{d['settings']['model']} {dashed(d['settings']['sizes'])} on {name}",
         )

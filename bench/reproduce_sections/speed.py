@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from pure_prune.report import plain_log_axis
+
 from .common import ROOT, Checks, Context, cached, fmt_s, machine_line, md_table, pyplot, save_figure
 
 MODEL_LABEL = {"mlp": "MLP 784-1024-1024-10", "conv4": "Conv-4 (width 64)"}
@@ -97,6 +99,7 @@ def plot(res: dict[str, Any], path: Path) -> Path:
     axes[0].set_xticks(list(xs), labels, fontsize=7)
     axes[0].set_ylabel("speedup over dense (eval forward)")
     axes[0].axhline(1, color="k", lw=0.8)
+    axes[0].set_title("whole units removed (structured)")
     axes[0].legend(fontsize=8)
     us = inf["unstructured"]
     sparsity = [100 * r["sparsity"] for r in us]
@@ -107,6 +110,7 @@ def plot(res: dict[str, Any], path: Path) -> Path:
     )
     axes[1].axhline(1, color="k", lw=0.8)
     axes[1].set_yscale("log")
+    plain_log_axis(axes[1], "y")
     axes[1].set(
         xlabel="unstructured sparsity (%)",
         ylabel="speedup over dense (log)",
