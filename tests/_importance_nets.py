@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pure_prune import rng, tree
+from pure_prune.losses import model_loss
 
 D = torch.float64
 
@@ -48,3 +49,8 @@ def cnn_params(key: int) -> dict:
 def batch(key: int, n: int, shape: tuple[int, ...], classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     kx, ky = rng.split(key, 2)
     return rng.normal(kx, (n, *shape), dtype=D), torch.randint(0, classes, (n,), generator=rng.generator(ky))
+
+
+def CE(model_fn):  # noqa: N802 - reads as the loss it builds
+    """``losses.model_loss(model_fn, "cross_entropy")``: the scores' loss for a logits model."""
+    return model_loss(model_fn, "cross_entropy")

@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from _importance_nets import D, cnn
+from _importance_nets import CE, D, cnn
 from _importance_nets import batch as _batch
 from _importance_nets import cnn_params as _cnn_params
 from _importance_nets import dense as _dense
@@ -61,7 +61,7 @@ def test_per_sample_grads_equal_the_loop(mlp_case, case):
         model_fn, params, (x, y) = relu_mlp, mlp_case[0], mlp_case[1][0]
     else:
         model_fn, params, (x, y) = cnn, _cnn_params(3), _batch(4, 5, (2, 6, 6), 3)
-    got = G.per_sample_grads(model_fn, params, (x, y), chunk_size=2)
+    got = G.per_sample_grads(CE(model_fn), params, (x, y), chunk_size=2)
     loop = _loop_grads(model_fn, params, x, y)
     for j, leaf in enumerate(tree.leaves(got)):
         torch.testing.assert_close(leaf, torch.stack([g[j] for g in loop]))
@@ -71,7 +71,7 @@ def test_per_sample_grads_with_masks(mlp_case):
     params, (x, y) = mlp_case[0], mlp_case[1][0]
     masks = tree.map(lambda w: rng.uniform(5, w.shape) > 0.5, params)
     masks["fc1"]["bias"] = None
-    got = G.per_sample_grads(relu_mlp, params, (x, y), masks=masks)
+    got = G.per_sample_grads(CE(relu_mlp), params, (x, y), masks=masks)
     assert got["fc1"]["bias"] is None
     theta = tree.map(lambda w, m: w if m is None else w * m, params, masks)
     loop = _loop_grads(relu_mlp, theta, x, y)
@@ -79,7 +79,7 @@ def test_per_sample_grads_with_masks(mlp_case):
         if m is not None:
             torch.testing.assert_close(leaf, torch.stack([g[j] for g in loop]))
     with pytest.raises(ValueError, match="one \\(x, y\\) batch"):
-        G.per_sample_grads(relu_mlp, params, mlp_case[1])
+        G.per_sample_grads(CE(relu_mlp), params, mlp_case[1])
 
 
 # ----------------------------------------------------------------------- statistics by hand
@@ -88,7 +88,7 @@ def test_per_sample_grads_with_masks(mlp_case):
 def test_stats_by_hand(mlp_case):
     """Every statistic from per-sample gradients of the loop, with Python loops over samples."""
     params, batches = mlp_case
-    stats = G.gradient_stats(relu_mlp, params, batches, eps=1e-9, fast=True)
+    stats = G.gradient_stats(CE(relu_mlp), params, batches, eps=1e-9, fast=True)
     per_batch = [_loop_grads(relu_mlp, params, x, y) for x, y in batches]
     samples = [g for b in per_batch for g in b]
     n = len(samples)
@@ -125,7 +125,7 @@ def test_sign_consistency_and_snr_on_a_one_weight_model():
     x = torch.tensor([[1.0], [2.0], [-1.0], [3.0]], dtype=D)
     y = torch.tensor([0, 0, 0, 1])
     g = torch.tensor([-0.5, -1.0, 0.5, 1.5], dtype=D)  # p = 1/2 everywhere at w = 0
-    stats = G.gradient_stats(lambda p, xx: F.pad(xx * p["w"], (0, 1)), {"w": w}, (x, y), eps=1e-300)
+    stats = G.gradient_stats(CE(lambda p, xx: F.pad(xx * p["w"], (0, 1))), {"w": w}, (x, y), eps=1e-300)
     assert stats.mean["w"].item() == pytest.approx(0.125)
     assert stats.variance["w"].item() == pytest.approx(float((g**2).mean() - 0.125**2))
     assert stats.snr["w"].item() == pytest.approx(0.125**2 / float((g**2).mean() - 0.125**2))
@@ -136,9 +136,9 @@ def test_sign_consistency_and_snr_on_a_one_weight_model():
 
 def test_snr_and_fisher_match_stats(mlp_case):
     params, batches = mlp_case
-    stats = G.gradient_stats(relu_mlp, params, batches)
-    _close(G.gradient_snr(relu_mlp, params, batches), stats.snr)
-    _close(G.empirical_fisher(relu_mlp, params, batches), stats.fisher)
+    stats = G.gradient_stats(CE(relu_mlp), params, batches)
+    _close(G.gradient_snr(CE(relu_mlp), params, batches), stats.snr)
+    _close(G.empirical_fisher(CE(relu_mlp), params, batches), stats.fisher)
 
 
 # ------------------------------------------------------------------------ fast path vs generic
@@ -153,8 +153,8 @@ def test_fast_path_equals_generic_on_mlp_with_masks(mlp_case):
     params, batches = mlp_case
     masks = tree.map(lambda w: rng.uniform(8, w.shape) > 0.3, params)
     masks["fc2"]["bias"] = None
-    fast = G.gradient_stats(relu_mlp, params, batches, masks=masks)
-    generic = G.gradient_stats(relu_mlp, params, batches, masks=masks, fast=False, chunk_size=3)
+    fast = G.gradient_stats(CE(relu_mlp), params, batches, masks=masks)
+    generic = G.gradient_stats(CE(relu_mlp), params, batches, masks=masks, fast=False, chunk_size=3)
     _assert_stats_equal(fast, generic)
     assert fast.mean["fc2"]["bias"] is None
 
@@ -164,7 +164,8 @@ def test_fast_path_equals_generic_on_cnn():
     taps = G.linear_taps(cnn, params, batch[0])
     assert [(lay.weight, lay.bias) for lay in taps.layers] == [(3, 2)]  # fc only; conv is generic
     _assert_stats_equal(
-        G.gradient_stats(cnn, params, batch, fast=taps), G.gradient_stats(cnn, params, batch, fast=False)
+        G.gradient_stats(CE(cnn), params, batch, fast=taps),
+        G.gradient_stats(CE(cnn), params, batch, fast=False),
     )
 
 
@@ -178,7 +179,8 @@ def test_fast_path_equals_generic_property(sizes, n, seed):
     params = _dense(seed, tuple(sizes) + (3,))
     batch = _batch(seed + 1, n, (sizes[0],), 3)
     _assert_stats_equal(
-        G.gradient_stats(relu_mlp, params, batch), G.gradient_stats(relu_mlp, params, batch, fast=False)
+        G.gradient_stats(CE(relu_mlp), params, batch),
+        G.gradient_stats(CE(relu_mlp), params, batch, fast=False),
     )
 
 
@@ -199,8 +201,8 @@ def test_linear_taps_finds_layer_forms():
     taps = G.linear_taps(model, params, x)
     assert [(lay.weight, lay.bias, lay.out_in) for lay in taps.layers] == [(0, 1, True), (2, None, False)]
     _assert_stats_equal(
-        G.gradient_stats(model, params, (x, y), fast=taps),
-        G.gradient_stats(model, params, (x, y), fast=False),
+        G.gradient_stats(CE(model), params, (x, y), fast=taps),
+        G.gradient_stats(CE(model), params, (x, y), fast=False),
     )
 
 
@@ -229,7 +231,7 @@ def test_integer_inputs_embedding_generic_and_linear_fast():
     x, y = torch.tensor([0, 3, 6, 2, 3]), torch.tensor([0, 1, 2, 1, 0])
     assert [lay.weight for lay in G.linear_taps(model, params, x).layers] == [2]
     _assert_stats_equal(
-        G.gradient_stats(model, params, (x, y)), G.gradient_stats(model, params, (x, y), fast=False)
+        G.gradient_stats(CE(model), params, (x, y)), G.gradient_stats(CE(model), params, (x, y), fast=False)
     )
 
     def mixing(p, tokens):  # a batch-centred output: found by perturbing the taps
@@ -243,16 +245,16 @@ def test_a_trace_of_another_shape_is_redone(mlp_case):
     params, batches = mlp_case
     taps = G.linear_taps(relu_mlp, params, batches[1][0])  # traced for 4 rows, used for 7 and 4
     _assert_stats_equal(
-        G.gradient_stats(relu_mlp, params, batches, fast=taps),
-        G.gradient_stats(relu_mlp, params, batches, fast=False),
+        G.gradient_stats(CE(relu_mlp), params, batches, fast=taps),
+        G.gradient_stats(CE(relu_mlp), params, batches, fast=False),
     )
 
 
 def test_runs_under_torch_compile(mlp_case):
     """The scores compose with torch.compile (aot_eager: AOT autograd without inductor's codegen)."""
     params, batches = mlp_case
-    compiled = torch.compile(functools.partial(G.gradient_snr, relu_mlp), backend="aot_eager")
-    _close(compiled(params, batches), G.gradient_snr(relu_mlp, params, batches), rtol=1e-12)
+    compiled = torch.compile(functools.partial(G.gradient_snr, CE(relu_mlp)), backend="aot_eager")
+    _close(compiled(params, batches), G.gradient_snr(CE(relu_mlp), params, batches), rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- SNIP and Taylor
@@ -265,8 +267,8 @@ def test_snip_and_taylor_by_hand(mlp_case):
     leaves = [w.clone().requires_grad_() for w in tree.leaves(params)]
     loss = F.cross_entropy(relu_mlp(tree.unflatten(tree.structure(params), leaves), x), y)
     g = tree.unflatten(tree.structure(params), torch.autograd.grad(loss, leaves))
-    _close(G.snip(relu_mlp, params, batches), tree.map(lambda gi, w: (gi * w).abs(), g, params))
-    per_row = G.taylor_units(relu_mlp, params, batches, 0)
+    _close(G.snip(CE(relu_mlp), params, batches), tree.map(lambda gi, w: (gi * w).abs(), g, params))
+    per_row = G.taylor_units(CE(relu_mlp), params, batches, 0)
     torch.testing.assert_close(
         per_row["fc1.weight"], (g["fc1"]["weight"] * params["fc1"]["weight"]).sum(1).abs()
     )
@@ -276,7 +278,7 @@ def test_snip_and_taylor_by_hand(mlp_case):
         + g["fc1"]["bias"] * params["fc1"]["bias"]
         + (g["fc2"]["weight"] * params["fc2"]["weight"]).sum(0)
     ).abs()
-    torch.testing.assert_close(G.taylor_units(relu_mlp, params, batches, [group])["fc1"], unit)
+    torch.testing.assert_close(G.taylor_units(CE(relu_mlp), params, batches, [group])["fc1"], unit)
 
 
 def test_taylor_averages_squared_per_batch_contributions_by_hand(mlp_case):
@@ -289,13 +291,13 @@ def test_taylor_averages_squared_per_batch_contributions_by_hand(mlp_case):
         loss = F.cross_entropy(relu_mlp(tree.unflatten(tree.structure(params), leaves), x), y)
         g = tree.unflatten(tree.structure(params), torch.autograd.grad(loss, leaves))
         want = tree.map(lambda acc, gi, w, k=x.shape[0]: acc + k / n * (gi * w).square(), want, g, params)
-    got = G.taylor(relu_mlp, params, batches)
+    got = G.taylor(CE(relu_mlp), params, batches)
     _close(got, want)
-    one = G.taylor(relu_mlp, params, batches[:1])  # one batch: SNIP's score squared
-    _close(one, tree.map(lambda s: s.square(), G.snip(relu_mlp, params, batches[:1])))
+    one = G.taylor(CE(relu_mlp), params, batches[:1])  # one batch: SNIP's score squared
+    _close(one, tree.map(lambda s: s.square(), G.snip(CE(relu_mlp), params, batches[:1])))
     assert len(batches) > 1 and not torch.allclose(got["fc1"]["weight"], one["fc1"]["weight"])
     masks = tree.map(lambda w: rng.uniform(5, w.shape) > 0.5, params)
-    pruned = G.taylor(relu_mlp, params, batches, masks=masks)
+    pruned = G.taylor(CE(relu_mlp), params, batches, masks=masks)
     for s, m in zip(tree.leaves(pruned), tree.leaves(masks)):
         assert bool((s[~m] == 0).all())
 
@@ -303,7 +305,7 @@ def test_taylor_averages_squared_per_batch_contributions_by_hand(mlp_case):
 def test_snip_is_zero_on_pruned_entries(mlp_case):
     params, batches = mlp_case
     masks = tree.map(lambda w: rng.uniform(3, w.shape) > 0.5, params)
-    got = G.snip(relu_mlp, params, batches, masks=masks)
+    got = G.snip(CE(relu_mlp), params, batches, masks=masks)
     for s, m in zip(tree.leaves(got), tree.leaves(masks)):
         assert bool((s[~m] == 0).all())
 
@@ -315,28 +317,28 @@ def test_bad_arguments(mlp_case):
     params, batches = mlp_case
     for eps in (-1.0, 0.0, float("nan")):
         with pytest.raises(ValueError, match="eps must be a float > 0"):
-            G.gradient_stats(relu_mlp, params, batches, eps=eps)
+            G.gradient_stats(CE(relu_mlp), params, batches, eps=eps)
     with pytest.raises(ValueError, match="chunk_size"):
-        G.gradient_snr(relu_mlp, params, batches, chunk_size=0)
+        G.gradient_snr(CE(relu_mlp), params, batches, chunk_size=0)
     with pytest.raises(TypeError, match="fast must be"):
-        G.gradient_snr(relu_mlp, params, batches, fast="yes")
+        G.gradient_snr(CE(relu_mlp), params, batches, fast="yes")
     with pytest.raises(TypeError, match="batches"):
-        G.gradient_stats(relu_mlp, params, [])
+        G.gradient_stats(CE(relu_mlp), params, [])
     with pytest.raises(TypeError, match=r"batches\[1\] y must be an int64"):
-        G.gradient_stats(relu_mlp, params, [batches[0], (batches[1][0], batches[1][1].to(D))])
+        G.gradient_stats(CE(relu_mlp), params, [batches[0], (batches[1][0], batches[1][1].to(D))])
     with pytest.raises(ValueError, match=r"batches\[0\].x.*NaN"):
-        G.snip(relu_mlp, params, (torch.full_like(batches[0][0], float("nan")), batches[0][1]))
+        G.snip(CE(relu_mlp), params, (torch.full_like(batches[0][0], float("nan")), batches[0][1]))
     masks = tree.map(lambda w: torch.ones(w.shape[0], dtype=torch.bool), params)
     with pytest.raises(ValueError, match="masks leaf 'fc1.weight' has shape \\(4,\\)"):
-        G.gradient_stats(relu_mlp, params, batches, masks=masks)
+        G.gradient_stats(CE(relu_mlp), params, batches, masks=masks)
     with pytest.raises(ValueError, match="no scored leaf"):
-        G.snip(relu_mlp, params, batches, masks=tree.map(lambda w: None, params))
+        G.snip(CE(relu_mlp), params, batches, masks=tree.map(lambda w: None, params))
     mixed = {**params, "fc3": {"bias": params["fc3"]["bias"].float(), "weight": params["fc3"]["weight"]}}
     with pytest.raises(TypeError, match="share one dtype.*torch.float32 at 'fc3.bias'"):
-        G.gradient_snr(relu_mlp, mixed, batches)
+        G.gradient_snr(CE(relu_mlp), mixed, batches)
     with pytest.raises(TypeError, match="params leaf 'fc1.bias' must be a float tensor"):
         G.snip(
-            relu_mlp,
+            CE(relu_mlp),
             {**params, "fc1": {"bias": torch.tensor([1]), "weight": params["fc1"]["weight"]}},
             batches,
         )
@@ -346,9 +348,9 @@ def test_bad_arguments(mlp_case):
 def test_model_output_that_does_not_fit(mlp_case, fast):
     params, batches = mlp_case
     with pytest.raises(ValueError, match="model_fn output has shape \\(7, 3, 1\\)"):
-        G.gradient_stats(lambda p, x: relu_mlp(p, x)[..., None], params, batches, fast=fast)
+        G.gradient_stats(CE(lambda p, x: relu_mlp(p, x)[..., None]), params, batches, fast=fast)
     with pytest.raises(ValueError, match="labels y span \\[0, 2\\].*2 classes"):
-        G.gradient_snr(lambda p, x: relu_mlp(p, x)[:, :2], params, batches, fast=fast)
+        G.gradient_snr(CE(lambda p, x: relu_mlp(p, x)[:, :2]), params, batches, fast=fast)
 
 
 def test_nan_gradients_name_the_leaf(mlp_case):
@@ -361,6 +363,6 @@ def test_nan_gradients_name_the_leaf(mlp_case):
 
     for fn in (G.gradient_stats, G.empirical_fisher):
         with pytest.raises(ValueError, match="per-sample gradients.*'fc3.bias'.*NaN"):
-            fn(sqrt_model, zero, batches)
+            fn(CE(sqrt_model), zero, batches)
     with pytest.raises(ValueError, match="snip \\(gradient\\): leaf 'fc3.bias'.*NaN"):
-        G.snip(sqrt_model, zero, batches)
+        G.snip(CE(sqrt_model), zero, batches)

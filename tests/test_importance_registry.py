@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _importance_nets import CE
 
 from pure_prune import importance, mask, select, tree
 from pure_prune import models as model_registry
@@ -50,11 +51,11 @@ def _theta(inp):
 def test_fisher_obd_and_hessian_formulas(inp):
     fn = inp.model_fn(masked=False)
     theta = _theta(inp)
-    f = gradient.empirical_fisher(fn, inp.params, list(inp.batches), masks=inp.masks)
+    f = gradient.empirical_fisher(CE(fn), inp.params, list(inp.batches), masks=inp.masks)
     got = importance.get("fisher")(inp)
     w = theta["fc2"]["weight"]
     assert torch.allclose(got["fc2"]["weight"], 0.5 * f["fc2"]["weight"] * w * w)
-    h = hessian.hessian_diag(fn, inp.params, list(inp.batches), masks=inp.masks, key=inp.key)
+    h = hessian.hessian_diag(CE(fn), inp.params, list(inp.batches), masks=inp.masks, key=inp.key)
     assert torch.allclose(importance.get("obd")(inp)["fc2"]["weight"], 0.5 * h["fc2"]["weight"] * w * w)
     assert torch.allclose(importance.get("hessian")(inp)["fc2"]["weight"], h["fc2"]["weight"].abs() * w.abs())
     # pruned entries have theta = 0, so every weight-times-curvature score is 0 there
@@ -63,9 +64,9 @@ def test_fisher_obd_and_hessian_formulas(inp):
 
 def test_snip_taylor_and_magnitude_formulas(inp):
     fn = inp.model_fn(masked=False)
-    want = gradient.taylor(fn, inp.params, list(inp.batches), masks=inp.masks)["fc1"]["weight"]
+    want = gradient.taylor(CE(fn), inp.params, list(inp.batches), masks=inp.masks)["fc1"]["weight"]
     assert torch.equal(importance.get("taylor")(inp)["fc1"]["weight"], want)
-    snip = gradient.snip(fn, inp.params, list(inp.batches), masks=inp.masks)["fc1"]["weight"]
+    snip = gradient.snip(CE(fn), inp.params, list(inp.batches), masks=inp.masks)["fc1"]["weight"]
     assert torch.equal(importance.get("snip")(inp)["fc1"]["weight"], snip)
     assert torch.equal(importance.get("magnitude")(inp)["fc3"]["weight"], inp.params["fc3"]["weight"].abs())
     assert torch.equal(importance.get("l2")(inp)["fc3"]["weight"], inp.params["fc3"]["weight"] ** 2)

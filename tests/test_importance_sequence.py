@@ -6,14 +6,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _importance_nets import CE
 from torch.func import grad
 
 import pure_prune.models as models
 from pure_prune import tree
 from pure_prune.importance import gradient as G
 from pure_prune.importance import hessian as H
-from pure_prune.importance._functional import checked_logits, cross_entropy, linear_taps, softmax_factor
+from pure_prune.importance._functional import linear_taps
 from pure_prune.importance.registry import ScoreInput, get
+from pure_prune.losses import sample_cross_entropy as cross_entropy
+from pure_prune.losses import softmax_factor
 
 V, N, T = 30, 4, 5
 SPEC = models.get("lstm_lm")
@@ -92,6 +95,7 @@ def test_softmax_factor_token_level_is_block_diagonal_hessian():
 
 def test_checked_logits_token_level_errors():
     y = torch.tensor([[0, 2], [1, 1]])
+    checked_logits = CE(lambda p, x: x).check
     assert checked_logits("w", torch.zeros(2, 2, 3), y).shape == (2, 2, 3)
     with pytest.raises(ValueError, match=r"shape \(2, 3\).*labels of shape \(2, 2\)"):
         checked_logits("w", torch.zeros(2, 3), y)
@@ -102,9 +106,9 @@ def test_checked_logits_token_level_errors():
 def test_labels_without_entries_are_refused(lm):
     params, state, x, _ = lm
     with pytest.raises(ValueError, match=r"batches\[0\] y of shape \(4, 0\) holds no label"):
-        G.snip(model_fn(state), params, (x, torch.zeros(N, 0, dtype=torch.long)))
+        G.snip(CE(model_fn(state)), params, (x, torch.zeros(N, 0, dtype=torch.long)))
     with pytest.raises(TypeError, match=r"y must be an int64 tensor of shape \(N,\) or \(N, \.\.\.\)"):
-        G.snip(model_fn(state), params, (x, torch.tensor(3)))
+        G.snip(CE(model_fn(state)), params, (x, torch.tensor(3)))
 
 
 # ----------------------------------------------------------------------------------- LSTM LM
@@ -114,11 +118,11 @@ def test_snip_is_the_mean_token_loss_gradient(lm):
     params, state, x, y = lm
     fn = model_fn(state)
     g = grad(lambda p: token_loss(fn, p, x, y))(params)
-    got = G.snip(fn, params, (x, y))
+    got = G.snip(CE(fn), params, (x, y))
     for s, gi, w in zip(tree.leaves(got), tree.leaves(g), tree.leaves(params)):
         close(s, (gi * w).abs())
     # two batches of equal length weigh like one batch of all sequences
-    two = G.snip(fn, params, [(x[:2], y[:2]), (x[2:], y[2:])])
+    two = G.snip(CE(fn), params, [(x[:2], y[:2]), (x[2:], y[2:])])
     for a, b in zip(tree.leaves(two), tree.leaves(got)):
         close(a, b)
 
@@ -127,10 +131,10 @@ def test_per_sequence_gradients_equal_a_loop_over_sequences(lm):
     params, state, x, y = lm
     fn = model_fn(state)
     loop = [grad(lambda p, n=n: token_loss(fn, p, x[n : n + 1], y[n : n + 1]))(params) for n in range(N)]
-    got = G.per_sample_grads(fn, params, (x, y), chunk_size=3)
+    got = G.per_sample_grads(CE(fn), params, (x, y), chunk_size=3)
     for j, leaf in enumerate(tree.leaves(got)):
         close(leaf, torch.stack([tree.leaves(g)[j] for g in loop]))
-    stats = G.gradient_stats(fn, params, (x, y))
+    stats = G.gradient_stats(CE(fn), params, (x, y))
     assert stats.samples == N
     for j, (mean, fisher, mag) in enumerate(
         zip(tree.leaves(stats.mean), tree.leaves(stats.fisher), tree.leaves(stats.magnitude))
@@ -139,7 +143,7 @@ def test_per_sequence_gradients_equal_a_loop_over_sequences(lm):
         close(mean, per.mean(0))
         close(fisher, (per * per).mean(0))
         close(mag, per.abs().mean(0))
-    slow = G.gradient_stats(fn, params, (x, y), fast=False)
+    slow = G.gradient_stats(CE(fn), params, (x, y), fast=False)
     for a, b in zip(tree.leaves(stats.snr), tree.leaves(slow.snr)):
         close(a, b, 1e-7)
 
@@ -154,19 +158,19 @@ def test_linear_taps_leave_token_level_models_to_the_generic_route(lm):
 def test_hessian_auto_uses_hutchinson_for_the_lstm_and_ggn_for_the_decoder(lm):
     params, state, x, y = lm
     fn = model_fn(state)
-    exact = H.ggn_is_exact(fn, params, (x, y))
+    exact = H.ggn_is_exact(CE(fn), params, (x, y))
     assert exact["decoder.weight"] and exact["decoder.bias"]
     assert not any(v for p, v in exact.items() if not p.startswith("decoder."))
-    auto = H.hessian_diag(fn, params, (x, y), key=3, probes=8)
+    auto = H.hessian_diag(CE(fn), params, (x, y), key=3, probes=8)
     lstm_only = tree.map_with_path(
         lambda p, w: None if p.startswith("decoder.") else torch.ones_like(w, dtype=torch.bool), params
     )
     dec_only = tree.map_with_path(
         lambda p, w: torch.ones_like(w, dtype=torch.bool) if p.startswith("decoder.") else None, params
     )
-    hutch = H.hessian_diag(fn, params, (x, y), method="hutchinson", key=3, probes=8, masks=lstm_only)
-    ggn = H.ggn_diag(fn, params, (x, y), masks=dec_only)
-    exact_dec = H.hessian_diag(fn, params, (x, y), method="exact", masks=dec_only)
+    hutch = H.hessian_diag(CE(fn), params, (x, y), method="hutchinson", key=3, probes=8, masks=lstm_only)
+    ggn = H.ggn_diag(CE(fn), params, (x, y), masks=dec_only)
+    exact_dec = H.hessian_diag(CE(fn), params, (x, y), method="exact", masks=dec_only)
     for p, a, h, g, e in zip(
         tree.paths(params), tree.leaves(auto), tree.leaves(hutch), tree.leaves(ggn), tree.leaves(exact_dec)
     ):
@@ -176,7 +180,7 @@ def test_hessian_auto_uses_hutchinson_for_the_lstm_and_ggn_for_the_decoder(lm):
         else:
             close(a, h)
     with pytest.raises(ValueError, match="pass key="):
-        H.hessian_diag(fn, params, (x, y))
+        H.hessian_diag(CE(fn), params, (x, y))
 
 
 def test_token_level_ggn_by_hand_on_the_decoder_bias(lm):
@@ -185,7 +189,7 @@ def test_token_level_ggn_by_hand_on_the_decoder_bias(lm):
     dec_bias = tree.map_with_path(
         lambda p, w: torch.ones_like(w, dtype=torch.bool) if p == "decoder.bias" else None, params
     )
-    got = at(H.ggn_diag(fn, params, (x, y), masks=dec_bias, chunk_size=1), params, "decoder.bias")
+    got = at(H.ggn_diag(CE(fn), params, (x, y), masks=dec_bias, chunk_size=1), params, "decoder.bias")
     p = fn(params, x).softmax(-1)  # d logits_nt / d bias = I: GGN diag = mean_(n,t) of p - p²
     close(got, (p - p * p).mean((0, 1)))
 
@@ -196,8 +200,10 @@ def test_fisher_mc_token_level_approaches_the_ggn(lm):
     dec_bias = tree.map_with_path(
         lambda p, w: torch.ones_like(w, dtype=torch.bool) if p == "decoder.bias" else None, params
     )
-    mc = at(H.fisher_diag_mc(fn, params, (x, y), key=1, samples=400, masks=dec_bias), params, "decoder.bias")
-    ggn = at(H.ggn_diag(fn, params, (x, y), masks=dec_bias), params, "decoder.bias")
+    mc = at(
+        H.fisher_diag_mc(CE(fn), params, (x, y), key=1, samples=400, masks=dec_bias), params, "decoder.bias"
+    )
+    ggn = at(H.ggn_diag(CE(fn), params, (x, y), masks=dec_bias), params, "decoder.bias")
     assert mc.shape == ggn.shape
     assert float((mc.sum() - ggn.sum()).abs() / ggn.sum()) < 0.1
 
@@ -217,7 +223,7 @@ def test_unit_criteria_score_every_lstm_group(lm, name):
         assert scores[g.name].shape == (g.size,)
         assert bool(scores[g.name].isfinite().all())
     if name == "hap":
-        diag = H.hessian_diag(model_fn(state), params, [(x, y)], key=0, masks=masks)
+        diag = H.hessian_diag(CE(model_fn(state)), params, [(x, y)], key=0, masks=masks)
         want = H.hap(params, diag, [g for g in groups if g.prunable], masks=masks)
         for k in want:
             close(scores[k], want[k])

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pure_prune import data
+from pure_prune import data, losses
 from pure_prune import sweep as seed_sweep
 from pure_prune.experiment import setup
 from pure_prune.importance import hessian as H
@@ -99,8 +99,10 @@ def runs(cfg: dict[str, Any], seeds: int) -> dict[str, Any]:
         sizes = tuple(cfg[net])
         _, state = mlp.init(0, sizes=sizes)
 
-        def model_fn(p: Any, xx: torch.Tensor, state: Any = state) -> torch.Tensor:
+        def apply_fn(p: Any, xx: torch.Tensor, state: Any = state) -> torch.Tensor:
             return mlp.apply(p, state, xx, train=False)[0]
+
+        model_fn = losses.model_loss(apply_fn, "cross_entropy")
 
         inits = [mlp.init(s, sizes=sizes)[0] for s in range(seeds)]
         for when, all_params in (("init", inits), ("trained", _trained(sizes, seeds, cfg["train_epochs"]))):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pure_prune import mask, select, tree
+from pure_prune import losses, mask, select, tree
 from pure_prune.groups import ChannelGroup
 from pure_prune.importance import gradient
 
@@ -62,7 +62,8 @@ def unit_scores(
     if criterion == "saliency":
         if model_fn is None or not batches:
             raise ValueError("criterion 'saliency' needs model_fn and at least one (x, y) batch")
-        values = gradient.snip(model_fn, params, tuple(batches), masks=masks)
+        loss_fn = losses.model_loss(model_fn, "cross_entropy")
+        values = gradient.snip(loss_fn, params, tuple(batches), masks=masks)
         return select.unit_norms(_on_masked(values, masks), groups, ord=1)
     kept = _on_masked(mask.apply(params, masks), masks)
     if criterion == "l2":

@@ -2,89 +2,100 @@
 
 Every score in :mod:`pure_prune.importance.gradient` and :mod:`pure_prune.importance.hessian` takes
 
-* ``model_fn(params, x) -> logits``: a pure function, ``logits`` of shape ``(N, C)`` or, for
-  token-level models (language models), ``(N, ..., C)``; state and ``train=False`` are closed over
-  by the caller. Samples must not interact (BatchNorm in eval mode).
+* ``loss_fn(params, batch) -> scalar``: the mean loss over the batch's rows, a pure function
+  (twice differentiable in ``params`` for the second-order scores). A plain callable gets every
+  route the loss alone allows (gradients, HVPs, exact and Hutchinson Hessian diagonals, per-sample
+  statistics by ``vmap``); a :class:`~pure_prune.losses.ModelLoss` from
+  ``losses.model_loss(model_fn, output_loss)`` also gets the routes that need the model's outputs
+  (GGN and Monte-Carlo Fisher diagonals, the linear-layer fast path). Samples must not interact
+  (BatchNorm in eval mode, state closed over by the caller).
 * ``params``: a canonical dict tree of float tensors.
-* ``batches``: one ``(x, y)`` pair or a non-empty sequence of them; ``x`` has ``N`` rows, ``y`` is an
-  integer tensor of shape ``(N,)`` (or ``(N, ...)``, the logits' shape without ``C``) with values in
-  ``[0, C)``.
+* ``batches``: one batch or a non-empty sequence (list, or tuple of non-tensors) of them. A batch
+  is any pytree of tensors with one common leading sample axis of ``N > 0`` rows: ``(x, y)``, a
+  dict for a language model, ... (a single batch whose top level holds no tensor, such as
+  ``((x1, x2), y_tree)``, must be wrapped in a list). For a ``ModelLoss``, ``batch[keys[0]]`` is
+  the model input and ``batch[keys[1]]`` the targets (class labels for cross-entropy).
 * ``masks``: ``None`` (every leaf is scored) or a tree like ``params``: a bool tensor of the leaf's
   shape where the leaf is scored, ``None`` where it is not. Derivatives are taken at the masked
   parameters ``theta = W * M`` and with respect to ``theta``, so pruned entries get scores too.
 
-The loss of a batch is the cross-entropy averaged over all its label entries (``N`` for ``(N,)``
-labels, ``N * T`` for ``(N, T)``); over several batches, batches are weighted by their sample
-count ``N`` (the mean over all label entries when every sample has as many). A *sample* of the
-per-sample statistics is one row of ``x``: for token-level models one sequence, whose loss is the
-mean cross-entropy over its tokens (so the batch loss is the mean of the sample losses).
+Over several batches, batches are weighted by their row count ``N`` (the loss of all samples when
+``loss_fn`` is a mean over rows). A *sample* of the per-sample statistics is one row of every
+leaf of the batch, scored as a batch of one (``loss_fn(params, row[None])``): for token-level
+cross-entropy one sequence, whose loss is the mean over its tokens.
 
 Per-sample moments (:func:`batch_moments`) have two routes that give the same numbers:
 
-* generic: ``vmap(grad)`` of the one-sample loss over chunks of samples, reduced chunk by chunk;
-* linear fast path: a linear layer ``z = a W^T (+ b)`` has per-sample gradient ``g_n ⊗ a_n`` where
-  ``g_n = dl_n/dz_n``, so ``sum_n f(g_n ⊗ a_n) = f(g)^T f(a)`` for ``f`` in ``x, x², |x|`` and the sign
-  indicators (signs of products are products of signs). :func:`linear_taps` traces ``model_fn``
-  once (``make_fx``), finds such layers and builds a function that also returns each layer's input
-  ``a`` and adds a zero "tap" to its output ``z``, so one backward pass to the taps yields every
-  ``g``. Leaves it does not cover take the generic route. (The fast route calls
-  ``torch.autograd.grad`` on the traced graph: measured, ``torch.func.grad`` costs ~0.4 ms more
-  per call on the digits MLP, half a forward+backward.)
+* generic: ``vmap(grad)`` of the one-row loss over chunks of rows, reduced chunk by chunk;
+* linear fast path (``ModelLoss`` only): a linear layer ``z = a W^T (+ b)`` has per-sample gradient
+  ``g_n ⊗ a_n`` where ``g_n = dl_n/dz_n``, so ``sum_n f(g_n ⊗ a_n) = f(g)^T f(a)`` for ``f`` in
+  ``x, x², |x|`` and the sign indicators (signs of products are products of signs).
+  :func:`linear_taps` traces ``model_fn`` once (``make_fx``), finds such layers and builds a
+  function that also returns each layer's input ``a`` and adds a zero "tap" to its output ``z``, so
+  one backward pass to the taps yields every ``g``. Leaves it does not cover take the generic
+  route. (The fast route calls ``torch.autograd.grad`` on the traced graph: measured,
+  ``torch.func.grad`` costs ~0.4 ms more per call on the digits MLP, half a forward+backward.)
 
-The scores are eager functions; they also run under ``torch.compile`` (with graph breaks at the
-input checks). Nothing is cached between calls: pass a :class:`LinearTaps` to reuse a trace.
+The default ``fast=True`` takes its trace from :data:`~pure_prune.importance.trace_cache.TRACES`
+(per ``model_fn`` and shapes, bounded), so only a process's first call per shape traces; pass a
+:class:`LinearTaps` to hold a trace yourself. The scores are eager functions; they also run under
+``torch.compile`` (with graph breaks at the input checks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch.func import grad, jvp, vmap
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pure_prune import tree
 from pure_prune.groups import ChannelGroup, member_view
+from pure_prune.importance.trace_cache import TRACES
+from pure_prune.losses import ModelLoss
 
 __all__ = [
     "Batch",
     "Batches",
     "LinearLayer",
     "LinearTaps",
-    "ModelFn",
+    "LossFn",
     "Problem",
     "Units",
     "auto_chunk",
+    "batch_grads",
+    "batch_loss",
     "batch_moments",
     "check_chunk",
     "check_finite",
     "check_result",
     "check_same_tree",
-    "checked_logits",
-    "cross_entropy",
+    "cached_taps",
+    "checked_outputs",
     "fast_layers",
     "flat_rows",
     "flatten_leaves",
     "iter_batches",
-    "mask_leaves",
     "linear_grads",
     "linear_taps",
+    "mask_leaves",
     "mean_grad",
     "merge",
+    "need_model",
     "per_sample_chunks",
     "prepare",
     "resolve_taps",
-    "softmax_factor",
+    "rows_of",
     "split_leaves",
     "to_tree",
     "unit_sum",
 ]
 
-ModelFn = Callable[[tree.Tree, torch.Tensor], torch.Tensor]
-Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[tree.Tree, Any], torch.Tensor]
+Batch = Any  # a pytree of tensors with a common leading sample axis
 Batches = Batch | Sequence[Batch]
 Units = Sequence[ChannelGroup] | int
 _BLOCK = 2**24  # floats in one vmapped block when chunk_size is None (64 MiB in float32)
@@ -93,14 +104,18 @@ _aten = torch.ops.aten
 
 class Problem(NamedTuple):
     """A checked scoring problem. ``theta`` holds every leaf of ``W * M`` (detached), in tree order;
-    ``scored`` the indices of the scored leaves; ``samples`` the total row count of ``batches``."""
+    ``scored`` the indices of the scored leaves; ``batches`` the checked batches (int labels as
+    int64 for cross-entropy), ``rows`` their row counts and ``samples`` the total; ``model`` is
+    ``loss_fn`` when it is a :class:`~pure_prune.losses.ModelLoss`, else ``None``."""
 
-    model_fn: ModelFn
+    loss_fn: LossFn
+    model: ModelLoss | None
     spec: Any
     paths: tuple[str, ...]
     theta: tuple[torch.Tensor, ...]
     scored: tuple[int, ...]
     batches: tuple[Batch, ...]
+    rows: tuple[int, ...]
     samples: int
 
 
@@ -134,12 +149,18 @@ def check_finite(
 
 def check_result(where: str, problem: Problem, values: Sequence[torch.Tensor], what: str = "result") -> None:
     """Raise ``ValueError`` when ``values`` (one tensor per scored leaf) hold NaN or inf, naming the
-    culprit: first a non-finite input (a ``params`` leaf, ``batches[i].x``), else the leaf of the
-    result. Inputs are inspected only then: a non-finite input that reaches the result is found
-    at no cost to the calls where everything is finite (one sync)."""
+    culprit: first a non-finite input (a ``params`` leaf, a float leaf of ``batches[i]``), else the
+    leaf of the result. Inputs are inspected only then: a non-finite input that reaches the result
+    is found at no cost to the calls where everything is finite (one sync)."""
     if bool(torch.stack([v.sum().float() for v in values]).sum().isfinite()):
         return
-    xs = [(f"batches[{i}].x", b[0]) for i, b in enumerate(problem.batches)]
+    keys = {} if problem.model is None else {str(problem.model.keys[0]): "x", str(problem.model.keys[1]): "y"}
+    xs = [
+        (f"batches[{i}].{keys[p]}" if p in keys else f"batches[{i}] leaf {p!r}", t)
+        for i, b in enumerate(problem.batches)
+        for p, t in zip(*tree.flatten_with_paths(b)[:2])
+        if t.is_floating_point()
+    ]
     check_finite(f"{where} (inputs)", problem.paths, problem.theta, xs)
     check_finite(f"{where} ({what})", [problem.paths[i] for i in problem.scored], values)
 
@@ -186,43 +207,103 @@ def mask_leaves(where: str, params: tree.Tree, masks: tree.Tree | None) -> list[
     return m_leaves
 
 
-def _as_batches(where: str, batches: Any) -> tuple[Batch, ...]:
-    if isinstance(batches, tuple) and len(batches) == 2 and isinstance(batches[0], torch.Tensor):
-        batches = [batches]
-    if not isinstance(batches, Sequence) or isinstance(batches, (str, bytes)) or len(batches) == 0:
-        raise TypeError(f"{where}: batches must be an (x, y) pair or a non-empty sequence of them")
-    out = []
-    for i, b in enumerate(batches):
-        if not (isinstance(b, (tuple, list)) and len(b) == 2):
-            raise TypeError(f"{where}: batches[{i}] must be an (x, y) pair, got {type(b).__name__}")
-        x, y = b
-        if not isinstance(x, torch.Tensor) or x.ndim == 0:
-            raise TypeError(f"{where}: batches[{i}] x must be a tensor with a batch axis, got {x!r:.80}")
-        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.ndim == 0:
-            got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else repr(y)
-            raise TypeError(
-                f"{where}: batches[{i}] y must be an int64 tensor of shape (N,) or (N, ...), got {got}"
-            )
-        if y.shape[0] != x.shape[0] or x.shape[0] == 0:
+def _as_batches(where: str, batches: Any) -> tuple[Any, ...]:
+    """One batch -> ``(batch,)``; a list, or a tuple holding no tensor at its top level, is a
+    sequence of batches."""
+    many = isinstance(batches, list) or (
+        isinstance(batches, tuple) and not any(isinstance(b, torch.Tensor) for b in batches)
+    )
+    out = tuple(batches) if many else (batches,)
+    if not out:
+        raise TypeError(f"{where}: batches must be a batch or a non-empty sequence of batches")
+    return out
+
+
+def rows_of(where: str, label: str, batch: Any) -> int:
+    """The common leading size ``N > 0`` of every leaf of ``batch``; ``TypeError``/``ValueError``
+    naming the leaf (``label`` names the batch) otherwise."""
+    if isinstance(batch, (str, bytes)) or batch is None:
+        raise TypeError(f"{where}: {label} must be a pytree of tensors, got {batch!r:.80}")
+    paths, leaves, _ = tree.flatten_with_paths(batch)
+    if not leaves:
+        raise ValueError(f"{where}: {label} holds no tensor")
+    first = None
+    for p, t in zip(paths, leaves):
+        if not isinstance(t, torch.Tensor) or t.ndim == 0:
+            got = f"a {t.dtype} scalar" if isinstance(t, torch.Tensor) else f"{t!r:.60}"
+            raise TypeError(f"{where}: {label} leaf {p!r} must be a tensor with a sample axis, got {got}")
+        if first is None:
+            first = (p, t.shape[0])
+        elif t.shape[0] != first[1]:
             raise ValueError(
-                f"{where}: batches[{i}] has {x.shape[0]} inputs and {y.shape[0]} labels (need equal, > 0)"
+                f"{where}: {label} leaf {p!r} has {t.shape[0]} rows, leaf {first[0]!r} has {first[1]} "
+                "(every leaf of a batch needs one common leading sample axis)"
             )
-        if y.numel() == 0:
-            raise ValueError(f"{where}: batches[{i}] y of shape {tuple(y.shape)} holds no label")
-        out.append((x, y.long()))
-    return tuple(out)
+    if first[1] == 0:
+        raise ValueError(f"{where}: {label} has 0 rows (leaf {first[0]!r})")
+    return first[1]
 
 
-def prepare(
-    where: str, model_fn: ModelFn, params: tree.Tree, batches: Any, masks: tree.Tree | None
-) -> Problem:
+def _check_batch(where: str, i: int, batch: Any, model: ModelLoss | None) -> tuple[Any, int]:
+    """A checked batch (int labels as int64 for cross-entropy) and its row count."""
+    if model is not None:
+        if not isinstance(batch, (tuple, list, Mapping)):
+            raise TypeError(
+                f"{where}: batches[{i}] must be a tuple/list or dict holding the model input and targets "
+                f"at {model.keys!r}, got {type(batch).__name__}"
+            )
+        x, y = model.split(batch)
+        label = "y" if model.keys == (0, 1) else f"targets {model.keys[1]!r}"
+        y2 = model.check_targets(where, f"batches[{i}] {label}", y)
+        if not isinstance(x, torch.Tensor) and not tree.leaves(x):
+            raise TypeError(f"{where}: batches[{i}] x must be a tensor with a batch axis, got {x!r:.80}")
+        if isinstance(x, torch.Tensor) and x.ndim == 0:
+            raise TypeError(f"{where}: batches[{i}] x must be a tensor with a batch axis, got {x!r:.80}")
+        if isinstance(x, torch.Tensor) and isinstance(y2, torch.Tensor) and y2.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{where}: batches[{i}] has {x.shape[0]} inputs and {y2.shape[0]} labels (need equal, > 0)"
+            )
+        if isinstance(y2, torch.Tensor) and y2.numel() == 0:
+            raise ValueError(f"{where}: batches[{i}] y of shape {tuple(y2.shape)} holds no label")
+        if y2 is not y:
+            batch = model.join(batch, x, y2)
+    return batch, rows_of(where, f"batches[{i}]", batch)
+
+
+def _check_plain_loss(where: str, problem: Problem) -> None:
+    """A plain ``loss_fn`` must give a float scalar that depends differentiably on the scored
+    leaves (checked on the first batch, outside any transform: one forward pass)."""
+    sub = [problem.theta[i].detach().requires_grad_() for i in problem.scored]
+    with torch.enable_grad():
+        value = problem.loss_fn(merge(problem, sub), problem.batches[0])
+    if not isinstance(value, torch.Tensor) or value.ndim != 0 or not value.is_floating_point():
+        got = (
+            f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+            if isinstance(value, torch.Tensor)
+            else (f"{type(value).__name__}")
+        )
+        raise TypeError(
+            f"{where}: loss_fn(params, batches[0]) must return a float scalar (the mean loss over the "
+            f"batch's rows), got {got}; to score a model_fn(params, x) -> outputs, pass "
+            "losses.model_loss(model_fn, 'cross_entropy' | 'mse' | output_loss)"
+        )
+    if not value.requires_grad:
+        raise TypeError(
+            f"{where}: loss_fn's value is not differentiable in the scored params (no autograd graph "
+            f"reaches leaves {[problem.paths[i] for i in problem.scored][:5]}): was it detached or "
+            "computed without grad?"
+        )
+
+
+def prepare(where: str, loss_fn: LossFn, params: tree.Tree, batches: Any, masks: tree.Tree | None) -> Problem:
     """Check the inputs of a scoring function named ``where`` and build its :class:`Problem`.
 
     Raises ``TypeError``/``ValueError`` naming the offending leaf path or batch. NaN/inf in the
     inputs are reported by :func:`check_result` when they reach a result.
     """
-    if not callable(model_fn):
-        raise TypeError(f"{where}: model_fn must be callable, got {type(model_fn).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"{where}: loss_fn must be callable, got {type(loss_fn).__name__}")
+    model = loss_fn if isinstance(loss_fn, ModelLoss) else None
     paths, leaves, spec = tree.flatten_with_paths(params)
     if not leaves:
         raise ValueError(f"{where}: params has no leaves")
@@ -243,50 +324,27 @@ def prepare(
         seen = ", ".join(f"{d} at {p!r}" for d, p in first_of.items())
         raise TypeError(f"{where}: scored leaves must share one dtype, got {seen}")
     theta = tuple(w.detach() if m is None else w.detach() * m.to(w.dtype) for w, m in zip(leaves, m_leaves))
-    bs = _as_batches(where, batches)
-    return Problem(model_fn, spec, tuple(paths), theta, scored, bs, sum(b[0].shape[0] for b in bs))
+    checked = [_check_batch(where, i, b, model) for i, b in enumerate(_as_batches(where, batches))]
+    bs, rows = tuple(b for b, _ in checked), tuple(n for _, n in checked)
+    problem = Problem(loss_fn, model, spec, tuple(paths), theta, scored, bs, rows, sum(rows))
+    if model is None:
+        _check_plain_loss(where, problem)
+    return problem
 
 
-def _fits(logits: Any, y: torch.Tensor) -> bool:
-    """Whether ``logits`` has the shape ``(*y.shape, C)``."""
-    return isinstance(logits, torch.Tensor) and logits.ndim == y.ndim + 1 and logits.shape[:-1] == y.shape
-
-
-def checked_logits(where: str, logits: Any, y: torch.Tensor) -> torch.Tensor:
-    """Check that a model output fits cross-entropy with labels ``y`` (outside any transform):
-    float logits of shape ``(*y.shape, C)`` (``(N, C)`` for ``(N,)`` labels, ``(N, T, C)`` for
-    ``(N, T)``) and labels in ``[0, C)``. Returns ``logits``."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{where}: model_fn must return a logits tensor (N, C), got {type(logits).__name__}")
-    if not _fits(logits, y) or not logits.is_floating_point():
-        raise ValueError(
-            f"{where}: model_fn output has shape {tuple(logits.shape)} ({logits.dtype}); cross-entropy "
-            f"with labels of shape {tuple(y.shape)} needs float logits of shape {(*y.shape, 'C')}"
+def need_model(where: str, problem: Problem, route: str) -> ModelLoss:
+    """``problem.model``, or a ``TypeError`` saying that ``route`` needs the model's outputs."""
+    if problem.model is None:
+        raise TypeError(
+            f"{where}: {route} needs the model's outputs: pass loss_fn as "
+            "losses.model_loss(model_fn, output_loss), not a plain loss function"
         )
-    n_cls = logits.shape[-1]
-    lo, hi = (int(v) for v in torch.aminmax(y))
-    if lo < 0 or hi >= n_cls:
-        raise ValueError(f"{where}: labels y span [{lo}, {hi}], the model output has {n_cls} classes")
-    return logits
+    return problem.model
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of ``logits`` ``(N, ..., C)`` against int labels ``(N, ...)``.
-
-    The loss of sample ``n`` is ``l_n``, the mean over its label entries (its tokens; one entry for
-    ``(N,)`` labels). ``reduction``: ``"mean"`` -> scalar ``(1/N) sum_n l_n`` (= the mean over all
-    label entries), ``"sum"`` -> scalar ``sum_n l_n``, ``"none"`` -> ``(N,)`` the ``l_n``.
-    """
-    if not _fits(logits, y):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model_fn output {shape} does not fit cross-entropy with labels {tuple(y.shape)}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if y.ndim == 1:
-        return F.cross_entropy(logits, y, reduction=reduction)
-    per_entry = F.cross_entropy(rearrange(logits, "n ... c -> n c ..."), y, reduction="none")
-    per_sample = reduce(per_entry, "n ... -> n", "mean")
-    return per_sample if reduction == "none" else reduce(per_sample, "n ->", reduction)
+def checked_outputs(where: str, problem: Problem, outputs: Any, y: Any) -> torch.Tensor:
+    """Check a model output against the targets ``y`` (:meth:`ModelLoss.check`); returns it."""
+    return need_model(where, problem, "this route").check(where, outputs, y)
 
 
 def merge(problem: Problem, sub: Sequence[torch.Tensor]) -> tree.Tree:
@@ -324,23 +382,38 @@ def auto_chunk(count: int, width: int, chunk_size: int | None) -> int:
     return max(1, min(count, _BLOCK // max(width, 1)))
 
 
-def batch_grads(problem: Problem) -> Iterator[tuple[float, list[torch.Tensor]]]:
+def batch_loss(where: str, problem: Problem, batch: Any) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """``sub -> loss_fn(params with the scored leaves from sub, batch)``. For a ``ModelLoss`` the
+    model output is checked against the targets first (one forward pass outside any transform)."""
+    if problem.model is not None:
+        x, y = problem.model.split(batch)
+        problem.model.check(where, problem.model.model_fn(merge(problem, []), x), y)
+    return lambda sub: problem.loss_fn(merge(problem, sub), batch)
+
+
+def batch_grads(problem: Problem, where: str = "gradient") -> Iterator[tuple[float, list[torch.Tensor]]]:
     """For each batch: its share of the samples and the gradient of its mean loss w.r.t. the
     scored leaves of ``theta`` (one tensor per scored leaf)."""
     sub0 = [problem.theta[i] for i in problem.scored]
-    for x, y in problem.batches:
+    model = problem.model
+    for batch, n in zip(problem.batches, problem.rows):
+        if model is not None:
+            x, y = model.split(batch)
 
-        def loss(sub, x=x, y=y):
-            logits = checked_logits("gradient", problem.model_fn(merge(problem, sub), x), y)
-            return cross_entropy(logits, y)
+            def loss(sub, x=x, y=y):
+                return model.loss(model.check(where, model.model_fn(merge(problem, sub), x), y), y)
+        else:
 
-        yield x.shape[0] / problem.samples, grad(loss)(sub0)
+            def loss(sub, batch=batch):
+                return problem.loss_fn(merge(problem, sub), batch)
+
+        yield n / problem.samples, grad(loss)(sub0)
 
 
-def mean_grad(problem: Problem) -> list[torch.Tensor]:
+def mean_grad(problem: Problem, where: str = "gradient") -> list[torch.Tensor]:
     """Gradient of the loss over all batches w.r.t. the scored leaves of ``theta`` (one per leaf)."""
     total = [torch.zeros_like(problem.theta[i]) for i in problem.scored]
-    for w, g in batch_grads(problem):
+    for w, g in batch_grads(problem, where):
         total = [t + w * gi for t, gi in zip(total, g)]
     return total
 
@@ -381,7 +454,13 @@ class LinearTaps(NamedTuple):
 
 
 def _signature(paths: Sequence[str], leaves: Sequence[torch.Tensor], x: torch.Tensor) -> tuple[Any, ...]:
-    return (tuple(paths), tuple((tuple(w.shape), w.dtype) for w in leaves), tuple(x.shape), x.dtype)
+    return (
+        tuple(paths),
+        tuple((tuple(w.shape), w.dtype, w.device) for w in leaves),
+        tuple(x.shape),
+        x.dtype,
+        x.device,
+    )
 
 
 def _is_transpose2d(node: torch.fx.Node) -> bool:
@@ -466,15 +545,22 @@ def _rows_independent(
     return True
 
 
-def linear_taps(model_fn: ModelFn, params: tree.Tree, x: torch.Tensor) -> LinearTaps:
+def linear_taps(
+    model_fn: Callable[[tree.Tree, torch.Tensor], torch.Tensor] | ModelLoss,
+    params: tree.Tree,
+    x: torch.Tensor,
+) -> LinearTaps:
     """Trace ``model_fn(params, x)`` once and find its linear layers (the fast path of the scores).
 
-    A layer qualifies when its weight is a 2-D leaf used once (directly or transposed) as the right
-    operand of a matrix product whose left operand has one row per sample, optionally with a 1-D
-    bias leaf added. The trace (``make_fx``, ~40 ms) fixes shapes and Python control flow, so pass
-    the result as ``fast=`` to score many batches of one shape without tracing again.
+    ``model_fn`` is a model function ``(params, x) -> outputs`` or a ``ModelLoss`` (its model is
+    traced). A layer qualifies when its weight is a 2-D leaf used once (directly or transposed) as
+    the right operand of a matrix product whose left operand has one row per sample, optionally
+    with a 1-D bias leaf added. The trace (``make_fx``, ~40 ms) fixes shapes and Python control
+    flow; this function always traces afresh (the scores' default ``fast=True`` memoises its
+    traces per function and shapes), and its result passed as ``fast=`` scores many batches of one
+    shape without tracing again.
 
-    Returns a :class:`LinearTaps`; ``layers`` is empty when nothing qualifies, when the logits are
+    Returns a :class:`LinearTaps`; ``layers`` is empty when nothing qualifies, when the outputs are
     token-level (``(N, T, C)``: a sample's gradient sums over tokens and is no single outer product)
     or when rows of the model's outputs mix samples (then every leaf takes the generic route).
     Mixing is found with a forward-mode perturbation of one row of ``x`` and of the taps; for
@@ -482,6 +568,11 @@ def linear_taps(model_fn: ModelFn, params: tree.Tree, x: torch.Tensor) -> Linear
     there (``model_fn`` must keep samples apart in any case: per-sample statistics mean nothing
     otherwise).
     """
+    model_fn = model_fn.model_fn if isinstance(model_fn, ModelLoss) else model_fn
+    if not callable(model_fn):
+        raise TypeError(f"linear_taps: model_fn must be callable, got {type(model_fn).__name__}")
+    if not isinstance(x, torch.Tensor) or x.ndim == 0:
+        raise TypeError(f"linear_taps: x must be a tensor with a sample axis, got {x!r:.80}")
     paths, leaves, spec = tree.flatten_with_paths(params)
     leaves = [w.detach() for w in leaves]
     n_leaves = len(leaves)
@@ -494,10 +585,10 @@ def linear_taps(model_fn: ModelFn, params: tree.Tree, x: torch.Tensor) -> Linear
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     output = next(n for n in graph.nodes if n.op == "output")
     if not isinstance(output.args[0], torch.fx.Node):
-        raise TypeError("linear_taps: model_fn must return one logits tensor (N, C)")
+        raise TypeError("linear_taps: model_fn must return one output tensor (N, ...)")
     leaf_of = {node: i for i, node in enumerate(placeholders[:n_leaves])}
-    # the fast formulas need one logit row per sample: token-level logits take the generic route
-    per_row = output.args[0].meta["val"].ndim == 2
+    # the fast formulas need one output row per sample: token-level outputs take the generic route
+    per_row = output.args[0].meta["val"].ndim in (1, 2)
     found = _match_linear(graph, leaf_of, x.shape[0]) if per_row else []
     last = placeholders[-1]
     for k, (_, _, z) in enumerate(found):
@@ -519,79 +610,84 @@ def linear_taps(model_fn: ModelFn, params: tree.Tree, x: torch.Tensor) -> Linear
     )  # forward: no Module.__call__ overhead
 
 
-def resolve_taps(fast: bool | LinearTaps, problem: Problem, x: torch.Tensor) -> LinearTaps | None:
-    """The taps to use for a batch with inputs ``x``: ``None`` (generic route), ``fast`` itself when
-    it was traced for these shapes, or a fresh trace."""
+def cached_taps(
+    model_fn: Callable[[tree.Tree, torch.Tensor], torch.Tensor], params: tree.Tree, x: torch.Tensor
+) -> LinearTaps:
+    """:func:`linear_taps` memoised per ``model_fn`` and shapes in :data:`TRACES`."""
+    paths, leaves, _ = tree.flatten_with_paths(params)
+    key = ("linear_taps", _signature(paths, leaves, x))
+    return TRACES.get(model_fn, key, lambda: linear_taps(model_fn, params, x))
+
+
+def resolve_taps(fast: bool | LinearTaps, problem: Problem, x: Any) -> LinearTaps | None:
+    """The taps to use for a batch with model input ``x``: ``None`` (generic route: ``fast=False``,
+    a plain loss, or an input that is no tensor), ``fast`` itself when it was traced for these
+    shapes, or the memoised trace (:func:`cached_taps`)."""
     if fast is False:
         return None
     if not (fast is True or isinstance(fast, LinearTaps)):
         raise TypeError(f"fast must be True, False or a LinearTaps from linear_taps(), got {fast!r:.80}")
+    if problem.model is None:
+        if isinstance(fast, LinearTaps):
+            raise TypeError(
+                "fast=LinearTaps needs loss_fn = losses.model_loss(model_fn, output_loss): a plain loss "
+                "has no model to tap"
+            )
+        return None
+    if not isinstance(x, torch.Tensor):
+        return None
     if isinstance(fast, LinearTaps) and fast.signature == _signature(problem.paths, problem.theta, x):
         return fast
-    return linear_taps(problem.model_fn, tree.unflatten(problem.spec, problem.theta), x)
+    return cached_taps(problem.model.model_fn, tree.unflatten(problem.spec, problem.theta), x)
 
 
 def iter_batches(problem: Problem, fast: bool | LinearTaps = False):
-    """Yield ``(b, x, y, taps)`` per batch; a trace made for one batch serves the next of equal shape."""
+    """Yield ``(b, batch, taps)`` per batch; a trace made for one batch serves the next of equal shape."""
     current = fast
-    for b, (x, y) in enumerate(problem.batches):
+    for b, batch in enumerate(problem.batches):
+        x = problem.model.split(batch)[0] if problem.model is not None else None
         taps = resolve_taps(current, problem, x)
         current = current if taps is None else taps
-        yield b, x, y, taps
+        yield b, batch, taps
 
 
 def linear_grads(
     where: str,
     problem: Problem,
     taps: LinearTaps,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    batch: Any,
     ks: Sequence[int],
-    factor: bool,
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Inputs ``a_k`` ``(N, in_k)`` and output gradients of the traced linear layers ``ks``.
+    factor: bool | Callable[[torch.Tensor, Any], torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], int]:
+    """Inputs ``a_k`` ``(N, in_k)`` and output gradients of the traced linear layers ``ks``, and
+    the divisor ``entries`` of the GGN (see :meth:`ModelLoss.hessian_factor`; ``N`` when unused).
 
-    ``factor=False``: ``g_k`` ``(N, out_k)``, row ``n`` the gradient of sample ``n``'s cross-entropy
-    w.r.t. its layer output. ``factor=True``: ``G_k`` ``(C, N, out_k)``, the vjps of the ``C`` columns
-    of :func:`softmax_factor` (one batched backward): gradients w.r.t. zero taps, the only tensors
-    that require grad, so the backward computes no weight gradients (with the weights requiring
-    grad instead, the batched backward measured 3x slower: it forms them).
+    ``factor=False``: ``g_k`` ``(N, out_k)``, row ``n`` the gradient of sample ``n``'s loss w.r.t.
+    its layer output. ``factor=True`` (the output-Hessian factor of the ``ModelLoss``) or a callable
+    ``(outputs, targets) -> rows`` ``(N, R, *outputs.shape[1:])``: ``G_k`` ``(R, N, out_k)``, the vjps of the ``R``
+    factor rows (one batched backward): gradients w.r.t. zero taps, the only tensors that require
+    grad, so the backward computes no weight gradients (with the weights requiring grad instead,
+    the batched backward measured 3x slower: it forms them).
     """
+    model = problem.model
+    x, y = model.split(batch)
     zeros = [
         torch.zeros(x.shape[0], layer.out, dtype=problem.theta[layer.weight].dtype, requires_grad=True)
         for layer in taps.layers
     ]
+    entries = x.shape[0]
     with torch.enable_grad():
         outs = taps.fn(*problem.theta, x, *zeros)
-        logits, wrt = outs[0], [zeros[k] for k in ks]
-        checked_logits(where, logits, y)
-        if factor:
-            cot = rearrange(softmax_factor(logits), "n c k -> c n k")
-            gs = torch.autograd.grad(logits, wrt, cot, is_grads_batched=True)
+        out, wrt = outs[0], [zeros[k] for k in ks]
+        model.check(where, out, y)
+        if factor is not False:
+            rows = (model.hessian_factor if factor is True else factor)(out, y)
+            entries = model.ggn_entries(out, y)
+            cot = rearrange(rows, "n r ... -> r n ...")
+            gs = torch.autograd.grad(out, wrt, cot, is_grads_batched=True)
         else:
-            gs = torch.autograd.grad(cross_entropy(logits, y, reduction="sum"), wrt)
-    return tuple(outs[1 + k].detach() for k in ks), gs
-
-
-def softmax_factor(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, C, C)`` for logits ``(N, C)``: row ``c`` of sample ``n`` is ``sqrt(p_nc) (e_c - p_n)``,
-    ``p = softmax(logits)``; summing the outer products of the rows gives ``diag(p_n) - p_n p_n^T``,
-    the Hessian of the cross-entropy w.r.t. the logits.
-
-    Token-level logits ``(N, T, C)`` (any number of middle axes, flattened to ``T``) give
-    ``(N, T*C, T, C)``: row ``(t, c)`` holds the row ``c`` of token ``t``'s factor at token ``t`` and
-    zeros at the other tokens, so the rows factor the block-diagonal Hessian of the per-token
-    cross-entropies (memory ``N (T C)²``: build it for a few samples at a time).
-    """
-    p = logits.detach().softmax(-1)
-    eye = torch.eye(p.shape[-1], dtype=p.dtype)
-    if p.ndim == 2:
-        return p.sqrt()[:, :, None] * (eye[None] - p[:, None, :])
-    flat = rearrange(p, "n ... c -> n (...) c")
-    rows = flat.sqrt()[..., None] * (eye - flat[:, :, None, :])  # (n, t, c, c')
-    at = torch.eye(flat.shape[1], dtype=p.dtype)  # (t, t')
-    out = rearrange(at[None, :, None, :, None] * rows[:, :, :, None, :], "n t c s k -> n (t c) s k")
-    return out.reshape(out.shape[0], out.shape[1], *p.shape[1:])
+            gs = torch.autograd.grad(model.loss(out, y, reduction="sum"), wrt)
+    return tuple(outs[1 + k].detach() for k in ks), gs, entries
 
 
 def fast_layers(problem: Problem, taps: LinearTaps | None) -> list[tuple[int, LinearLayer]]:
@@ -668,35 +764,37 @@ def _sample_moment(stat: str, g: torch.Tensor) -> torch.Tensor:
     return _signs(g)[0 if stat == "pos" else 1].sum(0)
 
 
-def per_sample_chunks(problem: Problem, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None):
-    """Yield per-sample gradients of the scored leaves, ``[(n, *shape) per leaf]``, chunk by chunk."""
+def per_sample_chunks(problem: Problem, batch: Any, chunk_size: int | None):
+    """Yield per-sample gradients of the scored leaves, ``[(n, *shape) per leaf]``, chunk by chunk:
+    ``vmap`` over the rows of every leaf of ``batch`` of ``grad`` of the loss of one row (a batch
+    of one)."""
     sub0 = [problem.theta[i] for i in problem.scored]
 
-    def one_loss(sub, xi, yi):
-        return cross_entropy(problem.model_fn(merge(problem, sub), xi[None]), yi[None])
+    def one_loss(sub, row):
+        return problem.loss_fn(merge(problem, sub), tree.map(lambda t: t[None], row))
 
-    per_sample = vmap(grad(one_loss), in_dims=(None, 0, 0))
+    per_sample = vmap(grad(one_loss), in_dims=(None, 0))
+    n = tree.leaves(batch)[0].shape[0]
     width = sum(s.numel() for s in sub0)
-    step = auto_chunk(x.shape[0], width, chunk_size)
-    for start in range(0, x.shape[0], step):
-        yield per_sample(sub0, x[start : start + step], y[start : start + step])
+    step = auto_chunk(n, width, chunk_size)
+    for start in range(0, n, step):
+        yield per_sample(sub0, tree.map(lambda t, s=start: t[s : s + step], batch))
 
 
 def batch_moments(
     problem: Problem,
     taps: LinearTaps | None,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    batch: Any,
     stats: Sequence[str],
     chunk_size: int | None,
 ) -> dict[str, torch.Tensor]:
     """Sums over the samples of one batch of functions of per-sample gradients.
 
     ``stats`` names them: ``"sum"`` (g), ``"sumsq"`` (g²), ``"abs"`` (|g|), ``"pos"``/``"neg"``
-    (counts of g > 0 / g < 0), where g is the gradient of one sample's cross-entropy w.r.t. a
-    scored leaf. Returns ``{stat: (D,)}``, flat over the scored leaves (:func:`split_leaves` gives
-    them leaf by leaf): results are written in place into these fresh buffers, which saves a copy
-    per statistic. Tapped linear layers are reduced with matrix products; the other leaves with
+    (counts of g > 0 / g < 0), where g is the gradient of one sample's loss w.r.t. a scored leaf.
+    Returns ``{stat: (D,)}``, flat over the scored leaves (:func:`split_leaves` gives them leaf by
+    leaf): results are written in place into these fresh buffers, which saves a copy per
+    statistic. Tapped linear layers are reduced with matrix products; the other leaves with
     chunked ``vmap(grad)``.
     """
     leaves = [problem.theta[i] for i in problem.scored]
@@ -706,20 +804,22 @@ def batch_moments(
     pos_of = {leaf: j for j, leaf in enumerate(problem.scored)}
     done: set[int] = set()
     layers = fast_layers(problem, taps)
+    where = "per-sample gradients"
     if layers:
-        inputs, gs = linear_grads("per-sample gradients", problem, taps, x, y, [k for k, _ in layers], False)
+        inputs, gs, _ = linear_grads(where, problem, taps, batch, [k for k, _ in layers], False)
         for (_, layer), a, g in zip(layers, inputs, gs):
             jw, jb = pos_of.get(layer.weight), pos_of.get(layer.bias)
             w_out = None if jw is None else {s: slots[s][jw] for s in stats}
             b_out = None if jb is None else {s: slots[s][jb] for s in stats}
             _layer_moments_into(stats, layer, g, a, w_out, b_out)
             done.update(j for j in (jw, jb) if j is not None)
-    else:
-        checked_logits("per-sample gradients", problem.model_fn(merge(problem, []), x), y)
+    elif problem.model is not None:
+        x, y = problem.model.split(batch)
+        problem.model.check(where, problem.model.model_fn(merge(problem, []), x), y)
     rest = [j for j in range(len(problem.scored)) if j not in done]
     if rest:
         sub = problem._replace(scored=tuple(problem.scored[j] for j in rest))
-        for c, chunk in enumerate(per_sample_chunks(sub, x, y, chunk_size)):
+        for c, chunk in enumerate(per_sample_chunks(sub, batch, chunk_size)):
             for s in stats:
                 for j, g in zip(rest, chunk):
                     if c == 0:

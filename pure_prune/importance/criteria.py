@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from pure_prune import tree
+from pure_prune import losses, tree
 from pure_prune.importance import activation, fusion, gradient, hessian, magnitude, weights
 from pure_prune.importance.registry import Criterion, ScoreInput
 
@@ -56,9 +56,9 @@ def _random(inp: ScoreInput) -> Any:
     return magnitude.random(inp.masks, inp.key)
 
 
-def _fn(inp: ScoreInput):
+def _fn(inp: ScoreInput) -> losses.ModelLoss:
     # the importance functions apply the masks themselves (theta = W * M)
-    return inp.model_fn(masked=False)
+    return losses.model_loss(inp.model_fn(masked=False), "cross_entropy")
 
 
 def _snip(inp: ScoreInput) -> Any:

@@ -1,8 +1,10 @@
 """First-order scores and per-sample gradient statistics.
 
-Conventions (inputs, masks, the cross-entropy loss, the ``fast`` linear-layer route) are those of
-:mod:`pure_prune.importance._functional`. Let ``g_n`` be the gradient of sample ``n``'s cross-entropy
-w.r.t. ``theta = W * M`` and ``N`` the number of samples in all batches (for token-level models,
+Conventions (``loss_fn(params, batch)``, inputs, masks, the ``fast`` linear-layer route) are those
+of :mod:`pure_prune.importance._functional`; every score here needs only ``loss_fn`` (a
+:class:`~pure_prune.losses.ModelLoss` adds the linear-layer fast path). Let ``g_n`` be the gradient
+of sample ``n``'s loss (``loss_fn`` of row ``n`` of the batch, as a batch of one) w.r.t.
+``theta = W * M`` and ``N`` the number of samples in all batches (for token-level cross-entropy,
 labels ``(N, T)``, a sample is one sequence and its loss the mean over its ``T`` tokens). Then,
 elementwise:
 
@@ -34,14 +36,13 @@ from pure_prune.importance._functional import (
     Batch,
     Batches,
     LinearTaps,
-    ModelFn,
+    LossFn,
     Problem,
     Units,
     batch_grads,
     batch_moments,
     check_chunk,
     check_result,
-    checked_logits,
     iter_batches,
     linear_taps,
     mean_grad,
@@ -121,11 +122,11 @@ def _moments(
     check_chunk(chunk_size)
     totals: dict[str, torch.Tensor] | None = None
     squares = None
-    for _, x, y, taps in iter_batches(problem, fast):
-        m = batch_moments(problem, taps, x, y, stats, chunk_size)
+    for b, batch, taps in iter_batches(problem, fast):
+        m = batch_moments(problem, taps, batch, stats, chunk_size)
         totals = m if totals is None else {s: totals[s] + m[s] for s in stats}
         if batch_means:
-            sq = m["sum"] * m["sum"] / x.shape[0]
+            sq = m["sum"] * m["sum"] / problem.rows[b]
             squares = sq if squares is None else squares + sq
     assert totals is not None  # prepare() guarantees at least one batch
     check_result(where, problem, split_leaves(problem, totals[stats[0]]), "per-sample gradients")
@@ -133,34 +134,38 @@ def _moments(
 
 
 def per_sample_grads(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batch: Batch,
     *,
     masks: tree.Tree | None = None,
     chunk_size: int | None = None,
 ) -> tree.Tree:
-    """Per-sample gradients by ``vmap(grad)`` of the one-sample cross-entropy (any model).
+    """Per-sample gradients by ``vmap(grad)`` of the one-row loss (any ``loss_fn``).
 
-    ``batch`` is one ``(x, y)`` pair with ``N`` samples. Returns a tree like ``params``: at scored
+    ``batch`` is one batch with ``N`` rows. Returns a tree like ``params``: at scored
     leaves a tensor ``(N, *leaf.shape)`` holding the gradient of sample ``n``'s loss w.r.t.
     ``theta = W * M`` in row ``n``; ``None`` elsewhere. ``chunk_size`` samples are vmapped at once
     (default: as many as fit a 2**24-float block).
     """
-    problem = prepare("per_sample_grads", model_fn, params, batch, masks)
+    problem = prepare("per_sample_grads", loss_fn, params, batch, masks)
     check_chunk(chunk_size)
     if len(problem.batches) != 1:
-        raise ValueError(f"per_sample_grads takes one (x, y) batch, got {len(problem.batches)}")
-    x, y = problem.batches[0]
-    checked_logits("per_sample_grads", model_fn(merge(problem, []), x), y)
-    chunks = list(per_sample_chunks(problem, x, y, chunk_size))
+        raise ValueError(
+            f"per_sample_grads takes one batch (such as one (x, y) batch), got {len(problem.batches)}"
+        )
+    batch = problem.batches[0]
+    if problem.model is not None:
+        x, y = problem.model.split(batch)
+        problem.model.check("per_sample_grads", problem.model.model_fn(merge(problem, []), x), y)
+    chunks = list(per_sample_chunks(problem, batch, chunk_size))
     values = [torch.cat([c[j] for c in chunks]) for j in range(len(problem.scored))]
     check_result("per_sample_grads", problem, values)
     return to_tree(problem, values)
 
 
 def gradient_stats(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -172,15 +177,16 @@ def gradient_stats(
     """Mean, variance, SNR, magnitude, stability, sign consistency and empirical Fisher of the
     per-sample gradients over all samples of ``batches`` (definitions in the module docstring).
 
-    ``fast=True`` traces ``model_fn`` (:func:`linear_taps`) and reduces linear layers with matrix
-    products, without forming per-sample gradients; other leaves, or all with ``fast=False``, use
-    chunked ``vmap(grad)`` (``chunk_size`` samples at once). Pass a :class:`LinearTaps` to skip the
-    trace.
+    ``fast=True`` (with a :class:`~pure_prune.losses.ModelLoss`) takes the memoised trace of its
+    ``model_fn`` (:func:`linear_taps`, traced once per function and shapes) and reduces linear
+    layers with matrix products, without forming per-sample gradients; other leaves, or all with
+    ``fast=False`` or a plain ``loss_fn``, use chunked ``vmap(grad)`` (``chunk_size`` samples at
+    once). Pass a :class:`LinearTaps` to hold a trace yourself.
     Returns a :class:`GradStats` of trees like ``params`` (``None`` at unscored leaves).
     """
     where = "gradient_stats"
     eps = _check_eps(where, eps)
-    problem = prepare(where, model_fn, params, batches, masks)
+    problem = prepare(where, loss_fn, params, batches, masks)
     sums, squares = _moments(where, problem, fast, ("sum", "sumsq", "abs", "pos", "neg"), chunk_size, True)
     n = problem.samples
     mean = sums["sum"] / n
@@ -204,7 +210,7 @@ def gradient_stats(
 
 
 def gradient_snr(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -220,14 +226,14 @@ def gradient_snr(
     """
     where = "gradient_snr"
     eps = _check_eps(where, eps)
-    problem = prepare(where, model_fn, params, batches, masks)
+    problem = prepare(where, loss_fn, params, batches, masks)
     sums, _ = _moments(where, problem, fast, ("sum", "sumsq"), chunk_size)
     q, d, keep = _snr_terms(sums["sum"], sums["sumsq"], problem.samples)
     return to_tree(problem, split_leaves(problem, q.div_(d.add_(problem.samples * eps / keep))))
 
 
 def empirical_fisher(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -241,7 +247,7 @@ def empirical_fisher(
     from the model see :func:`pure_prune.importance.hessian.fisher_diag_mc`.
     """
     where = "empirical_fisher"
-    problem = prepare(where, model_fn, params, batches, masks)
+    problem = prepare(where, loss_fn, params, batches, masks)
     sums, _ = _moments(where, problem, fast, ("sumsq",), chunk_size)
     return to_tree(problem, split_leaves(problem, sums["sumsq"] / problem.samples))
 
@@ -253,19 +259,19 @@ def _grad_times_theta(where: str, problem: Problem) -> list[torch.Tensor]:
 
 
 def snip(
-    model_fn: ModelFn, params: tree.Tree, batches: Batches, *, masks: tree.Tree | None = None
+    loss_fn: LossFn, params: tree.Tree, batches: Batches, *, masks: tree.Tree | None = None
 ) -> tree.Tree:
     """SNIP connection sensitivity ``|g * theta|`` (= per-element first-order Taylor ``|g·w|``).
 
     ``g`` is the gradient of the loss over all batches at ``theta = W * M``. Returns a tree like
     ``params``, ``None`` at unscored leaves; pruned entries score 0.
     """
-    problem = prepare("snip", model_fn, params, batches, masks)
+    problem = prepare("snip", loss_fn, params, batches, masks)
     return to_tree(problem, [v.abs() for v in _grad_times_theta("snip", problem)])
 
 
 def taylor(
-    model_fn: ModelFn, params: tree.Tree, batches: Batches, *, masks: tree.Tree | None = None
+    loss_fn: LossFn, params: tree.Tree, batches: Batches, *, masks: tree.Tree | None = None
 ) -> tree.Tree:
     """First-order Taylor importance per weight (Molchanov et al. 2019): ``Σ_b w_b (g_b ⊙ θ)²``,
     the mean over batches weighted by their share of the samples.
@@ -277,7 +283,7 @@ def taylor(
     still count here. Returns a tree like ``params``, ``None`` at unscored leaves; pruned entries
     score 0.
     """
-    problem = prepare("taylor", model_fn, params, batches, masks)
+    problem = prepare("taylor", loss_fn, params, batches, masks)
     theta = [problem.theta[i] for i in problem.scored]
     total = [torch.zeros_like(t) for t in theta]
     for w, g in batch_grads(problem):
@@ -287,7 +293,7 @@ def taylor(
 
 
 def taylor_units(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     units: Units,
@@ -299,6 +305,6 @@ def taylor_units(
     ``units``: channel groups (``{group name: (size,)}``, summing members marked ``score``) or an int
     axis (``{leaf path: (shape[axis],)}`` per scored leaf). ``g`` as in :func:`snip`.
     """
-    problem = prepare("taylor_units", model_fn, params, batches, masks)
+    problem = prepare("taylor_units", loss_fn, params, batches, masks)
     prod = to_tree(problem, _grad_times_theta("taylor_units", problem))
     return {k: v.abs() for k, v in unit_sum(prod, units, "taylor_units").items()}

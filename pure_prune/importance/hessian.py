@@ -1,8 +1,10 @@
 """Second-order scores: Hessian-vector products, the Hessian diagonal, OBD, HAP and GraSP.
 
-Conventions (inputs, masks, the cross-entropy loss ``L``, the ``fast`` linear-layer route) are those
-of :mod:`pure_prune.importance._functional`; ``H`` is the Hessian of ``L`` w.r.t. the scored leaves
-of ``theta = W * M`` (the other leaves are held fixed).
+Conventions (``loss_fn(params, batch)``, inputs, masks, the ``fast`` linear-layer route) are those
+of :mod:`pure_prune.importance._functional`; ``L`` is the loss, ``H`` its Hessian w.r.t. the scored
+leaves of ``theta = W * M`` (the other leaves are held fixed). HVPs, the Hutchinson and exact
+diagonals and GraSP need only ``loss_fn``; the GGN, the Monte-Carlo Fisher and the exactness check
+need a :class:`~pure_prune.losses.ModelLoss` (``losses.model_loss(model_fn, output_loss)``).
 
 Routes to ``diag(H)`` (:func:`hessian_diag`):
 
@@ -10,21 +12,27 @@ Routes to ``diag(H)`` (:func:`hessian_diag`):
   falls like ``1/sqrt(probes)``). HVPs are forward-over-reverse (``jvp`` of ``grad``), vmapped over
   blocks of probes.
 * ``"exact"``: ``(H e_i)_i`` for every basis vector ``e_i`` (vmapped blocks); for small models.
-* ``"ggn"``: the generalized Gauss-Newton diagonal ``(1/N) sum_n sum_c (J_n^T s_nc)²`` where
-  ``J_n = d logits_n / d theta`` and ``S_n S_n^T = diag(p_n) - p_n p_n^T`` is the softmax
-  cross-entropy Hessian with columns ``s_nc = sqrt(p_nc) (e_c - p_n)``: ``C`` vector-Jacobian
-  products per sample (token-level logits ``(N, T, C)``: ``T*C`` per sequence, one per token and
-  class, and the mean over tokens too). ``diag(H) = diag(GGN) + diag(sum_n r_n . d² logits_n)``
-  with ``r`` the loss gradient w.r.t. the logits, and the second term vanishes where every logit is
-  piecewise linear in each single weight (ReLU/max-pool MLPs and CNNs, BatchNorm in eval mode: a
-  weight multiplies activations that do not depend on it). There the GGN diagonal *is* the Hessian diagonal.
+* ``"ggn"``: the generalized Gauss-Newton diagonal ``(1/N) sum_n sum_r (J_n^T s_nr)²`` where
+  ``J_n = d outputs_n / d theta`` and the rows ``s_nr`` factor the Hessian of sample ``n``'s loss
+  w.r.t. its outputs (:meth:`~pure_prune.losses.ModelLoss.hessian_factor`). Cross-entropy:
+  ``S_n S_n^T = diag(p_n) - p_n p_n^T`` with rows ``s_nc = sqrt(p_nc) (e_c - p_n)``, ``C``
+  vector-Jacobian products per sample (token-level logits ``(N, T, C)``: ``T*C`` per sequence, one
+  per token and class, and the mean over tokens too); MSE: ``sqrt(2/D) I``; any other output loss:
+  its Hessian from ``torch.func``, factored. ``diag(H) = diag(GGN) + diag(sum_n r_n . d² outputs_n)``
+  with ``r`` the loss gradient w.r.t. the outputs, and the second term vanishes where every output
+  is piecewise linear in each single weight (ReLU/max-pool MLPs and CNNs, BatchNorm in eval mode: a
+  weight multiplies activations that do not depend on it). There the GGN diagonal *is* the Hessian
+  diagonal.
 * ``"auto"``: ``piecewise_linear=True`` trusts the caller (GGN everywhere), ``False`` takes
-  Hutchinson everywhere, and ``None`` runs :func:`ggn_is_exact` and uses the GGN for the leaves
-  where it is exact, Hutchinson for the others.
+  Hutchinson everywhere, and ``None`` runs :func:`ggn_is_exact` (once per model function and
+  shapes: memoised) and uses the GGN for the leaves where it is exact, Hutchinson for the others.
+  A plain ``loss_fn`` takes Hutchinson everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,17 +43,16 @@ from pure_prune import rng, tree
 from pure_prune.importance._functional import (
     Batches,
     LinearTaps,
-    ModelFn,
+    LossFn,
     Problem,
     Units,
     auto_chunk,
+    batch_loss,
     batch_moments,
     check_chunk,
     check_finite,
     check_result,
     check_same_tree,
-    checked_logits,
-    cross_entropy,
     fast_layers,
     flat_rows,
     iter_batches,
@@ -54,13 +61,14 @@ from pure_prune.importance._functional import (
     mask_leaves,
     mean_grad,
     merge,
+    need_model,
     prepare,
     resolve_taps,
-    softmax_factor,
     split_leaves,
     to_tree,
     unit_sum,
 )
+from pure_prune.importance.trace_cache import TRACES
 
 __all__ = [
     "LinearTaps",
@@ -107,17 +115,12 @@ def _hvp_batched(
     return vmap(lambda v: jvp(g, (sub0,), (v,))[1])
 
 
-def _batch_loss(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> Callable:
-    checked_logits("hessian", problem.model_fn(merge(problem, []), x), y)
-    return lambda sub: cross_entropy(problem.model_fn(merge(problem, sub), x), y)
-
-
 def _weighted(problem: Problem, per_batch: Callable[..., list], fast: bool | LinearTaps = False) -> list:
-    """``sum_b (N_b / N) per_batch(b, x_b, y_b, taps_b)`` leaf by leaf (``taps_b`` from ``fast``)."""
+    """``sum_b (N_b / N) per_batch(b, batch_b, taps_b)`` leaf by leaf (``taps_b`` from ``fast``)."""
     total = None
-    for b, x, y, taps in iter_batches(problem, fast):
-        w = x.shape[0] / problem.samples
-        part = per_batch(b, x, y, taps)
+    for b, batch, taps in iter_batches(problem, fast):
+        w = problem.rows[b] / problem.samples
+        part = per_batch(b, batch, taps)
         part = part if w == 1.0 else [w * t for t in part]
         total = part if total is None else [a + c for a, c in zip(total, part)]
     return total
@@ -127,7 +130,7 @@ def _weighted(problem: Problem, per_batch: Callable[..., list], fast: bool | Lin
 
 
 def hvp(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     vs: tree.Tree,
@@ -141,14 +144,14 @@ def hvp(
     others). Returns the tree of ``H v_k`` in the same layout. ``chunk_size`` vectors are vmapped at
     once (default: as many as fit a 2**24-float block).
     """
-    problem = prepare("hvp", model_fn, params, batches, masks)
+    problem = prepare("hvp", loss_fn, params, batches, masks)
     check_chunk(chunk_size)
     v_leaves = _check_vs("hvp", problem, vs)
     k = v_leaves[0].shape[0]
     step = auto_chunk(k, _width(problem), chunk_size)
 
-    def per_batch(b: int, x: torch.Tensor, y: torch.Tensor, _taps: object) -> list[torch.Tensor]:
-        hv = _hvp_batched(problem, _batch_loss(problem, x, y))
+    def per_batch(b: int, batch: object, _taps: object) -> list[torch.Tensor]:
+        hv = _hvp_batched(problem, batch_loss("hessian", problem, batch))
         blocks = [hv([v[s : s + step] for v in v_leaves]) for s in range(0, k, step)]
         return [torch.cat([blk[j] for blk in blocks]) for j in range(len(v_leaves))]
 
@@ -212,8 +215,8 @@ def _hutchinson(problem: Problem, probes: int, key: int, chunk_size: int | None)
     dtype = problem.theta[problem.scored[0]].dtype
     step = auto_chunk(probes, width, chunk_size)
 
-    def per_batch(b: int, x: torch.Tensor, y: torch.Tensor, _taps: object) -> list[torch.Tensor]:
-        hv = _hvp_batched(problem, _batch_loss(problem, x, y))
+    def per_batch(b: int, batch: object, _taps: object) -> list[torch.Tensor]:
+        hv = _hvp_batched(problem, batch_loss("hessian", problem, batch))
         kb = rng.fold_in(key, b)
         acc = None
         for s in range(0, probes, step):
@@ -231,8 +234,8 @@ def _exact(problem: Problem, chunk_size: int | None) -> list[torch.Tensor]:
     dtype = problem.theta[problem.scored[0]].dtype
     step = auto_chunk(width, width, chunk_size)
 
-    def per_batch(b: int, x: torch.Tensor, y: torch.Tensor, _taps: object) -> list[torch.Tensor]:
-        hv = _hvp_batched(problem, _batch_loss(problem, x, y))
+    def per_batch(b: int, batch: object, _taps: object) -> list[torch.Tensor]:
+        hv = _hvp_batched(problem, batch_loss("hessian", problem, batch))
         diag = []
         for s in range(0, width, step):
             idx = torch.arange(s, min(s + step, width))
@@ -244,62 +247,104 @@ def _exact(problem: Problem, chunk_size: int | None) -> list[torch.Tensor]:
     return _weighted(problem, per_batch)
 
 
-def _ggn_generic(problem: Problem, x: torch.Tensor, logits: torch.Tensor, chunk_size: int | None) -> list:
-    """``sum_n sum_c (J_n^T s_nc)²`` for the scored leaves: ``vmap`` over samples of ``vmap`` over
-    the factor rows ``c`` (:func:`softmax_factor` of ``logits``, built chunk by chunk; ``T*C`` rows
-    per sample for token-level logits) of a one-sample vjp, in chunks of samples."""
+def _rows(t: object, start: int, stop: int) -> object:
+    """Rows ``start:stop`` of every leaf of ``t`` (a tensor or a pytree of them)."""
+    return tree.map(lambda v: v[start:stop], t)
+
+
+def _ggn_generic(
+    problem: Problem,
+    x: torch.Tensor,
+    outputs: torch.Tensor,
+    factor: Callable[[int, int], torch.Tensor],
+    rows_per_sample: int,
+    chunk_size: int | None,
+) -> list:
+    """``sum_n sum_r (J_n^T s_nr)²`` for the scored leaves: ``vmap`` over samples of ``vmap`` over
+    the factor rows ``r`` (``factor(start, stop)`` gives ``(stop - start, R, *outputs.shape[1:])``,
+    built chunk by chunk: ``T*C`` rows per sample for token-level logits) of a one-sample vjp, in
+    chunks of samples."""
     sub0 = [problem.theta[i] for i in problem.scored]
+    model_fn = problem.model.model_fn
 
     def one(xi: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
-        _, pull = vjp(lambda sub: problem.model_fn(merge(problem, sub), xi[None])[0], sub0)
+        _, pull = vjp(lambda sub: model_fn(merge(problem, sub), tree.map(lambda t: t[None], xi))[0], sub0)
         gs = vmap(pull)(rows)[0]
         return [reduce(g * g, "c ... -> ...", "sum") for g in gs]
 
     per_sample = vmap(one)
-    step = auto_chunk(x.shape[0], logits[0].numel() * _width(problem), chunk_size)
+    n = outputs.shape[0]
+    step = auto_chunk(n, rows_per_sample * _width(problem), chunk_size)
     total = None
-    for s in range(0, x.shape[0], step):
-        factor = softmax_factor(logits[s : s + step])
-        part = [reduce(t, "n ... -> ...", "sum") for t in per_sample(x[s : s + step], factor)]
+    for s in range(0, n, step):
+        part = [
+            reduce(t, "n ... -> ...", "sum") for t in per_sample(_rows(x, s, s + step), factor(s, s + step))
+        ]
         total = part if total is None else [a + c for a, c in zip(total, part)]
     return total
 
 
 def _ggn_batch(
-    problem: Problem, taps: LinearTaps | None, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None
+    problem: Problem,
+    taps: LinearTaps | None,
+    batch: object,
+    chunk_size: int | None,
+    mc: Callable[[torch.Tensor, object], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """The GGN diagonal of one batch's mean loss, ``(1/N) sum_n sum_c (J_n^T s_nc)²``, one tensor per
-    scored leaf (token-level: ``(1/(N T)) sum_n sum_(t,c) (J_n^T s_ntc)²``). Traced linear layers as
-    in :func:`ggn_diag`; the other leaves: :func:`_ggn_generic`."""
+    """The GGN diagonal of one batch's mean loss, ``(1/E) sum_n sum_r (J_n^T s_nr)²`` with the
+    output-Hessian factor rows ``s_nr`` and divisor ``E`` of the ``ModelLoss``
+    (:meth:`~pure_prune.losses.ModelLoss.hessian_factor`: for cross-entropy ``E = N`` labels, or
+    ``N T`` token-level), one tensor per scored leaf. ``mc(outputs, targets)`` replaces the factor
+    rows by Monte-Carlo ones. Traced linear layers as in :func:`ggn_diag`; the other leaves:
+    :func:`_ggn_generic`."""
+    model = problem.model
     pos_of = {leaf: j for j, leaf in enumerate(problem.scored)}
     out: list = [None] * len(problem.scored)
     layers = fast_layers(problem, taps)
     if layers:
-        inputs, gs = linear_grads("ggn_diag", problem, taps, x, y, [k for k, _ in layers], True)
+        ks = [k for k, _ in layers]
+        inputs, gs, entries = linear_grads("ggn_diag", problem, taps, batch, ks, mc or True)
         for (_, layer), a, g in zip(layers, inputs, gs):
-            q = (g * g).sum(0)  # (N, out): sum over the C factor columns
+            q = (g * g).sum(0)  # (N, out): sum over the R factor rows
             if layer.weight in pos_of:
-                out[pos_of[layer.weight]] = layer.outer_sum(q, a * a / x.shape[0])
+                out[pos_of[layer.weight]] = layer.outer_sum(q, a * a / entries)
             if layer.bias in pos_of:
-                out[pos_of[layer.bias]] = q.sum(0) / x.shape[0]
+                out[pos_of[layer.bias]] = q.sum(0) / entries
     rest = [j for j, o in enumerate(out) if o is None]
     if rest:
-        logits = checked_logits("ggn_diag", problem.model_fn(merge(problem, []), x), y)
+        x, y = model.split(batch)
+        outputs = model.check("ggn_diag", model.model_fn(merge(problem, []), x), y)
+        if mc is None:
+
+            def factor(s: int, e: int) -> torch.Tensor:
+                return model.hessian_factor(outputs[s:e], _rows(y, s, e))
+
+            per = outputs[0].numel()
+        else:
+            drawn = mc(outputs, y)
+
+            def factor(s: int, e: int) -> torch.Tensor:
+                return drawn[s:e]
+
+            per = drawn.shape[1]
         sub = problem._replace(scored=tuple(problem.scored[j] for j in rest))
-        for j, v in zip(rest, _ggn_generic(sub, x, logits, chunk_size)):
-            out[j] = v / y.numel()
+        entries = model.ggn_entries(outputs, y)
+        for j, v in zip(rest, _ggn_generic(sub, x, outputs, factor, per, chunk_size)):
+            out[j] = v / entries
     return out
 
 
 def _ggn(problem: Problem, fast: bool | LinearTaps, chunk_size: int | None) -> list[torch.Tensor]:
-    def per_batch(b: int, x: torch.Tensor, y: torch.Tensor, taps: LinearTaps | None) -> list[torch.Tensor]:
-        return _ggn_batch(problem, taps, x, y, chunk_size)
+    need_model("ggn_diag", problem, "the GGN diagonal")
+
+    def per_batch(b: int, batch: object, taps: LinearTaps | None) -> list[torch.Tensor]:
+        return _ggn_batch(problem, taps, batch, chunk_size)
 
     return _weighted(problem, per_batch, fast)
 
 
 def ggn_diag(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -307,16 +352,18 @@ def ggn_diag(
     fast: bool | LinearTaps = True,
     chunk_size: int | None = None,
 ) -> tree.Tree:
-    """Exact generalized Gauss-Newton diagonal of the cross-entropy loss (see the module docstring).
+    """Exact generalized Gauss-Newton diagonal (Schraudolph 2002) of the loss (module docstring).
 
-    Equals the Hessian diagonal where the model is piecewise linear in each weight (check with
-    :func:`ggn_is_exact`). ``fast=True`` traces ``model_fn`` and reduces a linear layer as
-    ``(sum_c G_c²)^T a² / N`` (``G_c`` ``(N, out)``: the vjps of the C factor columns to the layer's
-    output, one batched backward; ``a`` its input); other leaves (or all, ``fast=False``) use
-    ``vmap`` over samples and classes of vjps, ``chunk_size`` samples at once. Returns a tree like
-    ``params`` (``None`` at unscored leaves).
+    ``loss_fn`` must be a :class:`~pure_prune.losses.ModelLoss` (the GGN needs the model's
+    outputs): ``diag(J^T H_out J)`` averaged over samples, ``H_out`` the Hessian of a sample's loss
+    w.r.t. its outputs. Equals the Hessian diagonal where the model is piecewise linear in each
+    weight (check with :func:`ggn_is_exact`). ``fast=True`` uses the memoised trace of
+    ``model_fn`` and reduces a linear layer as ``(sum_r G_r²)^T a² / E`` (``G_r`` ``(N, out)``: the
+    vjps of the R factor rows to the layer's output, one batched backward; ``a`` its input); other
+    leaves (or all, ``fast=False``) use ``vmap`` over samples and factor rows of vjps,
+    ``chunk_size`` samples at once. Returns a tree like ``params`` (``None`` at unscored leaves).
     """
-    problem = prepare("ggn_diag", model_fn, params, batches, masks)
+    problem = prepare("ggn_diag", loss_fn, params, batches, masks)
     check_chunk(chunk_size)
     out = _ggn(problem, fast, chunk_size)
     check_result("ggn_diag", problem, out)
@@ -324,7 +371,7 @@ def ggn_diag(
 
 
 def fisher_diag_mc(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -334,33 +381,47 @@ def fisher_diag_mc(
     fast: bool | LinearTaps = True,
     chunk_size: int | None = None,
 ) -> tree.Tree:
-    """Monte-Carlo Fisher (= GGN) diagonal ``(1/(N S)) sum_n sum_s g_n(ŷ_ns)²``.
+    """Monte-Carlo Fisher (= GGN) diagonal, unbiased for :func:`ggn_diag`; ``loss_fn`` must be a
+    :class:`~pure_prune.losses.ModelLoss`.
 
-    ``ŷ_ns`` are ``samples`` labels per input drawn from the model's softmax (key ``fold_in(key, b)``
-    for batch ``b``) and ``g_n(ŷ)`` the gradient of ``CE(logits_n, ŷ)``. Unbiased for
-    :func:`ggn_diag`: ``E[(J^T (p - e_ŷ))²] = diag(J^T (diag p - p p^T) J)``. Each batch is scored
-    as one batch of ``samples * N`` rows (memory grows with ``samples``). Token-level labels
+    Cross-entropy: ``(1/(N S)) sum_n sum_s g_n(ŷ_ns)²``, ``ŷ_ns`` ``samples`` labels per input drawn
+    from the model's softmax (key ``fold_in(key, b)`` for batch ``b``) and ``g_n(ŷ)`` the gradient
+    of ``CE(logits_n, ŷ)``: ``E[(J^T (p - e_ŷ))²] = diag(J^T (diag p - p p^T) J)``. Each batch is
+    scored as one batch of ``samples * N`` rows (memory grows with ``samples``). Token-level labels
     ``(N, T)``: one label per token is drawn, ``g_n`` is the gradient of sequence ``n``'s mean loss
     and the sum is multiplied by ``T``: the cross-token terms of ``g_n²`` have zero mean, so
-    ``T E[g_n²] = (1/T) sum_t diag(J_nt^T (diag p_nt - p_nt p_nt^T) J_nt)``, again unbiased for
-    :func:`ggn_diag`. Returns a tree like ``params`` (``None`` at unscored leaves).
+    ``T E[g_n²] = (1/T) sum_t diag(J_nt^T (diag p_nt - p_nt p_nt^T) J_nt)``.
+
+    Other output losses (MSE, callables): ``(1/E) sum_n (1/S) sum_s (J_n^T S_n z_ns)²`` with the
+    output-Hessian factor ``S_n`` (:meth:`~pure_prune.losses.ModelLoss.hessian_factor`) and
+    standard normal ``z_ns`` (key ``fold_in(key, b)``): ``E[S z z^T S^T] = S S^T``. For MSE this is
+    the gradient at targets drawn from the Gaussian the squared error is the likelihood of.
+    Returns a tree like ``params`` (``None`` at unscored leaves).
     """
     rng.check_key(key)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
         raise ValueError(f"fisher_diag_mc: samples must be a positive int, got {samples!r}")
-    problem = prepare("fisher_diag_mc", model_fn, params, batches, masks)
+    problem = prepare("fisher_diag_mc", loss_fn, params, batches, masks)
+    model = need_model("fisher_diag_mc", problem, "the Monte-Carlo Fisher")
     check_chunk(chunk_size)
+    if not model.classes:
+        out = _fisher_mc_factor(problem, key, samples, fast, chunk_size)
+        check_result("fisher_diag_mc", problem, out)
+        return to_tree(problem, out)
+    pair = dataclasses.replace(model, keys=(0, 1))
+    sampled = problem._replace(loss_fn=pair, model=pair)
     out, current = None, fast
-    for b, (x, y) in enumerate(problem.batches):
-        logits = checked_logits("fisher_diag_mc", model_fn(merge(problem, []), x), y)
+    for b, batch in enumerate(problem.batches):
+        x, y = model.split(batch)
+        logits = model.check("fisher_diag_mc", model.model_fn(merge(problem, []), x), y)
         gen = rng.generator(rng.fold_in(key, b))
         probs = rearrange(logits.softmax(-1), "... c -> (...) c")
         drawn = torch.multinomial(probs, samples, replacement=True, generator=gen).reshape(*y.shape, samples)
         xs = repeat(x, "n ... -> (s n) ...", s=samples)
-        taps = resolve_taps(current, problem, xs)
+        taps = resolve_taps(current, sampled, xs)
         current = current if taps is None else taps
         ys = rearrange(torch.movedim(drawn, -1, 0), "s n ... -> (s n) ...")
-        sums = batch_moments(problem, taps, xs, ys, ("sumsq",), chunk_size)
+        sums = batch_moments(sampled, taps, (xs, ys), ("sumsq",), chunk_size)
         tokens = y[0].numel()  # 1 for (N,) labels
         part = split_leaves(problem, sums["sumsq"] * (tokens / (problem.samples * samples)))
         out = part if out is None else [a + c for a, c in zip(out, part)]
@@ -368,8 +429,31 @@ def fisher_diag_mc(
     return to_tree(problem, out)
 
 
+def _fisher_mc_factor(
+    problem: Problem, key: int, samples: int, fast: bool | LinearTaps, chunk_size: int | None
+) -> list[torch.Tensor]:
+    """The Monte-Carlo GGN of :func:`fisher_diag_mc` for output losses other than cross-entropy."""
+    model = problem.model
+
+    def per_batch(b: int, batch: object, taps: LinearTaps | None) -> list[torch.Tensor]:
+        def mc(outputs: torch.Tensor, y: object) -> torch.Tensor:
+            rows = model.hessian_factor(outputs, y)  # (N, R, ...)
+            z = torch.randn(
+                rows.shape[0],
+                samples,
+                rows.shape[1],
+                dtype=rows.dtype,
+                generator=rng.generator(rng.fold_in(key, b)),
+            )
+            return torch.einsum("nsr,nr...->ns...", z, rows) / math.sqrt(samples)
+
+        return _ggn_batch(problem, taps, batch, chunk_size, mc)
+
+    return _weighted(problem, per_batch, fast)
+
+
 def ggn_is_exact(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -379,28 +463,43 @@ def ggn_is_exact(
 ) -> dict[str, bool]:
     """For each scored leaf, whether its Hessian diagonal equals its GGN diagonal.
 
-    Checks ``coords`` evenly spaced coordinates ``i`` per leaf, on the first 16 samples of the
-    first batch: the residual curvature ``R_ii = e_i^T (d²/dtheta² sum_n r_n . logits_n) e_i``
-    (``r`` the loss gradient w.r.t. the logits, held fixed) must satisfy
-    ``|R_ii| <= rtol * max_j |(R e_i)_j|``. ``R_ii`` is exactly 0 where the logits are linear in the
-    single weight ``i`` (piecewise-linear nets) and generically not otherwise (smooth activations,
-    weight sharing). A sampled check, not a proof; it costs ``coords`` HVPs per leaf. Returns
-    ``{leaf path: bool}``.
+    ``loss_fn`` must be a :class:`~pure_prune.losses.ModelLoss`. Checks ``coords`` evenly spaced
+    coordinates ``i`` per leaf, on the first 16 samples of the first batch: the residual curvature
+    ``R_ii = e_i^T (d²/dtheta² sum_n r_n . outputs_n) e_i`` (``r`` the loss gradient w.r.t. the
+    outputs, held fixed) must satisfy ``|R_ii| <= rtol * max_j |(R e_i)_j|``. ``R_ii`` is exactly 0
+    where the outputs are linear in the single weight ``i`` (piecewise-linear nets) and generically
+    not otherwise (smooth activations, weight sharing). A sampled check, not a proof; it costs
+    ``coords`` HVPs per leaf. Returns ``{leaf path: bool}``.
     """
     if isinstance(coords, bool) or not isinstance(coords, int) or coords <= 0:
         raise ValueError(f"ggn_is_exact: coords must be a positive int, got {coords!r}")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
         raise ValueError(f"ggn_is_exact: rtol must be a float >= 0, got {rtol!r}")
-    return _ggn_is_exact(prepare("ggn_is_exact", model_fn, params, batches, masks), coords, rtol)
+    problem = prepare("ggn_is_exact", loss_fn, params, batches, masks)
+    need_model("ggn_is_exact", problem, "the GGN exactness check")
+    return _ggn_is_exact(problem, coords, rtol)
+
+
+def _ggn_is_exact_cached(problem: Problem) -> dict[str, bool]:
+    """:func:`_ggn_is_exact` with the default coordinates and tolerance, memoised per model
+    function, output loss, shapes and scored leaves (:data:`TRACES`): a property of the model's
+    structure, checked once per model rather than per call."""
+    model = problem.model
+    x, y = model.split(problem.batches[0])
+    sig = tuple((p, tuple(w.shape), w.dtype) for p, w in zip(problem.paths, problem.theta))
+    data = tuple((tuple(t.shape), t.dtype) for t in tree.leaves((x, y)))
+    key = ("ggn_is_exact", model.output_loss, sig, problem.scored, data)
+    return TRACES.get(model.model_fn, key, lambda: _ggn_is_exact(problem, _CHECK_COORDS, _CHECK_RTOL))
 
 
 def _ggn_is_exact(problem: Problem, coords: int, rtol: float) -> dict[str, bool]:
-    x, y = (t[:_CHECK_ROWS] for t in problem.batches[0])
-    logits = checked_logits("ggn_is_exact", problem.model_fn(merge(problem, []), x), y)
-    r = (logits.softmax(-1) - torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)) / y.numel()
+    model = problem.model
+    x, y = (_rows(t, 0, _CHECK_ROWS) for t in model.split(problem.batches[0]))
+    outputs = model.check("ggn_is_exact", model.model_fn(merge(problem, []), x), y)
+    r = model.output_grad(outputs, y)
 
     def residual(sub: list[torch.Tensor]) -> torch.Tensor:
-        return (r * problem.model_fn(merge(problem, sub), x)).sum()
+        return (r * model.model_fn(merge(problem, sub), x)).sum()
 
     width, offset, picks, owner = _width(problem), 0, [], []
     for j, i in enumerate(problem.scored):
@@ -410,7 +509,7 @@ def _ggn_is_exact(problem: Problem, coords: int, rtol: float) -> dict[str, bool]
         owner += [j] * idx.numel()
         offset += n
     flat = torch.cat(picks)
-    rows = torch.zeros(flat.numel(), width, dtype=logits.dtype)
+    rows = torch.zeros(flat.numel(), width, dtype=outputs.dtype)
     rows[torch.arange(flat.numel()), flat] = 1.0
     out = flat_rows(_hvp_batched(problem, residual)(_split(problem, rows)))
     diag = out[torch.arange(flat.numel()), flat].abs()
@@ -420,7 +519,7 @@ def _ggn_is_exact(problem: Problem, coords: int, rtol: float) -> dict[str, bool]
 
 
 def hessian_diag(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -438,8 +537,11 @@ def hessian_diag(
     ``probes`` (K) and ``key`` drive Hutchinson (``key`` is needed only when Hutchinson runs);
     ``"exact"`` refuses more than ``max_exact`` scored entries; ``fast``/``chunk_size`` as in
     :func:`ggn_diag` (``chunk_size`` also bounds the probes or basis vectors vmapped at once).
-    Over several batches the diagonal is of the loss averaged over all their samples. Returns a
-    tree like ``params`` (``None`` at unscored leaves).
+    Over several batches the diagonal is of the loss averaged over all their samples. A plain
+    ``loss_fn`` (no :class:`~pure_prune.losses.ModelLoss`) has no GGN: ``"auto"`` takes Hutchinson
+    there (``"exact"`` is the other route it allows). The exactness check of ``"auto"`` is memoised
+    per model function and shapes (a property of the model, not of the call). Returns a tree like
+    ``params`` (``None`` at unscored leaves).
     """
     if method not in METHODS:
         raise ValueError(f"hessian_diag: method must be one of {METHODS}, got {method!r}")
@@ -450,7 +552,7 @@ def hessian_diag(
     if key is not None:
         rng.check_key(key)
     check_chunk(chunk_size)
-    problem = prepare("hessian_diag", model_fn, params, batches, masks)
+    problem = prepare("hessian_diag", loss_fn, params, batches, masks)
     paths = _paths(problem)
 
     def need_key(leaves: list[str]) -> int:
@@ -470,10 +572,12 @@ def hessian_diag(
         out = _exact(problem, chunk_size)
     elif method == "ggn" or (method == "auto" and piecewise_linear is True):
         out = _ggn(problem, fast, chunk_size)
-    elif method == "hutchinson" or (method == "auto" and piecewise_linear is False):
+    elif method == "hutchinson" or (
+        method == "auto" and (piecewise_linear is False or problem.model is None)
+    ):
         out = _hutchinson(problem, probes, need_key(paths), chunk_size)
     else:
-        exact = _ggn_is_exact(problem, _CHECK_COORDS, _CHECK_RTOL)
+        exact = _ggn_is_exact_cached(problem)
         out = [None] * len(paths)
         for use_ggn in (True, False):
             js = [j for j, p in enumerate(paths) if exact[p] == use_ggn]
@@ -542,7 +646,7 @@ def hap(
 
 
 def grasp(
-    model_fn: ModelFn,
+    loss_fn: LossFn,
     params: tree.Tree,
     batches: Batches,
     *,
@@ -555,12 +659,14 @@ def grasp(
     ``S``; this returns ``-S`` so that, as for every pure_prune score, the lowest are pruned.
     Returns a tree like ``params`` (``None`` at unscored leaves).
     """
-    problem = prepare("grasp", model_fn, params, batches, masks)
+    problem = prepare("grasp", loss_fn, params, batches, masks)
     g = mean_grad(problem)
     check_result("grasp", problem, g, "gradient")
 
-    def per_batch(b: int, x: torch.Tensor, y: torch.Tensor, _taps: object) -> list[torch.Tensor]:
-        return [h[0] for h in _hvp_batched(problem, _batch_loss(problem, x, y))([t[None] for t in g])]
+    def per_batch(b: int, batch: object, _taps: object) -> list[torch.Tensor]:
+        return [
+            h[0] for h in _hvp_batched(problem, batch_loss("hessian", problem, batch))([t[None] for t in g])
+        ]
 
     hg = _weighted(problem, per_batch)
     check_result("grasp", problem, hg, "Hg")
