@@ -10,6 +10,7 @@ from pure_prune import losses, mask, optim, train, tree
 from pure_prune.algorithms import base, distill, masking
 from pure_prune.experiment import setup
 from pure_prune.importance import magnitude
+from pure_prune.testing import close
 
 SIZES = (64, 16, 16, 10)
 
@@ -47,7 +48,7 @@ def test_kd_step_reads_the_teacher_entry(exp):
     p1, *_ = distill.make_step(exp.model, opt, alpha=1.0, T=3.0, compile=False)(
         params, state, opt.init(params), masks, (x, y, same)
     )
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(tree.leaves(p1), tree.leaves(params)))
+    close.assert_trees_close(p1, params, 1e-6)
     # alpha = 0: the plain cross-entropy step
     p0, *_ = distill.make_step(exp.model, opt, alpha=0.0, compile=False)(
         params, state, opt.init(params), masks, (x, y, same * 0)
@@ -55,7 +56,7 @@ def test_kd_step_reads_the_teacher_entry(exp):
     pc, *_ = train.make_step(exp.model, losses.cross_entropy, opt, compile=False)(
         params, state, opt.init(params), masks, (x, y)
     )
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(tree.leaves(p0), tree.leaves(pc)))
+    close.assert_trees_close(p0, pc, 1e-6)
 
 
 def kl_to_teacher(exp, student, teacher) -> float:

@@ -15,6 +15,7 @@ from pure_prune import compact_training, losses, mask, optim, rng, runner, selec
 from pure_prune import models as model_registry
 from pure_prune.algorithms.base import Trained
 from pure_prune.runconfig import RunConfig
+from pure_prune.testing import close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,9 +45,14 @@ def _loop_trainer(spec, batches, opt):
 
 
 def _close(a, b):
-    for x, y in zip(tree.leaves(a), tree.leaves(b), strict=True):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    """Float leaves within 1e-4 of the tree's largest magnitude (compacting changes GEMM shapes and
+    so their rounding, which small leaves such as BatchNorm shift gradients inherit)."""
+    floats = [
+        (x, y)
+        for x, y in zip(tree.leaves(a), tree.leaves(b), strict=True)
+        if isinstance(x, torch.Tensor) and x.is_floating_point()
+    ]
+    close.assert_trees_close([x for x, _ in floats], [y for _, y in floats], 1e-4, per_leaf=False)
 
 
 @settings(max_examples=9, deadline=None)
@@ -78,12 +84,16 @@ def test_training_the_compacted_form_equals_training_the_masked_model(name, s, k
     _close(got.opt_state, want.opt_state)
     # model state: as in the masked run, except removed units, whose state is left as it was
     for g, w, before in zip(tree.leaves(got.state), tree.leaves(want.state), tree.leaves(state), strict=True):
-        same = torch.isclose(g, w, rtol=1e-4, atol=1e-5) if g.is_floating_point() else g == w
+        same = (
+            (g - w).abs() <= 1e-4 * torch.maximum(g.abs().max(), w.abs().max())
+            if g.is_floating_point()
+            else g == w
+        )
         assert bool((same | (g == before)).all())
     x = batches[0][0]
     out_got, _ = spec.apply(got.params, got.state, x, train=False)
     out_want, _ = spec.apply(want.params, want.state, x, train=False)
-    torch.testing.assert_close(out_got, out_want, rtol=1e-4, atol=1e-4)
+    close.assert_close(out_got, out_want, 1e-4)
     for p, m in zip(tree.leaves(got.params), tree.leaves(masks), strict=True):  # pruned stay exactly 0.0
         if m is not None:
             assert bool((p[~m] == 0).all())

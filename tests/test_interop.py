@@ -11,6 +11,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.utils import prune
 
 from pure_prune import interop, mask, rng, tree
+from pure_prune.testing import close
 
 
 def _mlp() -> nn.Module:
@@ -208,7 +209,7 @@ def test_batchnorm_train_running_stats_by_hand():
     apply, params, state = interop.from_module(nn.BatchNorm1d(1))
     x = torch.tensor([[1.0], [3.0]])  # mean 2, unbiased variance 2, biased variance 1
     out, new_state = apply(params, state, x, train=True)
-    assert torch.allclose(out, torch.tensor([[-1.0], [1.0]]), atol=1e-4)  # (x - 2) / sqrt(1 + eps)
+    close.assert_close(out, torch.tensor([[-1.0], [1.0]]), 1e-4)  # (x - 2) / sqrt(1 + eps)
     assert torch.allclose(new_state["running_mean"], torch.tensor([0.2]))
     assert torch.allclose(new_state["running_var"], torch.tensor([1.1]))
     assert int(new_state["num_batches_tracked"]) == 1
@@ -222,9 +223,9 @@ def test_from_module_lstm_matches_module():
     x = _tokens()
     out, _ = apply(params, state, x)
     assert out.shape == (2, 5, 11)
-    torch.testing.assert_close(out, m(x), rtol=0, atol=1e-7)
+    close.assert_close(out, m(x), 1e-6)
     out_train, _ = apply(params, state, x, train=True)  # no dropout, no buffers: same as eval
-    torch.testing.assert_close(out_train, out, rtol=0, atol=1e-7)
+    close.assert_close(out_train, out, 1e-6)
 
 
 def test_grad_through_apply_matches_autograd():
@@ -244,7 +245,7 @@ def test_grad_through_apply_matches_autograd():
         leaf = grads
         for key in name.split("."):
             leaf = leaf[key]
-        torch.testing.assert_close(leaf, p.grad, rtol=1e-5, atol=1e-6)
+        close.assert_close(leaf, p.grad, 1e-5)
     _assert_trees_equal(new_state, expected[2])
     assert int(state["1"]["num_batches_tracked"]) == 0
 
@@ -255,8 +256,8 @@ def test_grad_through_lstm_apply_matches_autograd():
     x = _tokens(4)
     grads = grad(lambda p: apply(p, state, x)[0].square().mean())(params)
     m(x).square().mean().backward()
-    torch.testing.assert_close(grads["lstm"]["weight_hh_l1"], m.lstm.weight_hh_l1.grad, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(grads["emb"]["weight"], m.emb.weight.grad, rtol=1e-5, atol=1e-7)
+    close.assert_close(grads["lstm"]["weight_hh_l1"], m.lstm.weight_hh_l1.grad, 1e-5)
+    close.assert_close(grads["emb"]["weight"], m.emb.weight.grad, 1e-5)
 
 
 def test_vmap_over_seeds_in_train_mode_equals_loop():
@@ -271,9 +272,9 @@ def test_vmap_over_seeds_in_train_mode_equals_loop():
     out, new_state = vmap(lambda p, s: apply(p, s, x, train=True))(params, state)
     for i, (p, s) in enumerate(members):
         out_i, state_i = apply(p, s, x, train=True)
-        torch.testing.assert_close(out[i], out_i, rtol=1e-5, atol=1e-6)
+        close.assert_close(out[i], out_i, 1e-5)
         for a, b in zip(tree.leaves(tree.unstack(new_state)[i]), tree.leaves(state_i)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            close.assert_close(a, b, 1e-5)
     assert new_state["1"]["num_batches_tracked"].tolist() == [1, 2]
     _assert_trees_equal(state, state_before)
 
@@ -283,7 +284,7 @@ def test_vmap_per_sample_in_eval_mode():
     apply, params, state = interop.from_module(m)
     x = _images(6)
     per_sample, _ = vmap(lambda xi: apply(params, state, xi[None], train=False))(x)
-    torch.testing.assert_close(per_sample[:, 0], m(x), rtol=1e-5, atol=1e-6)
+    close.assert_close(per_sample[:, 0], m(x), 1e-5)
 
 
 def test_apply_rejects_bad_trees():
@@ -443,7 +444,7 @@ def test_to_torch_prune_matches_masked_apply_and_round_trips(make, inputs):
             assert torch.equal(sub.get_buffer(f"{pname}_mask"), k.float())
             assert torch.equal(getattr(sub, pname), own_params[f"{pname}_orig"] * k)
     x = inputs(5)
-    torch.testing.assert_close(pruned(x), apply(mask.apply(params, masks), state, x)[0], rtol=0, atol=1e-7)
+    close.assert_close(pruned(x), apply(mask.apply(params, masks), state, x)[0], 1e-6)
     back_params, back_masks = interop.from_torch_prune(pruned)
     _assert_trees_equal(back_params, params)
     _assert_trees_equal(back_masks, masks)

@@ -14,6 +14,7 @@ import torch
 
 from pure_prune import checkpoint, cli, runconfig, runner, sweep, tree
 from pure_prune.runconfig import RunConfig
+from pure_prune.testing import close
 
 TINY = {"sizes": (64, 16, 16, 10)}
 
@@ -45,7 +46,7 @@ def assert_seed_equals_single(multi: runner.RunResult, i: int, single: runner.Ru
             if x.dtype == torch.bool:
                 assert torch.equal(x, y), name
             else:
-                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+                close.assert_close(x, y, 1e-5, what=name)
     for row, one in zip(multi.rounds, single.rounds, strict=True):
         for m in runner.SEED_METRICS:
             assert row["per_seed"][m][i] == pytest.approx(one[m], abs=1e-6), (row["round"], m)
@@ -186,7 +187,7 @@ def test_compiled_seed_steps_compile_once_for_all_rounds(tmp_path):
     assert "compiled new step (2 graphs" in lines[1] and sum("reused compiled step" in x for x in lines) == 2
     eager = runner.run(dataclasses.replace(cfg, compile=False, save_dir=str(tmp_path / "e")), log=quiet)
     for x, y in zip(tree.leaves(res.carry.params), tree.leaves(eager.carry.params), strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+        close.assert_close(x, y, 1e-4)
 
 
 @pytest.mark.parametrize(
@@ -206,4 +207,4 @@ def test_compiled_method_steps_equal_eager_ones(tmp_path, method, knobs):
     assert graphs[0] >= 1 and sum(graphs[1:]) <= 1, graphs
     eager = runner.run(dataclasses.replace(cfg, compile=False, save_dir=str(tmp_path / "e")), log=quiet)
     for x, y in zip(tree.leaves(res.carry.params), tree.leaves(eager.carry.params), strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+        close.assert_close(x, y, 1e-4)

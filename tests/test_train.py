@@ -14,7 +14,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from pure_prune import mask, optim, rng, stage, train, tree
 from pure_prune.losses import cross_entropy, kd_loss
-from pure_prune.testing import invariants, strategies
+from pure_prune.testing import close, invariants, strategies
 from pure_prune.testing.plugin import scaled_examples
 
 # ----------------------------------------------------------------------------- tiny functional models
@@ -86,12 +86,6 @@ def classification_batch(
     return x, y
 
 
-def assert_trees_close(a: Any, b: Any, **tol: float) -> None:
-    tree.assert_same_structure(a, b)
-    for path, x, y in zip(tree.paths(a), tree.leaves(a), tree.leaves(b)):
-        assert torch.allclose(x.float(), y.float(), **tol), (path, x, y)
-
-
 def run(step, params, state, opt_state, masks, batches):
     for batch in batches:
         params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
@@ -134,8 +128,8 @@ def test_model_spec_and_dense_masks_agree():
         step = train.make_step(model, cross_entropy, opt, compile=False)
         results.append(step(params, state, opt.init(params), masks, batch))
     for other in results[1:]:
-        assert_trees_close(results[0][0], other[0], rtol=0, atol=0)
-        assert_trees_close(results[0][2], other[2], rtol=0, atol=0)
+        assert_trees_equal(results[0][0], other[0])
+        assert_trees_equal(results[0][2], other[2])
 
 
 def test_batchnorm_state_and_eval_step():
@@ -146,7 +140,7 @@ def test_batchnorm_state_and_eval_step():
     step = train.make_step(convbn_apply, cross_entropy, opt, compile=False)
     _, new_state, _, _ = step(params, state, opt.init(params), masks, (x, y))
     h = F.conv2d(x, torch.where(masks["conv"]["w"], params["conv"]["w"], 0.0), padding=1)
-    assert torch.allclose(new_state["bn"]["mean"], 0.1 * reduce(h, "n c h w -> c", "mean"), atol=1e-6)
+    close.assert_close(new_state["bn"]["mean"], 0.1 * reduce(h, "n c h w -> c", "mean"), 1e-5)
     assert not torch.equal(new_state["bn"]["var"], state["bn"]["var"])
 
     eval_step = train.make_eval_step(convbn_apply, cross_entropy, compile=False)
@@ -155,7 +149,7 @@ def test_batchnorm_state_and_eval_step():
     assert sorted(metrics) == ["correct", "count", "loss_sum"]
     assert metrics["count"].item() == 6
     assert metrics["correct"].item() == int((logits.argmax(-1) == y).sum())
-    assert torch.allclose(metrics["loss_sum"], F.cross_entropy(logits, y, reduction="sum"), atol=1e-5)
+    close.assert_close(metrics["loss_sum"], F.cross_entropy(logits, y, reduction="sum"), 1e-5)
 
 
 def test_eval_step_and_evaluate_by_hand():
@@ -318,14 +312,14 @@ def test_compiled_step_equals_eager(compiled):
     ours = run(compiled.step, params, state, opt_state, masks, batches)
     eager = run(compiled.eager, params, state, opt_state, masks, batches)
     for a, b in zip(ours, eager):
-        assert_trees_close(a, b, rtol=1e-4, atol=1e-5)
+        close.assert_trees_close(a, b, 1e-4, per_leaf=False)
     invariants.pruned_are_zero(ours[0], masks)
     invariants.optimizer_state_zero_at_pruned(ours[2]["momentum"], masks)
     got = compiled.eval_step(ours[0], ours[1], masks, batches[0])
     want = train.make_eval_step(convbn_apply, cross_entropy, compile=False)(
         ours[0], ours[1], masks, batches[0]
     )
-    assert_trees_close(got, want, rtol=1e-4, atol=1e-5)
+    close.assert_trees_close(got, want, 1e-4)
 
 
 def test_compiled_premasked_step_equals_the_eager_masked_step():
@@ -340,7 +334,7 @@ def test_compiled_premasked_step_equals_the_eager_masked_step():
         ours = run(step, start, state, opt.init(start), masks, batches)
         eager = run(EAGER_STEPS["nesterov"], start, state, opt.init(start), masks, batches)
         for a, b in zip(ours, eager):
-            assert_trees_close(a, b, rtol=1e-5, atol=1e-6)
+            close.assert_trees_close(a, b, 1e-5, per_leaf=False)
         invariants.pruned_are_zero(ours[0], masks)
         invariants.optimizer_state_zero_at_pruned(ours[2]["momentum"], masks)
     assert counter.frame_count == 1
@@ -370,10 +364,10 @@ def test_a_given_compiler_compiles_the_body_and_gets_uint8_masks():
     ours = run(step, params, state, opt.init(params), masks, batches)
     eager = run(EAGER_STEPS["nesterov"], params, state, opt.init(params), masks, batches)
     for a, b in zip(ours, eager):
-        assert_trees_close(a, b, rtol=1e-5, atol=1e-6)
+        close.assert_trees_close(a, b, 1e-5, per_leaf=False)
     got = eval_step(ours[0], ours[1], masks, batches[0])
     want = train.make_eval_step(mlp_apply, cross_entropy, compile=False)(ours[0], ours[1], masks, batches[0])
-    assert_trees_close(got, want, rtol=1e-5, atol=1e-6)
+    close.assert_trees_close(got, want, 1e-5, per_leaf=False)
     assert len(built) == 2 and set().union(*seen) == {"torch.uint8"}
     assert [s["compiles"] for s in built[0].stats().values()] == [1]  # two steps, one graph
     bad = {**masks, "fc1": {**masks["fc1"], "w": masks["fc1"]["w"][:1]}}
@@ -394,7 +388,7 @@ def test_no_recompile_across_masks_and_lr(compiled):
         compiled.eval_step(params, state, masks, batch)
     frozen = optim.set_lr(opt_state, 0.0)  # lr 0 from the state: the compiled step must not move params
     still, _, _, _ = compiled.step(params, state, frozen, masks, batch)
-    assert_trees_close(still, params, rtol=0, atol=0)
+    assert_trees_equal(still, params)
     assert compiled.counter.frame_count == 1
     assert compiled.eval_counter.frame_count == 1
 
