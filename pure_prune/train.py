@@ -14,14 +14,17 @@ updates and zero optimizer state at pruned entries). ``premasked=True`` skips th
 masking for params that are already zero at pruned entries (same results; see :func:`make_step`).
 
 A batch is a tuple ``(x, y, *extra)``: ``x`` goes to the model, ``loss(out, y, *extra)`` must
-return the float ``()`` mean over the entries of ``y``, and ``y`` holds class labels of shape
-``out.shape[:-1]`` (for the accuracy metric). Extra entries carry e.g. teacher logits for
-distillation: ``loss = lambda s, y, t: losses.kd_loss(s, t, y)``.
+return the float ``()`` mean over the entries of ``y`` (any loss: ``losses.cross_entropy``,
+``losses.mse`` for regression, ...). Accuracy is reported only where ``y`` holds class labels
+(``losses.class_labels``: integer, of shape ``out.shape[:-1]``; decided from dtypes and shapes, so
+a compiled step never branches on values); ``metrics={name: fn(out, y, *extra) -> mean}`` adds
+others. Extra entries carry e.g. teacher logits for distillation:
+``loss = lambda s, y, t: losses.kd_loss(s, t, y)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -29,7 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from pure_prune import mask, stage, tree
-from pure_prune.losses import accuracy, correct
+from pure_prune.losses import accuracy, class_labels, correct
 from pure_prune.optim import Optimizer, OptState, apply_updates
 
 __all__ = ["FitResult", "evaluate", "fit", "make_eval_step", "make_step", "sum_metrics"]
@@ -41,6 +44,26 @@ Step = Callable[[Params, Params, OptState, Params, Batch], tuple[Params, Params,
 EvalStep = Callable[[Params, Params, Params, Batch], dict[str, Tensor]]
 Compiler = Callable[[Callable[..., Any]], Callable[..., Any]]
 """Compiles a step's body in place of ``torch.compile``: ``compiler(body) -> callable``."""
+Metrics = Mapping[str, Callable[..., Tensor]]
+"""Extra metrics ``{name: fn(out, y, *extra) -> float ()}``, each a mean over the entries of ``y``."""
+_RESERVED = ("accuracy", "loss", "correct", "count", "loss_sum")
+
+
+def _check_metrics(metrics: Metrics | None) -> dict[str, Callable[..., Tensor]]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"metrics must be a mapping {{name: fn(out, y, *extra)}}, got {type(metrics).__name__}"
+        )
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or name in _RESERVED or name.endswith("_sum"):
+            raise ValueError(
+                f"metrics: name {name!r} must be a str, not one of {_RESERVED} nor ending in '_sum'"
+            )
+        if not callable(fn):
+            raise TypeError(f"metrics[{name!r}] must be callable as fn(out, y, *extra), got {fn!r:.80}")
+    return dict(metrics)
 
 
 def _apply_fn(model: Any) -> Callable[..., tuple[Tensor, Params]]:
@@ -184,6 +207,7 @@ def make_step(
     backend: str | Callable = "inductor",
     premasked: bool = False,
     compiler: Compiler | None = None,
+    metrics: Metrics | None = None,
 ) -> Step:
     """A masked training step.
 
@@ -193,7 +217,9 @@ def make_step(
       new buffers (BatchNorm running stats).
     * ``masks``: the structure of ``params`` (bool tensors, ``None`` for dense leaves), or ``None``
       for dense training.
-    * ``metrics``: ``{"accuracy": float32 (), "loss": float32 ()}`` on this batch, before the update.
+    * ``metrics``: ``{"loss": float32 ()}`` on this batch, before the update, with ``"accuracy"``
+      (float32 ``()``) where the targets are class labels and one entry per extra metric
+      (``metrics=``: ``{name: fn(out, y, *extra)}``, each a mean over the entries of ``y``).
 
     With ``compile=True`` the step is ``torch.compile(fullgraph=True, backend=backend)``; masks and
     optimizer state are inputs, so changing their values never recompiles. The trees are checked
@@ -217,6 +243,7 @@ def make_step(
     apply = _apply_fn(model)
     if not callable(loss):
         raise TypeError(f"loss must be callable, got {loss!r}")
+    extra = _check_metrics(metrics)
     if not callable(getattr(optimizer, "update", None)):
         raise TypeError(f"optimizer must be an optim.Optimizer, got {optimizer!r}")
 
@@ -233,8 +260,10 @@ def make_step(
         grads, (value, (out, new_state)) = grad_and_value(params, state, masks, x, targets)
         updates, new_opt_state = optimizer.update(grads, opt_state, params, masks)
         new_params = _masked(apply_updates(params, updates), masks)
-        metrics = {"accuracy": accuracy(out, targets[0]), "loss": value.detach()}
-        return new_params, new_state, new_opt_state, metrics
+        found = {"accuracy": accuracy(out, targets[0])} if class_labels(out, targets[0]) else {}
+        found["loss"] = value.detach()
+        found.update({name: fn(out, *targets).detach() for name, fn in extra.items()})
+        return new_params, new_state, new_opt_state, found
 
     run = _compiled(step, compile, backend, compiler)
     compiled = compile or compiler is not None
@@ -255,18 +284,22 @@ def make_eval_step(
     backend: str | Callable = "inductor",
     premasked: bool = False,
     compiler: Compiler | None = None,
+    metrics: Metrics | None = None,
 ) -> EvalStep:
     """A masked evaluation step (``apply(..., train=False)``; the state is not changed).
 
-    ``eval_step(params, state, masks, batch) -> {"correct": int64 (), "count": int64 (),
-    "loss_sum": float32 ()}``, sums over the label entries of the batch so that they add up across
-    batches (``loss_sum = loss * count``, as ``loss`` is a mean). See :func:`evaluate`. ``compile``,
+    ``eval_step(params, state, masks, batch) -> {"count": int64 (), "loss_sum": float32 ()}`` and,
+    where the targets are class labels, ``"correct": int64 ()``; each extra metric (``metrics=``, as
+    in :func:`make_step`) adds ``"<name>_sum"``. Sums over the entries of the batch's targets ``y``,
+    so that they add up across batches (``loss_sum = loss * count``, as ``loss`` is a mean). See
+    :func:`evaluate`. ``compile``,
     ``compiler`` and ``premasked`` (params promised zero at pruned entries: the forward pass skips
     the masking) as in :func:`make_step`.
     """
     apply = _apply_fn(model)
     if not callable(loss):
         raise TypeError(f"loss must be callable, got {loss!r}")
+    extra = _check_metrics(metrics)
     forward_masks = _forward_masks(premasked)
 
     def eval_step(params: Params, state: Params, masks: Params | None, batch: Batch) -> dict[str, Tensor]:
@@ -274,11 +307,11 @@ def make_eval_step(
         labels = targets[0]
         out, _ = apply(_masked(params, forward_masks(masks)), state, x, train=False)
         n = labels.numel()
-        return {
-            "correct": correct(out, labels),
-            "count": torch.full((), n, dtype=torch.int64, device=labels.device),
-            "loss_sum": loss(out, *targets).detach() * n,
-        }
+        sums = {"correct": correct(out, labels)} if class_labels(out, labels) else {}
+        sums["count"] = torch.full((), n, dtype=torch.int64, device=labels.device)
+        sums["loss_sum"] = loss(out, *targets).detach() * n
+        sums.update({f"{name}_sum": fn(out, *targets).detach() * n for name, fn in extra.items()})
+        return sums
 
     run = _compiled(eval_step, compile, backend, compiler)
     compiled = compile or compiler is not None
@@ -315,22 +348,32 @@ def sum_metrics(
 def evaluate(
     eval_step: EvalStep, params: Params, state: Params, masks: Params | None, batches: Iterable[Batch]
 ) -> dict[str, float]:
-    """Run ``eval_step`` over ``batches`` and return ``{"accuracy", "count", "loss"}`` over all of them.
+    """Run ``eval_step`` over ``batches`` and return ``{"count", "loss"}`` over all of them, with
+    ``"accuracy"`` where the eval step counts correct predictions (class labels) and each extra
+    metric's mean (``"<name>_sum"`` -> ``"<name>"``).
 
-    ``loss`` and ``accuracy`` are means over every label entry (not over batches); ``count`` is the
-    number of label entries (an int). Raises ``ValueError`` when ``batches`` is empty.
+    ``loss``, ``accuracy`` and the extra metrics are means over every target entry (not over
+    batches); ``count`` is the number of target entries (an int). Raises ``ValueError`` when
+    ``batches`` is empty.
     """
     totals = sum_metrics(eval_step, params, state, masks, batches, where="evaluate")
     count = int(totals["count"])
-    return {
-        "accuracy": float(totals["correct"]) / count,
-        "count": count,
-        "loss": float(totals["loss_sum"]) / count,
-    }
+    out = {"accuracy": float(totals["correct"]) / count} if "correct" in totals else {}
+    out["count"] = count
+    out["loss"] = float(totals["loss_sum"]) / count
+    out.update(
+        {
+            k[: -len("_sum")]: float(v) / count
+            for k, v in totals.items()
+            if k.endswith("_sum") and k != "loss_sum"
+        }
+    )
+    return out
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns: the final trees and one ``{"accuracy", "loss"}`` dict per epoch."""
+    """What :func:`fit` returns: the final trees and one dict of the step's metrics per epoch
+    (``{"accuracy", "loss"}`` for class labels, ``{"loss"}`` and any extra metrics otherwise)."""
 
     params: Params
     state: Params
