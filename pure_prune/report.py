@@ -394,11 +394,13 @@ def plot_rounds(runs: Sequence[Run], path: str | Path) -> Path:
     """Sparsity (%) and test accuracy (%) against the round index, one line per run; runs of several
     seeds draw the mean with a ``mean ± std`` band. A PNG at ``path``."""
     plt = extras.pyplot("the report's plots")
-    fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
+    fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(12, 4))
+    markers = ("o", "s", "^", "D", "v", "P", "X")  # runs with one schedule overlap: their markers differ
+    for i, run in enumerate(runs):
         idx = [r["round"] for r in run.rounds]
-        _line(ax_s, idx, run.rounds, "sparsity", marker="o", ms=3, label=_label(run))
-        _line(ax_a, idx, run.rounds, "test_accuracy", marker="o", ms=3, label=_label(run))
+        style = {"marker": markers[i % len(markers)], "ms": 4, "mfc": "none", "label": _label(run)}
+        _line(ax_s, idx, run.rounds, "sparsity", **style)
+        _line(ax_a, idx, run.rounds, "test_accuracy", **style)
     ax_s.set(xlabel="round", ylabel="prunable weights pruned (%)", title="sparsity across rounds")
     ax_a.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy across rounds")
     from matplotlib.ticker import MaxNLocator
@@ -406,7 +408,7 @@ def plot_rounds(runs: Sequence[Run], path: str | Path) -> Path:
     for ax in (ax_s, ax_a):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_a.legend(fontsize=7)
+    ax_a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save_fig(fig, path)
 
 
