@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import pytest
 import torch
@@ -205,3 +206,20 @@ def test_vmap_over_seeds_and_grad(model):
         assert_close(stacked[i], llama.apply(p, s, x, train=True)[0], rtol=1e-5)
     g = torch.func.grad(lambda p: llama.apply(p, state, x, train=True)[0].square().mean())(params)
     assert all(bool(leaf.abs().sum() > 0) for leaf in tree.leaves(g))
+
+
+def test_shipped_model_loads_and_predicts_held_out_text():
+    params, state, info = llama.load_pretrained()
+    assert info["weights_sha256"] == llama.PRETRAINED["pydoc"][2]
+    assert info["model"]["vocab"] == 256 and set(info["heldout"]) == {"valid", "test"}
+    from pydoc_data.topics import topics
+
+    data = "".join(topics[k] for k in sorted(topics)).encode("utf-8")
+    held = torch.tensor(list(data[-4 * 129 :]), dtype=torch.int64)  # the end of the test split
+    x = torch.stack([held[i * 129 : i * 129 + 128] for i in range(4)])
+    y = torch.stack([held[i * 129 + 1 : i * 129 + 129] for i in range(4)])
+    logits, _ = llama.apply(params, state, x, train=False)
+    bits = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1)).item() / math.log(2)
+    assert bits < 3.5  # uniform: 8 bits per byte
+    with pytest.raises(ValueError, match="no shipped llama model 'wiki'"):
+        llama.load_pretrained("wiki")
