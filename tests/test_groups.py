@@ -86,6 +86,13 @@ def test_member_view_partitions_the_leaf(case):
     v = member_view(ids, mem, size)
     assert v.shape == (size, math.prod(shape) // size)
     assert torch.equal(torch.sort(v.reshape(-1)).values, torch.arange(math.prod(shape)))
+    # unit c owns the entries whose index i along the axis has (i // inner) % size == c
+    along = (torch.arange(shape[mem.axis]) // mem.inner) % size
+    view_shape = [1] * len(shape)
+    view_shape[mem.axis] = shape[mem.axis]
+    owner = along.reshape(view_shape).expand(shape)
+    for c in range(size):
+        assert torch.equal(torch.sort(v[c]).values, ids[owner == c])
 
 
 @given(_MEMBER_CASES, st.data())
@@ -106,6 +113,9 @@ def test_removed_channels_are_whole_and_zero(net, s):
     params, groups = net
     scores = tree.map(torch.abs, params)
     masks = select.channels(scores, s, groups)
+    by_path = dict(zip(tree.paths(masks), tree.leaves(masks)))
+    for g in groups:  # every member carries a mask (whole_channels skips None leaves)
+        assert all(by_path[m.path] is not None for m in g.members), g.name
     whole_channels(masks, groups, sparsity=s)
     pruned_are_zero(mask.apply(params, masks), masks)
 

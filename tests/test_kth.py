@@ -18,7 +18,10 @@ def test_equals_kthvalue_of_concatenation(values, data, dtype):
     xs = [torch.tensor(v, dtype=dtype) for v in values]
     total = sum(len(v) for v in values)
     k = data.draw(st.integers(1, total))
-    assert kth.kth_smallest(xs, k) == torch.kthvalue(torch.cat(xs), k).values
+    want = torch.kthvalue(torch.cat(xs), k).values
+    assert kth.kth_smallest(xs, k) == want  # small input: torch.kthvalue of the concatenation
+    assert kth.kth_smallest(xs, k, small=0) == want  # the radix select
+    assert kth.kth_smallest(xs, k, small=0, sample_size=2) == want  # a sampled bracket first (total > 8)
 
 
 @pytest.mark.parametrize("layout", ["random", "sorted", "ties", "signed_zero_and_inf"])

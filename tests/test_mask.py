@@ -84,13 +84,16 @@ def test_apply_hand_example_with_non_finite_pruned_entries():
 
 @given(st.data())
 def test_from_nonzero_recovers_masks_of_applied_params(data):
+    """Kept entries that happen to be zero (a second mask zeroes them) read as pruned."""
     params = data.draw(pst.params_trees(min_prunable=1), label="params")
+    zeros = data.draw(pst.masks(params), label="zeros")
+    params = mask.apply(params, zeros)
     masks = data.draw(pst.masks(params), label="masks")
     got = mask.from_nonzero(mask.apply(params, masks), masks)
-    for (_, p, m), g in zip(_pairs(params, masks), tree.leaves(got)):
+    for (_, p, m), g, z in zip(_pairs(params, masks), tree.leaves(got), tree.leaves(zeros)):
         assert (g is None) == (m is None)
         if m is not None:
-            assert torch.equal(g, m & (p != 0))
+            assert torch.equal(g, m & (p != 0)) and torch.equal(g, m & z)
 
 
 # ------------------------------------------------------------------------------- accounting
@@ -198,10 +201,22 @@ def test_validate_accepts_fitting_masks_and_names_bad_leaves():
 
 @given(st.data())
 def test_validate_agrees_with_masks_fit_params(data):
+    """Both accept drawn masks, and both reject them with one leaf broken (shape or dtype)."""
     params = data.draw(pst.params_trees(min_prunable=1), label="params")
     masks = data.draw(pst.masks(params), label="masks")
     mask.validate(params, masks)
     masks_fit_params(params, masks)
+    bad_path = data.draw(st.sampled_from(mask.prunable_paths(masks)), label="broken leaf")
+    breaks = {
+        "shape": lambda m: torch.ones(m.shape[0] + 1, *m.shape[1:], dtype=torch.bool),
+        "dtype": lambda m: m.float(),
+    }
+    how = data.draw(st.sampled_from(sorted(breaks)), label="broken by")
+    broken = tree.map_with_path(lambda p, m: breaks[how](m) if p == bad_path else m, masks)
+    with pytest.raises((ValueError, TypeError), match=bad_path):
+        mask.validate(params, broken)
+    with pytest.raises(AssertionError, match=bad_path):
+        masks_fit_params(params, broken)
 
 
 # ------------------------------------------------------------------------ bytes form of masks

@@ -73,8 +73,9 @@ def test_penalty_growth_shapes():
 )
 def test_penalty_growth_is_monotone_from_zero_to_granularity(kind, gran, total, a):
     f = schedule.penalty_growth(kind, gran, total, exponent=a)
-    vals = [f(t) for t in range(total + 2)]
+    vals = [f(t) for t in range(total + 3)]
     assert vals[0] == 0.0 and vals[total] == pytest.approx(gran)
+    assert vals[total + 1] == vals[total + 2] == vals[total]  # it stays there
     assert all(b >= a_ - 1e-12 for a_, b in zip(vals, vals[1:]))
 
 

@@ -340,6 +340,8 @@ def test_channels_whole_exact_nested(data):
     for scope in ("layer", "global"):
         first = select.channels(scores, s1, groups, scope=scope, ord=ord_)
         masks_fit_params(params, first)
+        by_path = dict(zip(tree.paths(first), tree.leaves(first)))
+        assert all(by_path[m.path] is not None for g in groups for m in g.members)  # consumers too
         whole_channels(first, groups, sparsity=s1, scope=scope)
         pruned_are_zero(mask.apply(params, first), first)
         masks_nested(select.channels(scores, s2, groups, scope=scope, ord=ord_), first)
@@ -529,16 +531,28 @@ def test_matches_torch_l1_unstructured_and_global(specs, s, key):
 
 
 def _tie_free_slices(key: int, shape: tuple[int, ...], dim: int) -> torch.Tensor:
-    """A weight whose slices along ``dim`` have distinct L2 norms (slice ranked r holds values in
-    ``(r·K, (r+1)·K]``), with random signs."""
+    """A weight whose slices along ``dim`` have distinct L2 norms *and* rank differently by L1.
+
+    Slices come in pairs at scales ``10^j`` (random order): a spread slice (all entries ``a``) and a
+    concentrated one (one entry ``1.1·a·√K``, the others ``0.1·a``; ``K`` entries per slice). For
+    ``K >= 2`` the concentrated slice has the larger L2 norm and the smaller L1 norm, so a selector
+    ranking by L1 instead of L2 swaps the pair. Random signs and peak positions.
+    """
     units, k = shape[dim], math.prod(shape) // shape[dim]
-    rank = torch.randperm(units, generator=rng.generator(key)).float()
-    inside = torch.stack(
-        [torch.randperm(k, generator=rng.generator(rng.fold_in(key, u + 1))) for u in range(units)]
-    )
-    vals = (rank[:, None] * k + inside.float() + 1) * rng.rademacher(rng.fold_in(key, 0), (units, k))
+    scale = 10.0 ** torch.randperm((units + 1) // 2, generator=rng.generator(key)).double()
+    vals = torch.empty(units, k, dtype=torch.float64)
+    for u in range(units):
+        a = float(scale[u // 2])
+        if u % 2 == 0:
+            vals[u] = a
+        else:
+            vals[u] = 0.1 * a
+            peak = int(torch.randint(0, k, (1,), generator=rng.generator(rng.fold_in(key, u + 1))))
+            vals[u, peak] = 1.1 * a * math.sqrt(k)
+    order = torch.randperm(units, generator=rng.generator(rng.fold_in(key, units + 1)))
+    vals = vals[order] * rng.rademacher(rng.fold_in(key, 0), (units, k), dtype=torch.float64)
     moved = [shape[dim]] + [d for i, d in enumerate(shape) if i != dim]
-    return torch.movedim(vals.reshape(moved), 0, dim)
+    return torch.movedim(vals.reshape(moved), 0, dim).float()
 
 
 @given(_LAYER_SPECS, pst.sparsities(), pst.keys(), st.sampled_from([0, 1]))
