@@ -4,6 +4,10 @@ the library.
 
 Modules (import them by name, e.g. ``from pure_prune.llm import structured``):
 
+* ``blocks``, ``calibrate``, ``stats``: a decoder described block by block and the calibration
+  engine that runs it over calibration sequences, streaming each linear layer's input statistics;
+* ``magnitude``, ``wanda``, ``sparsegpt``, ``owl``, ``pattern``: the one-shot methods, unstructured
+  or N:M, and non-uniform layer sparsity;
 * ``structured``: attention heads (KV-group consistent), MLP channels and whole blocks (ShortGPT's
   block influence), scored, selected and compacted to a smaller model.
 
