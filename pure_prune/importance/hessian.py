@@ -109,10 +109,29 @@ def _hvp_batched(
     problem: Problem, scalar: Callable[[list[torch.Tensor]], torch.Tensor]
 ) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
     """``vs -> [H vs]`` for the Hessian of ``scalar`` at the scored leaves, batched over the
-    leading axis of ``vs`` (forward-over-reverse: ``jvp`` of ``grad``, vmapped)."""
+    leading axis of ``vs`` (forward-over-reverse: ``jvp`` of ``grad``, vmapped).
+
+    Some torch kernels have no forward-mode derivative of their backward (``F.mse_loss`` raises
+    "ZeroTensors are immutable" under ``jvp`` of ``grad`` in torch 2.x); for a loss that uses one,
+    the products fall back to reverse-over-reverse (``vjp`` of ``grad``, the pullback built once and
+    vmapped over ``vs``; ``H`` is symmetric, so ``H^T v = H v``).
+    """
     sub0 = [problem.theta[i] for i in problem.scored]
     g = grad(scalar)
-    return vmap(lambda v: jvp(g, (sub0,), (v,))[1])
+    forward = vmap(lambda v: jvp(g, (sub0,), (v,))[1])
+    pullback: list[Callable] = []
+
+    def hvp(vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not pullback:
+            try:
+                return forward(vs)
+            except RuntimeError as err:
+                if "ZeroTensor" not in str(err):
+                    raise
+                pullback.append(vjp(g, sub0)[1])
+        return list(vmap(pullback[0])(vs)[0])
+
+    return hvp
 
 
 def _weighted(problem: Problem, per_batch: Callable[..., list], fast: bool | LinearTaps = False) -> list:
