@@ -19,6 +19,7 @@ from pure_prune import sweep as seed_sweep
 from pure_prune.experiment import setup
 from pure_prune.importance import hessian as H
 from pure_prune.models import mlp
+from pure_prune.report import plain_log_axis
 
 from .common import Checks, Context, cached, dashed, finish_axes, md_table, mean_std, pm, pyplot, save_figure
 
@@ -230,9 +231,12 @@ def plot(an: dict[str, Any], path: Path, seeds: int) -> Path:
             what = "exact (basis HVPs)" if "exact_s" in a else "GGN (exact for ReLU)"
             axes[1].axhline(ref, color=colour, ls=":", lw=1.2, label=f"MLP {dashed(a['sizes'])}: {what}")
     axes[0].plot([], [], ls=":", color="0.4", label="∝ 1/√K")
+    all_ks = sorted({r["K"] for a in an.values() for r in a["rows"]})
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(all_ks, [str(k) for k in all_ks])  # 1, 4, 16, ... rather than 2^k
         ax.set_yscale("log")
+        plain_log_axis(ax, "y")
         finish_axes(ax, legend_size=7, xlabel="Hutchinson probes K (log2)")
     axes[0].set_ylabel(f"relative L2 error vs exact, mean ± std ({seeds} seeds)")
     axes[1].set_ylabel("seconds (mean ± std)")
