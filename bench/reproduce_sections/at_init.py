@@ -168,6 +168,8 @@ def plot(res: dict[str, Any], an: dict[str, Any], path: Path, seeds: int) -> Pat
         dense = an[name].get("dense")
         if dense:
             ax.axhline(100 * dense["accuracy_mean"], color="k", ls=":", lw=1, label="dense (trained)")
+            low, high = ax.get_ylim()  # keep the dense line off the frame
+            ax.set_ylim(low, max(high, 100 * dense["accuracy_mean"] + 0.05 * (high - low)))
         ax.set_xscale("log", base=2)
         comps = an[name]["comps"]
         ax.set_xticks(comps, [f"{c:g}" for c in comps])
