@@ -156,3 +156,62 @@ def test_losses_compile_once_whatever_the_values():
             kd(logits, logits.flip(0), labels), losses.kd_loss(logits, logits.flip(0), labels)
         )
     assert counter.frame_count == 2  # one graph each
+
+
+# ------------------------------------------------------------------------------------- model_loss
+
+
+def _per_sample_hessians(ml: losses.ModelLoss, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, K, K): the Hessian of each one-row loss w.r.t. that row's outputs, by torch.func."""
+    k = out[0].numel()
+    hs = [
+        torch.func.hessian(lambda o, n=n: ml.loss(o[None], y[n : n + 1]))(out[n]).reshape(k, k)
+        for n in range(out.shape[0])
+    ]
+    return torch.stack(hs)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse", "callable"])
+def test_hessian_factor_squares_to_the_output_hessian(name):
+    """sum_r rows[n, r] ⊗ rows[n, r] = (E / N) d²l_n/do_n² for every output loss."""
+    out = rng.normal(1, (4, 3), dtype=torch.float64)
+    if name == "cross_entropy":
+        y, loss = torch.tensor([0, 2, 1, 1]), "cross_entropy"
+    else:
+        y = rng.normal(2, (4, 3), dtype=torch.float64)
+        loss = "mse" if name == "mse" else (lambda o, t: (torch.cosh(o - t).log().sum(-1)).mean())
+    ml = losses.model_loss(lambda p, x: x, loss)
+    rows = ml.hessian_factor(out, y)
+    got = torch.einsum("nrk,nrl->nkl", rows.reshape(4, -1, 3), rows.reshape(4, -1, 3))
+    want = _per_sample_hessians(ml, out, y) * ml.ggn_entries(out, y) / out.shape[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12 * float(want.abs().max()))
+
+
+def test_model_loss_batches_and_values():
+    w = torch.tensor([[2.0, -1.0]])
+    ml = losses.model_loss(lambda p, x: x @ p.T, "mse", keys=("inputs", "targets"))
+    batch = {
+        "inputs": torch.tensor([[1.0, 1.0], [0.0, 2.0]]),
+        "targets": torch.tensor([[0.0], [0.0]]),
+        "id": 7,
+    }
+    assert float(ml(w, batch)) == pytest.approx((1.0 + 4.0) / 2)
+    assert ml.split(batch)[1] is batch["targets"]
+    joined = ml.join(batch, batch["inputs"], batch["targets"] + 1)
+    assert (
+        joined["id"] == 7 and float(joined["targets"].sum()) == 2.0 and float(batch["targets"].sum()) == 0.0
+    )
+    pair = losses.model_loss(lambda p, x: x, "cross_entropy")
+    assert isinstance(pair.join((1, 2, 3), "x", "y"), tuple) and pair.join([1, 2], "x", "y") == ["x", "y"]
+    assert pair.classes and not ml.classes and ml.name == "mse"
+    assert losses.class_labels(torch.zeros(2, 3), torch.tensor([0, 1]))
+    assert not losses.class_labels(torch.zeros(2, 3), torch.zeros(2, 3))
+    assert not losses.class_labels(torch.zeros(2), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="model_fn must be callable"):
+        losses.model_loss(3, "mse")
+    with pytest.raises(TypeError, match="batch key must be an int index or a str"):
+        losses.model_loss(lambda p, x: x, "mse", keys=(0, 1.5))
+    with pytest.raises(
+        ValueError, match=r"mse: targets must be a float tensor of the outputs' shape \(2, 1\)"
+    ):
+        losses.mse(torch.zeros(2, 1), torch.zeros(2))
