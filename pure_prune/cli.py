@@ -11,6 +11,9 @@ pure-prune sweep --model mlp --data digits --criteria magnitude,random --compres
                                       all seeds (pure_prune.grid); also under torchrun
 pure-prune report DIR... [--out report]
                                       table and plots of finished or running experiments
+pure-prune llm --model shipped --method wanda --sparsity 0.5|2:4 [--owl] [--calib 32 --seeds 5]
+                                      one-shot pruning of a language model (shipped llama or a
+                                      local transformers checkpoint), held-out perplexity table
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pure_prune import checkpoint, data, extras, mask, rng, runconfig
+from pure_prune import checkpoint, cli_llm, data, extras, mask, rng, runconfig
 from pure_prune import models as model_registry
 from pure_prune.algorithms import one_shot
 from pure_prune.experiment import OPTIMIZERS, setup
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--no-plots", action="store_true", help="write the table only")
     _sweep_parser(sub)
+    cli_llm.add_parser(sub)
     return ap
 
 
@@ -427,9 +431,9 @@ def _demo(args) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
-    if args.command in ("run", "report", "sweep"):
+    if args.command in ("run", "report", "sweep", "llm"):
         try:
-            return {"run": _run, "report": _report, "sweep": _sweep}[args.command](args)
+            return {"run": _run, "report": _report, "sweep": _sweep, "llm": cli_llm.run}[args.command](args)
         except (ValueError, TypeError, FileNotFoundError, extras.MissingExtraError) as e:
             print(f"pure-prune: error: {e}", file=sys.stderr)
             return 2

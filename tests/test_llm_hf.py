@@ -68,6 +68,9 @@ def layers(model):
 def test_block_equals_decoder_layer_and_forward_equals_model(name, models, tokens):
     model = models[name]
     bm, params = hf.block_model(model)
+    expected_params = interop.from_module(model)[1]
+    assert tree.paths(params) == tree.paths(expected_params)
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(params), tree.leaves(expected_params)))
     assert bm.block_paths(params) == [
         f"{'model.decoder' if 'opt' in name else 'model'}.layers.{i}" for i in range(2)
     ]
@@ -176,6 +179,12 @@ def test_pruned_model_round_trips_save_pretrained(models, tokens, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(tokens).logits, pruned(tokens).logits)
         assert_close(loaded(tokens).logits, bm.forward(res.params, tokens), 1e-5, what="reloaded logits")
+    # a model from from_pretrained (hub kernels on by default) runs the same way
+    bm_loaded, params_loaded = hf.block_model(loaded)
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(params_loaded), tree.leaves(res.params)))
+    assert_close(
+        bm_loaded.forward(params_loaded, tokens), bm.forward(res.params, tokens), 1e-5, what="loaded"
+    )
 
 
 def test_perplexity_matches_the_cross_entropy_by_hand(models):

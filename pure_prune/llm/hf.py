@@ -45,7 +45,7 @@ from einops import rearrange
 from torch import nn
 from torch.func import functional_call
 
-from pure_prune import interop
+from pure_prune import tree
 from pure_prune.llm.blocks import BlockModel, subtree
 
 __all__ = ["FAMILIES", "block_model", "context", "family"]
@@ -157,12 +157,33 @@ def _check_tokens(tokens: torch.Tensor, vocab: int, limit: int) -> None:
 
 # ------------------------------------------------------------------------------- private skeleton
 def _meta_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode whose parameters are on ``meta`` (no memory); buffers are copied."""
+    """A deep copy in eval mode whose parameters are on ``meta`` (no memory); buffers are copied.
+
+    The mode is set with ``nn.Module.train`` itself: transformers' override of ``train`` re-runs
+    hub-kernel replacement (``kernels``) on models loaded with ``from_pretrained``, which refuses
+    ``meta`` tensors.
+    """
     memo: dict[int, Any] = {}
     for p in model.parameters():
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
     skeleton = copy.deepcopy(model, memo)
-    return skeleton.eval()
+    nn.Module.train(skeleton, False)
+    return skeleton
+
+
+def _params_of(model: nn.Module) -> Params:
+    """``interop.from_module(model)``'s params: detached clones of ``named_parameters()`` (a tied
+    parameter once, under its first name) nested on the dots, canonical. Built here because
+    ``from_module`` also sets up a train-mode copy, which transformers' ``train`` override cannot
+    take for models loaded with hub kernels (see :func:`_meta_copy`)."""
+    root: dict[str, Any] = {}
+    for name, p in model.named_parameters():
+        *parents, leaf = name.split(".")
+        node = root
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = p.detach().clone()
+    return tree.canonical(root)
 
 
 def _binder(module: nn.Module, paths: Mapping[str, str]) -> Callable[..., Any]:
@@ -212,8 +233,8 @@ def block_model(model: nn.Module, *, sequential: bool = False) -> tuple[BlockMod
     """``(BlockModel, params)`` of a transformers ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` /
     ``OPTForCausalLM``.
 
-    ``params`` is ``interop.from_module(model)``'s tree (detached clones, canonical, tied leaves
-    once); the :class:`BlockModel`'s ``embed(params, tokens (N, T)) -> (N, T, D)``,
+    ``params`` is the tree ``interop.from_module(model)`` gives (detached clones, canonical, tied
+    leaves once); the :class:`BlockModel`'s ``embed(params, tokens (N, T)) -> (N, T, D)``,
     ``block(block_params, h) -> (h (N, T, D), taps)``, ``head(params, h) -> logits (N, T, V)`` and
     ``block_paths(params)`` (``"model.layers.<i>"``, OPT ``"model.decoder.layers.<i>"``) are pure
     functions of the tree; ``linears`` and the taps are listed in the module docstring.
@@ -224,7 +245,7 @@ def block_model(model: nn.Module, *, sequential: bool = False) -> tuple[BlockMod
     kind = family(model)
     if not isinstance(sequential, bool):
         raise TypeError(f"sequential must be a bool, got {sequential!r}")
-    _, params, _ = interop.from_module(model)
+    params = _params_of(model)
     skeleton = _meta_copy(model)
     layers_path = _layers_path(kind)
     n_layers = len(skeleton.get_submodule(layers_path))
