@@ -31,7 +31,8 @@ def _cfg(name: str, w: int) -> tuple[dict, tuple[int, ...]]:
     if name == "cnn1d":
         return {"channels": (w, w, w + 1), "length": 12}, (12,)
     if name == "llama":
-        return {"vocab": 11, "dim": 8, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn": w, "context": 5}, (5,)
+        cfg = {"vocab": 11, "dim": 8, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "context": 5}
+        return {**cfg, "ffn": w}, (5,)
     raise AssertionError(f"no small config for {name}")
 
 

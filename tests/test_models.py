@@ -35,7 +35,11 @@ TINY = {
     "llama": (
         {"vocab": 11, "dim": 8, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn": 6, "context": 8},
         (6,),
-        ("embed.", "norm.", *(f"blocks.{i}.{x}." for i in (0, 1) for x in ("attn_norm", "mlp_norm", "attn.o", "mlp.down"))),
+        (
+            "embed.",
+            "norm.",
+            *(f"blocks.{i}.{x}." for i in (0, 1) for x in ("attn_norm", "mlp_norm", "attn.o", "mlp.down")),
+        ),
     ),
 }
 BN_MODELS = {"resnet20", "resnet32", "resnet56", "vgg11", "vgg16"}
@@ -226,7 +230,8 @@ def test_groups_consistent_with_shapes(name):
     # every leaf's axis 0 belongs to a group, except the output layer's (and the embedding's vocab axis)
     uncovered = {p for p in tree.paths(params) if (p, 0) not in covered}
     assert uncovered == {p for p in tree.paths(params) if p.startswith(TINY[name][2])}
-    stats = {f"state.{p}" for p in tree.paths(state) if not p.startswith("rope.")}  # llama's rotary tables: no units
+    # llama's rotary tables are state without units
+    stats = {f"state.{p}" for p in tree.paths(state) if not p.startswith("rope.")}
     assert stats <= {p for p, _ in covered}
     prunable = {g.name: g.prunable for g in groups}
     if name.startswith("resnet"):
