@@ -437,10 +437,10 @@ def _entropy_unnormalized(orig, mod):
 
 
 def _fast_path_squares_batch_sum(orig, mod):
-    def batch_moments(problem, taps, x, y, stats, chunk_size):
-        m = orig(problem, taps, x, y, stats, chunk_size)
+    def batch_moments(problem, taps, batch, stats, chunk_size):
+        m = orig(problem, taps, batch, stats, chunk_size)
         if taps is not None and "sumsq" in m:  # the sum of squares of the summed gradient
-            m = {**m, "sumsq": m["sum"] * m["sum"] / max(1, x.shape[0])}
+            m = {**m, "sumsq": m["sum"] * m["sum"] / max(1, batch[0].shape[0])}
         return m
 
     return batch_moments
