@@ -70,6 +70,7 @@ its SHA-256 and every shape against its config.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -414,16 +415,18 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` completed with :func:`init`'s defaults; ``ValueError`` for an unknown key."""
-    import inspect
-
+    """``config`` completed with :func:`init`'s defaults; ``ValueError``/``TypeError`` for an unknown
+    key or a size that is not a positive int (the checks of :func:`init`)."""
     defaults = {
         p.name: p.default for p in inspect.signature(init).parameters.values() if p.kind is p.KEYWORD_ONLY
     }
     unknown = sorted(set(config) - set(defaults))
     if unknown:
         raise ValueError(f"llama config has unknown keys {unknown}; known: {sorted(defaults)}")
-    return defaults | dict(config)
+    cfg = defaults | dict(config)
+    for key in ("vocab", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn", "context"):
+        structure.check_sizes(key, cfg[key])
+    return cfg
 
 
 def load_checkpoint(

@@ -143,6 +143,8 @@ def test_bad_config():
         llama.init(0, **(CFG | {"n_heads": 3, "n_kv_heads": 2}))
     with pytest.raises(ValueError, match="unknown keys"):
         llama.expected_shapes({"width": 3})
+    with pytest.raises(TypeError, match="ffn must be an int"):
+        llama.expected_shapes({"ffn": "384"})
 
 
 def _write(tmp_path, params, name="w.safetensors"):
@@ -195,6 +197,7 @@ def test_fullgraph_compile_equals_eager(model):
         assert_close(got[2][name], act, rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
 def test_vmap_over_seeds_and_grad(model):
     params, state = model
     x = tokens(2, 6)
