@@ -197,7 +197,9 @@ def test_fullgraph_compile_equals_eager(model):
         assert_close(got[2][name], act, rtol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
+@pytest.mark.filterwarnings(
+    "ignore:There is a performance drop because we have not yet implemented the batching rule"
+)
 def test_vmap_over_seeds_and_grad(model):
     params, state = model
     x = tokens(2, 6)
