@@ -7,7 +7,8 @@ held-out: the *test* split (the last 5% of the corpus), mean next-byte cross-ent
 non-overlapping windows, as perplexity. Each method runs through the sequential block-by-block
 engine (``pure_prune.llm.calibrate.prune``) on every linear layer of every block
 (attn.q/k/v/o, mlp.gate/up/down; embeddings, norms and the tied head stay dense), at 50%
-unstructured, 2:4 and 4:8, and at 70% uniform and with OWL's block sparsities (M = 5, λ = 0.08).
+unstructured, 2:4 and 4:8, and at 70% uniform and with OWL's block sparsities (M = 5, λ = 0.08);
+``wanda-layer`` is Wanda's score compared over the whole layer (as magnitude is) instead of per row.
 Magnitude reads no data: one run, no spread over seeds.
 
 Prints a Markdown table (mean ± std over the calibration seeds) and the published findings checked
@@ -36,6 +37,7 @@ from pure_prune.llm import blocks, calibrate, magnitude, owl, sparsegpt, wanda  
 from pure_prune.models import llama  # noqa: E402
 
 METHODS = {"magnitude": magnitude.METHOD, "wanda": wanda.METHOD, "sparsegpt": sparsegpt.METHOD}
+EXTRA = {"wanda-layer": wanda.method("layer")}  # Wanda's scores compared over the layer, as magnitude
 PATTERNS = ("0.5", "2:4", "4:8", "0.7")
 
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dense held-out perplexity {dense:.3f} ({eval_seconds:.1f} s per evaluation)", file=sys.stderr)
 
     runs: list[dict] = []
-    configs = [(m, p, False) for p in PATTERNS for m in METHODS]
+    configs = [(m, p, False) for p in PATTERNS for m in [*METHODS, *([] if ":" in p else EXTRA)]]
     configs += [("wanda", "0.7", True), ("sparsegpt", "0.7", True)]
     for name, pattern, use_owl in configs:
         seeds = [0] if name == "magnitude" else list(range(args.seeds))
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             if use_owl:
                 res = owl.prune(model, params, calib, METHODS[name], float(pattern), m=5.0, lam=0.08, **opts)
             else:
-                res = calibrate.prune(model, params, calib, METHODS[name], pattern, **opts)
+                res = calibrate.prune(model, params, calib, {**METHODS, **EXTRA}[name], pattern, **opts)
             seconds = time.perf_counter() - t
             rel = [r["relative_error"] for r in res.record["layers"]]
             runs.append({
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {}
     rows = [["dense", f"{dense:.3f}", "", "", "", ""]]
-    for method in ("magnitude", "wanda", "sparsegpt", "owl+wanda", "owl+sparsegpt"):
+    for method in ("magnitude", "wanda", "wanda-layer", "sparsegpt", "owl+wanda", "owl+sparsegpt"):
         row = [method]
         for pattern in PATTERNS:
             c = cell(method, pattern)
@@ -138,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             "holds": m("sparsegpt 0.5") < m("magnitude 0.5") and m("wanda 0.5") < m("magnitude 0.5"),
             "perplexity_increase_over_dense": {k: m(f"{k} 0.5") - dense for k in METHODS},
         },
+        "wanda_compared_over_the_layer_vs_magnitude_at_50": {
+            "holds": m("wanda-layer 0.5") < m("magnitude 0.5"),
+            "wanda (per row)": m("wanda 0.5"),
+            "wanda-layer": m("wanda-layer 0.5"),
+            "magnitude": m("magnitude 0.5"),
+        },  # fmt: skip
         "2:4_hurts_more_than_50_unstructured": {
             k: {"holds": m(f"{k} 2:4") > m(f"{k} 0.5"), "50%": m(f"{k} 0.5"), "2:4": m(f"{k} 2:4")}
             for k in METHODS

@@ -56,6 +56,11 @@ def test_wanda_mask_is_the_formula_on_a_hand_made_layer():
         [True, False, False, False],
         [False, False, True, False],
     ]
+    # compared over the layer: 0.71, 1.41, 2.0 and the first of the tied 2.83s pruned
+    layer = wanda.method("layer")
+    assert layer.name == "wanda-layer" and layer.prune_layer(W, s, parse(0.5), "w")[1].tolist() == [[True, False, False, True], [False, True, True, False]]  # fmt: skip
+    with pytest.raises(ValueError, match="comparison must be"):
+        wanda.method("column")
     # magnitude compares over the whole layer, without activations: a different mask
     assert magnitude.prune_layer(W, None, parse(0.5))[1].tolist() == [
         [True, False, True, True],
