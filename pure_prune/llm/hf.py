@@ -245,7 +245,6 @@ def block_model(model: nn.Module, *, sequential: bool = False) -> tuple[BlockMod
     kind = family(model)
     if not isinstance(sequential, bool):
         raise TypeError(f"sequential must be a bool, got {sequential!r}")
-    params = _params_of(model)
     skeleton = _meta_copy(model)
     layers_path = _layers_path(kind)
     n_layers = len(skeleton.get_submodule(layers_path))
@@ -256,6 +255,7 @@ def block_model(model: nn.Module, *, sequential: bool = False) -> tuple[BlockMod
     for i, other in enumerate(skeleton.get_submodule(layers_path)):
         if type(other) is not type(layer) or [n for n, _ in other.named_parameters()] != names:
             raise ValueError(f"decoder layer {i} differs from layer 0 in its modules; all must be alike")
+    params = _params_of(model)
     config = model.config
     limit = int(config.max_position_embeddings)
     vocab = model.get_input_embeddings().num_embeddings
