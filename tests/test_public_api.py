@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -34,3 +36,28 @@ def test_import_is_lazy_and_imports_no_application_module():
         "assert not app, app"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+API_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md"
+
+
+def api_examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", API_DOC.read_text(), flags=re.S)
+
+
+def test_api_doc_tables_list_every_public_name_of_every_library_module():
+    script = API_DOC.with_name("api_reference.py")
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_api_doc_has_an_example_per_area():
+    areas = re.findall(r"^## (.+)$", API_DOC.read_text(), flags=re.M)
+    sections = re.split(r"^## .+$", API_DOC.read_text(), flags=re.M)[1:]
+    without = [a for a, s in zip(areas, sections) if "```python" not in s]
+    assert len(areas) >= 6 and not without, without
+
+
+@pytest.mark.parametrize("index", range(len(api_examples())))
+def test_api_doc_examples_run(index):
+    exec(compile(api_examples()[index], str(API_DOC), "exec"), {"__name__": "api_doc"})
