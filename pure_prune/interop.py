@@ -184,7 +184,9 @@ def _skeleton(module: nn.Module, training: bool) -> nn.Module:
     for b in module.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
     skeleton = copy.deepcopy(module, memo)
-    skeleton.train(training)
+    # nn.Module.train itself, not an override: transformers' PreTrainedModel.train re-applies hub
+    # kernels to a model loaded with them, which fails on meta tensors
+    nn.Module.train(skeleton, training)
     return skeleton
 
 
