@@ -266,14 +266,7 @@ def _shipped(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _transformers():
-    try:
-        import transformers
-    except ModuleNotFoundError:
-        raise extras.MissingExtraError(
-            'transformers is not installed; it is needed for --model <checkpoint folder>: pip install "pure-prune[test-models]"',
-            name="transformers",
-            extra="test-models",
-        ) from None
+    transformers = extras.require("transformers", "--model <checkpoint folder>")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers

@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "data"),
     "mnist1d": ("mnist1d", "data"),
     "matplotlib": ("matplotlib", "plots"),
+    "transformers": ("transformers", "hf"),
 }
 
 
