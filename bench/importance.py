@@ -14,8 +14,16 @@ drifts with it); its milliseconds are the median, and the ratio of the fastest t
 * Gradient SNR over per-sample gradients: pure_prune (linear taps / generic ``vmap(grad)``), a compiled
   ``vmap(grad)`` with the reduction in the graph, the per-sample loop, BackPACK ``BatchGrad`` + ``Variance``.
 * Hutchinson relative L2 error against the exact diagonal for K = 1, 4, 16, 64, 256, with seconds.
+* Default calls (no trace passed: the scores take their trace, and ``hessian_diag``'s exactness
+  check, from the memo ``importance.trace_cache.TRACES``) against the calls given a pre-built
+  trace; the summary prints each default call's time over its pre-traced twin.
+* MSE regression (the same MLP regressing the one-hot targets, ``losses.model_loss(model_fn,
+  "mse")``): GGN diagonal (= the Hessian diagonal for this ReLU net) and gradient SNR, default and
+  generic routes, against BackPACK ``DiagGGNExact`` / ``DiagHessian`` with ``MSELoss`` and
+  ``BatchGrad`` + ``Variance``.
 * Checks: the GGN diagonal against exact HVP diagonal entries at sampled coordinates; pure_prune's
-  SNR against the per-sample loop; BackPACK's diagonal and SNR against pure_prune's (when installed).
+  SNR against the per-sample loop; default calls equal pre-traced ones; BackPACK's diagonals and
+  SNR against pure_prune's, cross-entropy and MSE (when installed).
 
     python bench/importance.py [--reps 20] [--out bench/results/importance.json] [--no-compile]
                                [--quiet-wait S]
@@ -40,12 +48,20 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.func import grad, vmap
 
-from pure_prune import rng, tree
+from pure_prune import losses, rng, tree
 from pure_prune.importance import gradient as G
 from pure_prune.importance import hessian as H
 from pure_prune.models import mlp
 
 BATCH = 128
+DEFAULT_PAIRS = (
+    ("pure_prune ggn_diag, default", "pure_prune ggn_diag, linear taps"),
+    ("pure_prune hessian_diag auto, default", "pure_prune hessian_diag auto (+ exactness check)"),
+    ("pure_prune hessian_diag auto, default", "pure_prune ggn_diag, linear taps"),
+    ("pure_prune gradient_snr, default", "pure_prune gradient_snr, linear taps"),
+    ("pure_prune gradient_stats (all 7), default", "pure_prune gradient_stats (all 7), linear taps"),
+    ("pure_prune ggn_diag mse, default", "pure_prune ggn_diag mse, linear taps"),
+)
 EPS = 1e-12
 KS = (1, 4, 16, 64, 256)
 
@@ -72,7 +88,16 @@ def setup() -> dict:
         for layer, name in zip(net[::2], ("fc1", "fc2", "fc3")):
             layer.weight.copy_(params[name]["weight"])
             layer.bias.copy_(params[name]["bias"])
-    return {"params": params, "model_fn": model_fn, "net": net, "x": x, "y": y}
+    return {
+        "params": params,
+        "model_fn": model_fn,
+        "loss_fn": losses.model_loss(model_fn, "cross_entropy"),
+        "mse_fn": losses.model_loss(model_fn, "mse"),
+        "net": net,
+        "x": x,
+        "y": y,
+        "y_mse": F.one_hot(y, 10).to(torch.float32),
+    }
 
 
 def round_robin(
@@ -189,6 +214,117 @@ def backpack_cases(
     )
 
 
+def backpack_mse_cases(
+    net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor
+) -> tuple[dict[str, Callable], torch.nn.Module | None]:
+    """BackPACK ``DiagGGNExact`` + ``DiagHessian`` (``MSELoss``, mean) and ``BatchGrad`` + ``Variance``
+    (``MSELoss(reduction="sum")``) on a copy of ``net`` regressing ``t``; ``({}, None)`` without BackPACK."""
+    try:
+        from backpack import backpack, extend
+        from backpack.extensions import BatchGrad, DiagGGNExact, DiagHessian, Variance
+    except ImportError:
+        return {}, None
+    model = extend(copy.deepcopy(net))
+    mean_loss = extend(torch.nn.MSELoss())
+    sum_loss = extend(torch.nn.MSELoss(reduction="sum"))
+
+    def diag_ggn() -> None:
+        model.zero_grad()
+        with backpack(DiagGGNExact()):
+            mean_loss(model(x), t).backward()
+
+    def diag_h() -> None:
+        model.zero_grad()
+        with backpack(DiagHessian()):
+            mean_loss(model(x), t).backward()
+
+    def batchgrad_variance() -> None:
+        model.zero_grad()
+        with backpack(BatchGrad(), Variance()):
+            sum_loss(model(x), t).backward()
+        for p in model.parameters():
+            m = p.grad / x.shape[0]
+            _ = m * m / (p.variance + EPS)
+
+    cases = {
+        "BackPACK DiagGGNExact (MSELoss)": diag_ggn,
+        "BackPACK DiagHessian (MSELoss)": diag_h,
+        "BackPACK BatchGrad+Variance (MSELoss)": batchgrad_variance,
+    }
+    return cases, model
+
+
+def mse_group(s: dict, taps: G.LinearTaps, bp: dict[str, Callable]) -> dict[str, Callable]:
+    """The MSE regression cases: the digits MLP regressing the one-hot targets."""
+    params, mse_fn, batch = s["params"], s["mse_fn"], (s["x"], s["y_mse"])
+    return {
+        "pure_prune ggn_diag mse, linear taps": lambda: H.ggn_diag(mse_fn, params, batch, fast=taps),
+        "pure_prune ggn_diag mse, default": lambda: H.ggn_diag(mse_fn, params, batch),
+        "pure_prune hessian_diag mse auto, default": lambda: H.hessian_diag(mse_fn, params, batch),
+        "pure_prune ggn_diag mse, generic vmap": lambda: H.ggn_diag(mse_fn, params, batch, fast=False),
+        "pure_prune gradient_snr mse, default": lambda: G.gradient_snr(mse_fn, params, batch),
+        "pure_prune gradient_snr mse, generic vmap(grad)": lambda: G.gradient_snr(
+            mse_fn, params, batch, fast=False
+        ),
+        **bp,
+    }
+
+
+def mse_checks(s: dict, bp: dict, model: torch.nn.Module | None) -> dict:
+    """MSE: the GGN against exact HVP diagonal entries (ReLU: equal) and the per-sample loop's SNR;
+    BackPACK's diagonals and SNR against pure_prune's (when installed)."""
+    params, mse_fn, x, t = s["params"], s["mse_fn"], s["x"], s["y_mse"]
+    ggn = flat(H.ggn_diag(mse_fn, params, (x, t)))
+    picks = torch.randperm(ggn.numel(), generator=rng.generator(4))[:64]
+    leaves, spec = tree.flatten(params)
+    basis = torch.zeros(picks.numel(), ggn.numel())
+    basis[torch.arange(picks.numel()), picks] = 1.0
+    parts = torch.split(basis, [w.numel() for w in leaves], dim=1)
+    vs = tree.unflatten(spec, [p.reshape(picks.numel(), *w.shape) for p, w in zip(parts, leaves)])
+    hv = torch.cat([h.reshape(picks.numel(), -1) for h in tree.leaves(H.hvp(mse_fn, params, (x, t), vs))], 1)
+    snr = flat(G.gradient_snr(mse_fn, params, (x, t)))
+    net = s["net"]
+    ps = list(net.parameters())
+    gs = []
+    for n in range(x.shape[0]):
+        g = torch.autograd.grad(F.mse_loss(net(x[n : n + 1]), t[n : n + 1]), ps)
+        gs.append(torch.cat([gi.reshape(-1) for gi in g]))
+    g = torch.stack(gs)
+    m = g.mean(0)
+    loop = _module_order(m * m / (((g * g).mean(0) - m * m).clamp_min(0) + EPS), params)
+    out = {
+        "mse_ggn_vs_exact_hvp_max_abs_diff_over_max_diag": float(
+            (hv[torch.arange(picks.numel()), picks] - ggn[picks]).abs().max() / ggn.abs().max()
+        ),
+        "mse_snr_vs_loop_max_rel_diff_where_snr_gt_1e-3": float(
+            ((snr - loop).abs() / loop.abs().clamp_min(1e-3)).max()
+        ),
+    }
+    if model is None:
+        return out
+    bp["BackPACK DiagGGNExact (MSELoss)"]()
+    theirs_ggn = _module_order(torch.cat([p.diag_ggn_exact.reshape(-1) for p in model.parameters()]), params)
+    bp["BackPACK DiagHessian (MSELoss)"]()
+    theirs_h = _module_order(torch.cat([p.diag_h.reshape(-1) for p in model.parameters()]), params)
+    bp["BackPACK BatchGrad+Variance (MSELoss)"]()
+    n = x.shape[0]
+    d = t.shape[1]  # a summed MSELoss's per-sample gradients are d times those of the per-sample mean
+    theirs_snr = torch.cat(
+        [((p.grad / (n * d)) ** 2 / (p.variance / d**2 + EPS)).reshape(-1) for p in model.parameters()]
+    )
+    theirs_snr = _module_order(theirs_snr, params)
+    out["backpack_mse_diag_ggn_vs_ours_max_abs_diff_over_max"] = float(
+        (theirs_ggn - ggn).abs().max() / ggn.abs().max()
+    )
+    out["backpack_mse_diag_h_vs_ours_max_abs_diff_over_max"] = float(
+        (theirs_h - ggn).abs().max() / ggn.abs().max()
+    )
+    out["backpack_mse_snr_vs_ours_max_rel_diff_where_snr_gt_1e-3"] = float(
+        ((theirs_snr - snr).abs() / snr.abs().clamp_min(1e-3)).max()
+    )
+    return out
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -247,6 +383,7 @@ def jax_cases(s: dict) -> tuple[dict[str, Callable], str | None]:
 def timing_groups(s: dict, taps: G.LinearTaps, bp: dict[str, Callable]) -> dict[str, dict[str, Callable]]:
     """The timed cases, by group (each group is timed round-robin with the unit)."""
     params, model_fn, net, x, y = s["params"], s["model_fn"], s["net"], s["x"], s["y"]
+    loss_fn = s["loss_fn"]
     batch = (x, y)
 
     def func_fwd_bwd() -> dict:
@@ -255,28 +392,30 @@ def timing_groups(s: dict, taps: G.LinearTaps, bp: dict[str, Callable]) -> dict[
     return {
         "unit": {"torch.func.grad (functional fwd+bwd)": func_fwd_bwd},
         "Hessian diagonal (exact, ReLU)": {
-            "pure_prune ggn_diag, linear taps": lambda: H.ggn_diag(model_fn, params, batch, fast=taps),
+            "pure_prune ggn_diag, linear taps": lambda: H.ggn_diag(loss_fn, params, batch, fast=taps),
+            "pure_prune ggn_diag, default": lambda: H.ggn_diag(loss_fn, params, batch),
             "pure_prune hessian_diag auto (+ exactness check)": lambda: H.hessian_diag(
-                model_fn, params, batch, fast=taps
+                loss_fn, params, batch, fast=taps
             ),
-            "pure_prune ggn_diag, generic vmap": lambda: H.ggn_diag(model_fn, params, batch, fast=False),
+            "pure_prune hessian_diag auto, default": lambda: H.hessian_diag(loss_fn, params, batch),
+            "pure_prune ggn_diag, generic vmap": lambda: H.ggn_diag(loss_fn, params, batch, fast=False),
             **{k: v for k, v in bp.items() if "Diag" in k},
         },
         "Hutchinson K=64": {
             "pure_prune hessian_diag hutchinson (vmapped HVPs)": lambda: H.hessian_diag(
-                model_fn, params, batch, method="hutchinson", probes=64, key=0
+                loss_fn, params, batch, method="hutchinson", probes=64, key=0
             ),
             "PyHessian-style double-backward loop": lambda: pyhessian_hutchinson(net, x, y, 64),
         },
         "gradient SNR": {
-            "pure_prune gradient_snr, linear taps": lambda: G.gradient_snr(
-                model_fn, params, batch, fast=taps
-            ),
+            "pure_prune gradient_snr, linear taps": lambda: G.gradient_snr(loss_fn, params, batch, fast=taps),
+            "pure_prune gradient_snr, default": lambda: G.gradient_snr(loss_fn, params, batch),
             "pure_prune gradient_stats (all 7), linear taps": lambda: G.gradient_stats(
-                model_fn, params, batch, fast=taps
+                loss_fn, params, batch, fast=taps
             ),
+            "pure_prune gradient_stats (all 7), default": lambda: G.gradient_stats(loss_fn, params, batch),
             "pure_prune gradient_snr, generic vmap(grad)": lambda: G.gradient_snr(
-                model_fn, params, batch, fast=False
+                loss_fn, params, batch, fast=False
             ),
             "per-sample loop": lambda: loop_snr(net, x, y),
             **{k: v for k, v in bp.items() if "Batch" in k},
@@ -288,7 +427,7 @@ def add_compiled(s: dict, groups: dict[str, dict[str, Callable]]) -> dict[str, f
     """Add the torch.compile cases to ``groups``; returns seconds to each one's first result."""
     params, model_fn, x, y = s["params"], s["model_fn"], s["x"], s["y"]
     vs = tree.map(lambda w: torch.where(rng.uniform(1, (64, *w.shape)) < 0.5, -1.0, 1.0), params)
-    hvp_c = torch.compile(functools.partial(H.hvp, model_fn))
+    hvp_c = torch.compile(functools.partial(H.hvp, s["loss_fn"]))
     snr_c = torch.compile(functools.partial(vmap_grad_snr, model_fn))
 
     def hutch_compiled() -> list[torch.Tensor]:
@@ -387,16 +526,16 @@ def time_groups(
 def hutchinson_errors(s: dict, exact: torch.Tensor, quiet_wait_s: float) -> list[dict]:
     """Relative L2 error of Hutchinson against ``exact`` and median seconds (of 3), per K, for
     pure_prune and the double-backward loop."""
-    params, model_fn, net, x, y = s["params"], s["model_fn"], s["net"], s["x"], s["y"]
+    params, loss_fn, net, x, y = s["params"], s["loss_fn"], s["net"], s["x"], s["y"]
     rows = []
     for k in KS:
         wait_quiet(quiet_wait_s)
-        est = flat(H.hessian_diag(model_fn, params, (x, y), method="hutchinson", probes=k, key=k))
+        est = flat(H.hessian_diag(loss_fn, params, (x, y), method="hutchinson", probes=k, key=k))
         loop = _module_order(torch.cat([d.reshape(-1) for d in pyhessian_hutchinson(net, x, y, k)]), params)
         sec = round_robin(
             {
                 "ours": lambda k=k: H.hessian_diag(
-                    model_fn, params, (x, y), method="hutchinson", probes=k, key=k
+                    loss_fn, params, (x, y), method="hutchinson", probes=k, key=k
                 ),
                 "loop": lambda k=k: pyhessian_hutchinson(net, x, y, k),
             },
@@ -421,7 +560,7 @@ def correctness_checks(
 ) -> dict:
     """GGN == exact Hessian diagonal at 128 sampled coordinates (basis-vector HVPs); fast SNR ==
     per-sample loop; BackPACK's numbers against pure_prune's."""
-    params, model_fn, net, x, y = s["params"], s["model_fn"], s["net"], s["x"], s["y"]
+    params, loss_fn, net, x, y = s["params"], s["loss_fn"], s["net"], s["x"], s["y"]
     width = exact.numel()
     picks = torch.randperm(width, generator=rng.generator(3))[:128]
     basis = torch.zeros(picks.numel(), width)
@@ -429,18 +568,28 @@ def correctness_checks(
     leaves, spec = tree.flatten(params)
     parts = torch.split(basis, [w.numel() for w in leaves], dim=1)
     vs = tree.unflatten(spec, [p.reshape(picks.numel(), *w.shape) for p, w in zip(parts, leaves)])
-    hv = torch.cat(
-        [h.reshape(picks.numel(), -1) for h in tree.leaves(H.hvp(model_fn, params, (x, y), vs))], 1
-    )
+    hv = torch.cat([h.reshape(picks.numel(), -1) for h in tree.leaves(H.hvp(loss_fn, params, (x, y), vs))], 1)
     true_diag = hv[torch.arange(picks.numel()), picks]
-    snr_fast = flat(G.gradient_snr(model_fn, params, (x, y), fast=taps))
+    snr_fast = flat(G.gradient_snr(loss_fn, params, (x, y), fast=taps))
+    same = {
+        "ggn_diag": (H.ggn_diag(loss_fn, params, (x, y)), H.ggn_diag(loss_fn, params, (x, y), fast=taps)),
+        "hessian_diag": (
+            H.hessian_diag(loss_fn, params, (x, y)),
+            H.hessian_diag(loss_fn, params, (x, y), fast=taps),
+        ),
+        "gradient_snr": (
+            G.gradient_snr(loss_fn, params, (x, y)),
+            G.gradient_snr(loss_fn, params, (x, y), fast=taps),
+        ),
+    }
     snr_loop = _module_order(torch.cat([t.reshape(-1) for t in loop_snr(net, x, y)]), params)
     return {
         "ggn_vs_exact_hvp_max_abs_diff_over_max_diag": float(
             (true_diag - exact[picks]).abs().max() / exact.abs().max()
         ),
         **backpack_checks(bp, bp_model, exact, snr_fast, params),
-        "ggn_is_exact_verdict": H.ggn_is_exact(model_fn, params, (x, y)),
+        "default_equals_pre_traced": {k: bool(torch.equal(flat(a), flat(b))) for k, (a, b) in same.items()},
+        "ggn_is_exact_verdict": H.ggn_is_exact(loss_fn, params, (x, y)),
         "snr_fast_vs_loop_max_rel_diff_where_snr_gt_1e-3": float(
             ((snr_fast - snr_loop).abs() / snr_loop.abs().clamp_min(1e-3)).max()
         ),
@@ -462,6 +611,8 @@ def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
     trace_again_s = time.perf_counter() - t0
 
     groups = timing_groups(s, taps, bp)
+    bp_mse, bp_mse_model = backpack_mse_cases(s["net"], s["x"], s["y_mse"])
+    groups["MSE regression (GGN = Hessian diagonal; SNR)"] = mse_group(s, taps, bp_mse)
     groups["Hutchinson K=64"].update({k: v for k, v in jx.items() if "Hutchinson" in k})
     groups["gradient SNR"].update({k: v for k, v in jx.items() if "SNR" in k})
     compile_s = add_compiled(s, groups) if compile_ else {}
@@ -469,7 +620,7 @@ def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
         notes.append("compiled cases skipped (--no-compile)")
     unit = functools.partial(module_fwd_bwd, s["net"], s["x"], s["y"])
     cases = time_groups(groups, unit, reps, quiet_wait_s)
-    exact = flat(H.ggn_diag(s["model_fn"], s["params"], (s["x"], s["y"]), fast=taps))
+    exact = flat(H.ggn_diag(s["loss_fn"], s["params"], (s["x"], s["y"]), fast=taps))
     return {
         "meta": {
             "torch": torch.__version__,
@@ -485,7 +636,10 @@ def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
         },
         "cases": cases,
         "hutchinson_error": hutchinson_errors(s, exact, quiet_wait_s),
-        "checks": correctness_checks(s, taps, exact, bp, bp_model),
+        "checks": {
+            **correctness_checks(s, taps, exact, bp, bp_model),
+            **mse_checks(s, bp_mse, bp_mse_model),
+        },
     }
 
 
@@ -553,6 +707,11 @@ def report(res: dict) -> None:
             f"  K={e['K']:<26d} {e['rel_l2_error']:8.3f} {e['negative_share']:6.2f} {e['seconds']:8.3f} "
             f"{e['loop_rel_l2_error']:9.3f} {e['loop_seconds']:8.3f}"
         )
+    by_case = {c["case"]: c for c in res["cases"]}
+    print("\ndefault call (memoised trace) / pre-traced call, ratio of paired x-unit medians:")
+    for default, traced in DEFAULT_PAIRS:
+        if default in by_case and traced in by_case:
+            print(f"  {default:<58s} {by_case[default]['x_unit'] / by_case[traced]['x_unit']:6.2f}")
     print("\nchecks:")
     for k, v in res["checks"].items():
         print(f"  {k}: {v if isinstance(v, dict) else f'{v:.2e}'}")

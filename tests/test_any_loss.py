@@ -230,6 +230,8 @@ def test_bad_losses_and_batches_are_named(reg):
     before = tree.map(torch.clone, params)
     with pytest.raises(TypeError, match=r"must return a float scalar.*shape \(12, 2\).*model_loss"):
         G.snip(lambda p, b: tanh_net(p, b[0]), params, (x, y))
+    with pytest.raises(TypeError, match=r"loss_fn\(params, batches\[0\]\) raised TypeError.*model_loss"):
+        G.snip(tanh_net, params, (x, y))  # a model function where a loss is expected
     with pytest.raises(TypeError, match="not differentiable in the scored params"):
         G.snip(lambda p, b: F.mse_loss(tanh_net(p, b[0]), b[1]).detach(), params, (x, y))
     with pytest.raises(ValueError, match=r"batches\[0\] has 12 inputs and 11 labels"):

@@ -275,7 +275,14 @@ def _check_plain_loss(where: str, problem: Problem) -> None:
     leaves (checked on the first batch, outside any transform: one forward pass)."""
     sub = [problem.theta[i].detach().requires_grad_() for i in problem.scored]
     with torch.enable_grad():
-        value = problem.loss_fn(merge(problem, sub), problem.batches[0])
+        try:
+            value = problem.loss_fn(merge(problem, sub), problem.batches[0])
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError) as err:
+            raise TypeError(
+                f"{where}: loss_fn(params, batches[0]) raised {type(err).__name__}: {err}. loss_fn must "
+                "be loss_fn(params, batch) -> scalar; to score a model_fn(params, x) -> outputs, pass "
+                "losses.model_loss(model_fn, 'cross_entropy' | 'mse' | output_loss)"
+            ) from err
     if not isinstance(value, torch.Tensor) or value.ndim != 0 or not value.is_floating_point():
         got = (
             f"a {value.dtype} tensor of shape {tuple(value.shape)}"
