@@ -17,7 +17,7 @@ from pure_prune import tree
 
 __all__ = ["erk", "layer_multipliers", "uniform", "SEEDS_MULTIPLIERS"]
 
-# seeds.md Source C: early layers x0.5, middle x1, late x1.5
+# layer-specific rates of a lottery-ticket recipe (docs/methods.md): early x0.5, middle x1, late x1.5
 SEEDS_MULTIPLIERS = (0.5, 1.0, 1.5)
 
 
@@ -99,7 +99,7 @@ def layer_multipliers(
     *,
     order: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Layer-specific rates (seeds.md Source C): split the prunable leaves, in network ``order``, into
+    """Layer-specific rates (docs/methods.md): split the prunable leaves, in network ``order``, into
     ``len(multipliers)`` consecutive parts and scale each part's sparsity by its multiplier.
 
     The scaled sparsities are then rescaled (and clipped to [0, 1], redistributing the excess) so

@@ -89,7 +89,7 @@ _RUN_HELP = {
     "decreasing_lr": "learning-rate milestones in epochs, comma separated (lr x gamma at each)",
     "exclude": "globs of leaves kept dense, comma separated (e.g. 'conv1.*')",
     "model_cfg": "model options as JSON (e.g. '{\"sizes\": [64, 32, 32, 10]}')",
-    "recompile_every": "with --compact: make a new form at every N-th compression (Source A's knob)",
+    "recompile_every": "with --compact: make a new form at every N-th compression (docs/methods.md)",
     "sparsity_change_threshold": "with --compact: make a new form when sparsity moved by more than this",
     "save_dir": "the run's folder (default runs/<method>-<model>-<data>-seed<seed>)",
     "seeds": "number of seeds, keys seed..seed+N-1, run as one vmapped program (every method); "

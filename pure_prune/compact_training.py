@@ -19,8 +19,8 @@ statistics) is left as it was, where the masked step would decay it towards the 
 a dead channel; the unit's output is zero either way (its BatchNorm scale and shift are pruned).
 
 **When a new form is made.** Each new shape is a new graph for a compiled step (one compile per
-stage). Source A's knobs decide when the run re-materialises: at a compression (the masks' sparsity
-changed since the last call) :func:`pure_prune.stage.should_rematerialize` is asked with
+stage). The recompilation knobs decide when the run re-materialises: at a compression (the masks'
+sparsity changed since the last call) :func:`pure_prune.stage.should_rematerialize` is asked with
 ``recompile_every`` and ``threshold``. If it says no, the previous form's shapes are kept: the kept
 units are the alive ones padded with removed ones up to the previous counts (exact: the padding
 units are zero), so the compiled step of that form is reused with the new masks as inputs. If more
@@ -157,7 +157,7 @@ def compacting_trainer(
         train_fn: the trainer of the full-size model (e.g. ``base.fit_trainer(exp)``; its step
             should compile one static graph per shape, e.g. a :class:`pure_prune.stage.Compiled`).
         groups: the full-size model's channel groups (``spec.groups(params)``).
-        recompile_every, threshold: Source A's knobs, passed to
+        recompile_every, threshold: the staged-recompilation knobs, passed to
             :func:`pure_prune.stage.should_rematerialize`.
         on_form: called once per training call with ``(form, made, reason)``: the form trained,
             whether it was made by this call, and why (for logs and per-round records).

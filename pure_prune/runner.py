@@ -30,7 +30,7 @@ one seed). Each round trains the model with its pruned units removed
 (:func:`pure_prune.compact_training.compacting_trainer`) and hands full-size trees back, so
 scoring, rewinding and checkpoints are unchanged. The steps are :class:`pure_prune.stage.Compiled`
 (one static graph per shape): a new form compiles once, and ``recompile_every`` /
-``sparsity_change_threshold`` (Source A's knobs, :func:`pure_prune.stage.should_rematerialize`)
+``sparsity_change_threshold`` (the recompilation knobs, :func:`pure_prune.stage.should_rematerialize`)
 decide when one is made; otherwise the newly removed units stay masks on the current form. Rows
 carry ``form_units``, ``form_sizes``, ``form_made`` and ``form_reason``. Results equal the masked
 run's up to float rounding (other GEMM shapes), so a compact run hashes differently.

@@ -8,11 +8,11 @@ itself (``select.*``) turns a target into exact counts (``round(s · N)`` pruned
 ``one_shot``            0 before ``at``, ``final`` from ``at`` on
 ``polynomial``          Zhu & Gupta (2017): s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(nΔt))³,
                         updated every Δt steps from t₀ over n updates (cubic by default)
-``linear``              s_i → s_f linearly over the same grid (seeds.md Source D "gradual")
-``linear_steps``        seeds.md Source A: ``steps`` equal increments every ``every`` epochs
+``linear``              s_i → s_f linearly over the same grid (Zhu & Gupta with power 1)
+``linear_steps``        staged recompilation recipe: ``steps`` equal increments every ``every`` epochs
                         from ``start`` (5 steps, every 15 from epoch 30: 8% → 40%)
 ``geometric``           IMP: after round k, ``(1 − r)^k`` of the weights remain
-``progressive``         seeds.md Source C: the per-round rate is r × 1.0 / 0.8 / 0.6 / 0.4 for
+``progressive``         a decaying IMP rate: the per-round rate is r × 1.0 / 0.8 / 0.6 / 0.4 for
                         rounds 0–4 / 5–9 / 10–14 / 15+, compounded over rounds
 ``penalty_growth``      RSST's regularisation coefficient: ``granularity × g(t / T)`` with
                         g ∈ {x, x^2, exp, exp_custom(a)} (see its docstring)
@@ -40,7 +40,7 @@ __all__ = [
 
 Schedule = Callable[[int], float]
 
-# seeds.md Source C: (first round of the range, rate multiplier)
+# the decaying IMP rate (docs/methods.md, "progressive"): (first round of the range, rate multiplier)
 PROGRESSIVE_FACTORS: tuple[tuple[int, float], ...] = ((0, 1.0), (5, 0.8), (10, 0.6), (15, 0.4))
 
 
@@ -105,12 +105,12 @@ def polynomial(
 
 
 def linear(initial: float, final: float, *, start: int, every: int, updates: int) -> Schedule:
-    """Sparsity rising linearly from ``initial`` to ``final`` over ``updates`` updates (Source D)."""
+    """Sparsity rising linearly from ``initial`` to ``final`` over ``updates`` updates (power 1)."""
     return polynomial(initial, final, start=start, every=every, updates=updates, power=1.0)
 
 
 def linear_steps(final: float, *, steps: int = 5, start: int = 30, every: int = 15) -> Schedule:
-    """Source A's iterative schedule: sparsity ``final · k / steps`` from epoch ``start + (k−1)·every``.
+    """Equal steps: sparsity ``final · k / steps`` from epoch ``start + (k−1)·every`` (docs/methods.md).
 
     With the defaults and ``final=0.4``: 8% at epoch 30, 16% at 45, 24% at 60, 32% at 75, 40% at 90.
     """
@@ -141,7 +141,7 @@ def geometric(rate: float) -> Schedule:
 def progressive_rates(
     rate: float, rounds: int, factors: Sequence[tuple[int, float]] = PROGRESSIVE_FACTORS
 ) -> list[float]:
-    """Per-round rates ``rate × factor(round)`` for rounds ``0..rounds−1`` (Source C's decay)."""
+    """Per-round rates ``rate × factor(round)`` for rounds ``0..rounds−1`` (the decaying IMP rate)."""
     r = _rate(rate)
     rounds = _nonneg_int("rounds", rounds)
     table = _check_factors(factors)
@@ -172,7 +172,7 @@ def _check_factors(factors: object) -> list[tuple[int, float]]:
 
 
 def progressive(rate: float, factors: Sequence[tuple[int, float]] = PROGRESSIVE_FACTORS) -> Schedule:
-    """Target after round ``k`` under Source C's decaying rate: ``1 − Π_{j<k} (1 − rate_j)``."""
+    """Target after round ``k`` under the decaying IMP rate: ``1 − Π_{j<k} (1 − rate_j)``."""
     _rate(rate)
     _check_factors(factors)
 
@@ -195,9 +195,10 @@ def penalty_growth(kind: str, granularity: float, total: int, *, exponent: float
     """RSST's penalty coefficient at step ``t``: ``granularity × g(min(t, total) / total)``.
 
     ``g`` rises from 0 to 1: ``"x"`` linear, ``"x^2"`` quadratic, ``"exp"`` = (eˣ − 1)/(e − 1),
-    ``"exp_custom"`` = (e^{a·x} − 1)/(e^a − 1) with ``exponent`` a (the seeds use 2, 4, 6; larger
+    ``"exp_custom"`` = (e^{a·x} − 1)/(e^a − 1) with ``exponent`` a (RSST runs use 2, 4, 6; larger
     a keeps the penalty small for longer and then raises it sharply). ``granularity`` is the
-    seeds' ``reg_granularity_prune`` (0.5 / 1.0 / 2.0): the coefficient reached at ``total``.
+    growing-regularisation knob ``reg_granularity_prune`` (0.5 / 1.0 / 2.0): the coefficient
+    reached at ``total``.
     """
     if kind not in _GROWTH:
         raise ValueError(f"unknown penalty growth {kind!r}; known: {sorted(_GROWTH)}")

@@ -17,7 +17,7 @@ read from dynamo's own metrics (``torch._dynamo.utils.compilation_time_metrics``
     step.at("compact")(*small_args)                                        # compiles once more
     step.stats()   # {"masked/3f0c...": {"compiles": 1, "compile_seconds": 9.1, "calls": 20}, ...}
 
-**What a recompile gains.** Source A (``seeds.md``) recompiles a ``torch.compile``'d model every
+**What a recompile gains.** A staged-recompilation recipe (``docs/methods.md``) recompiles a model every
 ``recompile_every`` pruning steps or when sparsity moved by more than ``sparsity_change_threshold``,
 claiming the old graph "does not know" the new zeros. With masks as inputs that is not so: a
 recompile of the *unchanged* masked-dense graph produces the same kernels (a dense GEMM costs the
@@ -28,7 +28,7 @@ compiled at round 1 and in 1.47 ms after a fresh recompile (1.01x: noise); that 
 only from a new *form*: fewer units after :func:`pure_prune.compact.compact` (LeNet-300-100 with
 40% of its hidden units removed: a 1.5x faster step, one compile per stage), a sparse CSR
 kernel, 2:4 hardware sparsity. The knobs survive here as :func:`should_rematerialize`: the
-decision *when* a run re-materialises the next faster form, with Source A's log lines
+decision *when* a run re-materialises the next faster form, with the recipe's log lines
 (:func:`log_lines`).
 
 Limits: a :class:`Compiled` is not thread-safe (the metrics it reads are process-wide), and
@@ -58,7 +58,7 @@ _SCALARS = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torc
 
 
 class Knobs(NamedTuple):
-    """Source A's ``CompileCompressor`` knobs: re-materialise every ``recompile_every``-th
+    """The staged-recompilation knobs (a ``CompileCompressor``'s): re-materialise every ``recompile_every``-th
     compression, or when sparsity moved by more than ``threshold`` since the last one."""
 
     recompile_every: int
@@ -72,7 +72,7 @@ VARIANTS: Mapping[str, Knobs] = MappingProxyType(
         "conservative": Knobs(recompile_every=5, threshold=0.10),
     }
 )
-"""Source A's three variants (read-only)."""
+"""The recipe's three variants (read-only)."""
 
 
 # ------------------------------------------------------------------------------------ signatures
@@ -277,7 +277,7 @@ def should_rematerialize(
     recompile_every: int = 2,
     threshold: float = 0.05,
 ) -> tuple[bool, str]:
-    """Source A's decision, as a pure function: re-materialise the faster form after this compression?
+    """The recompilation decision, as a pure function: re-materialise the faster form after this compression?
 
     Args:
         step_index: the number of this compression (pruning step), counting from 1.
@@ -292,7 +292,7 @@ def should_rematerialize(
     Returns:
         ``(decision, reason)``; ``reason`` names every rule that fired, or why none did.
 
-    Defaults are Source A's; :data:`VARIANTS` holds the aggressive ``(1, 0.02)`` and conservative
+    Defaults are the recipe's; :data:`VARIANTS` holds the aggressive ``(1, 0.02)`` and conservative
     ``(5, 0.10)`` variants.
     """
     if isinstance(step_index, bool) or not isinstance(step_index, numbers.Integral) or step_index < 1:
@@ -321,7 +321,7 @@ def should_rematerialize(
 def log_lines(
     step_index: int, sparsity: float, step_seconds: float, decision: tuple[bool, str], seconds: float
 ) -> list[str]:
-    """Source A's log lines for one pruning step and its compile decision.
+    """The recipe's log lines for one pruning step and its compile decision.
 
     ``step_seconds``: time of the pruning step; ``decision``: :func:`should_rematerialize`'s
     result; ``seconds``: the compile seconds of the new form when it was re-materialised, else the
