@@ -1,4 +1,4 @@
-"""LSTM language model (Zaremba et al. 2014 shape; seeds.md Source B, Penn Treebank).
+"""LSTM language model (Zaremba et al. 2014 shape, Penn Treebank).
 
 Tokens ``(N, T)`` -> embedding ``(N, T, E)`` -> ``L`` LSTM layers (written with torch ops, hidden and
 cell state start at zero on every call) -> decoder -> logits ``(N, T, vocab)``. With

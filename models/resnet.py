@@ -1,4 +1,4 @@
-"""CIFAR ResNet-20/32/56 (He et al. 2016, section 4.2; seeds.md Source C), depth = 6n + 2.
+"""CIFAR ResNet-20/32/56 (He et al. 2016, section 4.2), depth = 6n + 2.
 
 3x3 conv stem (``conv1``, ``bn1``, ReLU) -> three stages ``layer1..layer3`` of ``n`` BasicBlocks at
 widths ``w, 2w, 4w`` (default ``w = 16``) -> global average pool -> ``fc``. A BasicBlock is

@@ -2,7 +2,7 @@
 
 Five blocks of 3x3 conv -> BN -> ReLU, each block followed by a 2x2 max-pool (32 -> 1):
 A ``[64] [128] [256 256] [512 512] [512 512]``, D ``[64 64] [128 128] [256 256 256] [512 512 512]
-[512 512 512]``, scaled by ``width / 64``. Classifier (seeds.md Source C): ``fc1`` 512 -> 512 hidden
+[512 512 512]``, scaled by ``width / 64``. Classifier (a CIFAR variant): ``fc1`` 512 -> 512 hidden
 units -> ReLU -> dropout -> ``fc2`` -> classes.
 
 Params: ``block<b>.<i>.conv.weight (C_out, C_in, 3, 3)`` (no bias: BN follows),

@@ -113,7 +113,8 @@ def kd_loss(
     alpha: float = 0.5,
     T: float = 3.0,
 ) -> Tensor:
-    """Knowledge distillation (seeds Source C): ``alpha * KL(p_t || p_s) * T**2 + (1 - alpha) * CE``.
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015):
+    ``alpha * KL(p_t || p_s) * T**2 + (1 - alpha) * CE``.
 
     ``p_t = softmax(teacher / T)``, ``p_s = softmax(student / T)``; the KL divergence is summed over
     classes and averaged over entries (``F.kl_div(..., reduction="batchmean")`` for ``(N, C)``);

@@ -44,8 +44,8 @@ def default_prunable(path: str, leaf: torch.Tensor) -> bool:
 def exclude(*patterns: str, base: Prunable = default_prunable) -> Prunable:
     """A predicate like ``base`` that also rejects leaves whose path matches any glob in ``patterns``.
 
-    ``exclude("conv1.*", "fc.*")`` keeps the first conv and the classifier dense (the seeds'
-    ``--conv1`` switch and the usual classifier exception). Raises ``TypeError`` for a pattern
+    ``exclude("conv1.*", "fc.*")`` keeps the first conv and the classifier dense (the lottery-ticket
+    code's ``--conv1`` switch and the usual classifier exception). Raises ``TypeError`` for a pattern
     that is not a ``str`` or a ``base`` that is not callable.
     """
     _check_patterns(patterns, "exclude")

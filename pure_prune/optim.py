@@ -180,7 +180,7 @@ def constant(lr: float) -> Schedule:
 def multistep(lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
     """``lr * gamma ** k`` where ``k`` counts the milestones ``<= step`` (``torch.optim.lr_scheduler.MultiStepLR``).
 
-    This is the seeds' ``--decreasing_lr 91,136``. Milestones are in optimizer steps (multiply
+    This is the lottery-ticket code's ``--decreasing_lr 91,136``. Milestones are in optimizer steps (multiply
     epochs by the steps per epoch), strictly increasing, ``>= 0``.
     """
     value = _non_negative("lr", lr)

@@ -10,7 +10,7 @@ One row per run:
 * ``flops_kept``/``flops_total``: multiply-adds ×2 of the linear and conv layers for one sample, at
   the final masks: a layer whose weight ``W`` computes ``P`` output positions (1 for a linear layer,
   ``H_out·W_out`` for a conv, the sequence length for a recurrent matrix) costs ``2·numel(W)·P``
-  dense and ``2·nnz(W ⊙ M)·P`` kept (seeds Source D's unstructured count; for whole removed rows and
+  dense and ``2·nnz(W ⊙ M)·P`` kept (the usual unstructured count; for whole removed rows and
   columns this equals its structured ``2·rows·cols·(1 − ratio)``). Positions are read off the
   model's own forward pass on a zero input (:func:`count_flops`).
 
@@ -461,7 +461,7 @@ def _bar_axis_limits(values: Sequence[tuple[float, float]]) -> tuple[float, floa
 
 
 def plot_accuracy_bars(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Best and final accuracy per run as grouped bars (seeds Source C's comparison chart), each
+    """Best and final accuracy per run as grouped bars (a comparison chart), each
     value printed above its bar. The y axis spans the values drawn, not 0–100, so that differences
     of a fraction of a point show (the title says when it does not start at 0); ``± std`` error bars
     only for runs of several seeds (rows with ``<key>_std``); missing accuracies draw no bar."""
@@ -608,7 +608,7 @@ def mask_kinds(
 
 
 def plot_mask_kinds(weight: torch.Tensor, sparsity: float, path: str | Path, *, title: str = "") -> Path:
-    """:func:`mask_kinds` side by side (seeds Source D's picture), kept entries dark and pruned light
+    """:func:`mask_kinds` side by side (unstructured, rows, columns), kept entries dark and pruned light
     (legend below), each panel titled with its kind and sparsity, axes labelled as in
     :func:`plot_masks`; a PNG at ``path``."""
     plt = extras.pyplot("the report's plots")

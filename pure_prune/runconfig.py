@@ -1,7 +1,7 @@
 """The configuration of a ``pure-prune run``: one frozen record, read from TOML and/or flags.
 
 Every knob has a default; a TOML file (``tomllib``) overrides them and command-line flags override
-the file. Knob names follow the seeds (``rate``, ``pruning_times``, ``rewind_epoch``,
+the file. Knob names follow lottery-ticket code (``rate``, ``pruning_times``, ``rewind_epoch``,
 ``fillback_rate``, ``criteria``, ``reg_granularity``, ``rst_schedule``, ``decreasing_lr``, ...);
 a TOML key may use ``-`` for ``_``.
 

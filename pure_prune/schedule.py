@@ -110,7 +110,7 @@ def linear(initial: float, final: float, *, start: int, every: int, updates: int
 
 
 def linear_steps(final: float, *, steps: int = 5, start: int = 30, every: int = 15) -> Schedule:
-    """Equal steps: sparsity ``final · k / steps`` from epoch ``start + (k−1)·every`` (docs/methods.md).
+    """Sparsity in equal steps: ``final · k / steps`` from epoch ``start + (k−1)·every``.
 
     With the defaults and ``final=0.4``: 8% at epoch 30, 16% at 45, 24% at 60, 32% at 75, 40% at 90.
     """

@@ -6,7 +6,7 @@ serves every mask (and every learning rate set with ``optim.set_lr``) without re
     step = make_step(models.get("mlp"), losses.cross_entropy, optim.sgd(0.1, momentum=0.9))
     params, state, opt_state, metrics = step(params, state, opt_state, masks, (x, y))
 
-Training minimises ``L(W ⊙ M)`` (seeds Source E): the forward pass sees the masked params, the
+Training minimises ``L(W ⊙ M)``: the forward pass sees the masked params, the
 gradient flows through the masked product (so it is 0 at pruned entries), the optimizer update is
 masked, and the params are re-masked after the update. Hence after every step each pruned weight is
 exactly 0.0, even one that was non-zero before the step (``optim`` alone only guarantees zero

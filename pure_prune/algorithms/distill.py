@@ -1,6 +1,6 @@
-"""Fine-tuning a pruned student from its dense teacher by knowledge distillation (seeds Source C).
+"""Fine-tuning a pruned student from its dense teacher by knowledge distillation (Hinton et al. 2015).
 
-The loss is ``losses.kd_loss`` (``alpha · KL(p_t ‖ p_s) · T² + (1 − alpha) · CE``; the seeds use
+The loss is ``losses.kd_loss`` (``alpha · KL(p_t ‖ p_s) · T² + (1 − alpha) · CE``; defaults
 ``alpha = 0.5``, ``T = 3``). The teacher's logits are computed per batch on the host side — eval
 mode, no autograd graph — and appended to the batch, which ``train.make_step`` hands to the loss as
 an extra entry: ``loss(student_logits, y, teacher_logits)``. The student's step stays the ordinary

@@ -12,6 +12,7 @@ optimizer steps, until ``end_fraction`` of all steps, the masks change:
 ``"ste"``   straight-through estimation: the forward pass uses ``W ⊙ M`` but the gradient (and the
             update) reaches every dense weight; the masks are recomputed as the top ``|w|`` of the
             dense weights, at the same count per leaf (``scope="layer"``) or over all (``"global"``)
+            (Bengio et al. 2013's estimator; dynamic pruning with feedback, Lin et al. 2020)
 ==========  ==========================================================================================
 
 ``f`` decays by a cosine: ``f_t = drop_fraction / 2 · (1 + cos(π t / t_end))`` with

@@ -1,7 +1,7 @@
 """Gradual pruning: the masks tighten on a schedule during one continuous training run.
 
 ``schedule(epoch) -> target sparsity`` (``pure_prune.schedule``: ``polynomial`` (Zhu & Gupta),
-``linear`` (seeds Source D), ``linear_steps`` (seeds Source A: 5 steps every 15 epochs from epoch 30,
+``linear`` (power 1), ``linear_steps`` (equal steps: 5 steps every 15 epochs from epoch 30,
 8% → 40%)). Training epochs ``0 .. epochs − 1`` are cut into *segments*, the maximal runs of epochs
 with the same target. At the start of each segment whose target is above 0 the weights are scored
 and pruned to the target (nested: pruned entries stay pruned), then the segment is trained. The

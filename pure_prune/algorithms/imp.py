@@ -1,10 +1,10 @@
-"""Iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019; seeds Source C).
+"""Iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019).
 
 Round 0 trains the dense model for ``epochs`` epochs and keeps the weights of epoch
 ``rewind_epoch`` (``0``: the initialisation). Round ``k = 1 .. rounds``:
 
 1. score the trained weights (``score_fn``, usually ``|w|``) and prune to the target of round ``k``
-   — ``schedule="geometric"``: ``1 − (1 − r)^k``; ``"progressive"``: seeds Source C's decaying
+   — ``schedule="geometric"``: ``1 − (1 − r)^k``; ``"progressive"``: a decaying
    rate, ``1 − Π_{j<k} (1 − r_j)`` with ``r_j = r × 1.0 / 0.8 / 0.6 / 0.4`` (``schedule.progressive``);
 2. rewind the surviving weights to the kept ones (``W_rewind ⊙ M``), masks kept, a fresh optimizer
    state whose step counter sits at ``rewind_epoch · steps_per_epoch`` (so a learning-rate schedule
@@ -60,7 +60,7 @@ _TRAIN, _SCORE, _CONTROL = 0, 1 << 20, 2 << 20
 
 
 class Settings(NamedTuple):
-    """The knobs of a lottery-ticket run (seeds Source C's names in brackets).
+    """The knobs of a lottery-ticket run (the names of Chen et al. 2022's code in brackets).
 
     ``rate`` [rate]: share of the remaining weights pruned per round; ``rounds`` [pruning_times];
     ``epochs``: training epochs per round; ``rewind_epoch`` [rewind_epoch]; ``steps_per_epoch``

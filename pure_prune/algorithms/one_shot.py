@@ -1,6 +1,6 @@
 """One-shot pruning: score once, prune to the target, fine-tune with the mask fixed.
 
-``W' = W ⊙ M`` (seeds.md Source E); fine-tuning keeps ``M`` fixed and trains the kept weights.
+``W' = W ⊙ M`` (Han et al. 2015); fine-tuning keeps ``M`` fixed and trains the kept weights.
 As rounds (the runner's view): round 0 trains the dense model (:func:`first_round`), round 1 prunes
 it and fine-tunes (:func:`next_round`).
 """

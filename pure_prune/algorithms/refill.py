@@ -1,4 +1,4 @@
-"""Refill: turn an unstructured IMP mask into whole channels (seeds Source C, "Refill").
+"""Refill: turn an unstructured IMP mask into whole channels (Chen et al. 2022, "refilling").
 
 After an unstructured IMP round, each prunable channel group of ``C`` units is converted:
 

@@ -1,4 +1,4 @@
-"""RSST: regularised structured sparse training (seeds Source C).
+"""RSST: regularised structured sparse training (growing regularisation, Wang et al. 2021, per IMP round).
 
 Each round chooses whole units (channels) to remove, drives their weights towards zero with a
 growing penalty while training, and only then removes them — so the network has learnt to do
@@ -63,7 +63,7 @@ _TRAIN, _SCORE = 0, 1 << 20
 
 
 class Settings(NamedTuple):
-    """RSST's knobs (seeds Source C's names in brackets): ``rate``/``rounds`` [pruning_times] as in
+    """RSST's knobs (the lottery-ticket code's names in brackets): ``rate``/``rounds`` [pruning_times] as in
     IMP but counted in units; ``criterion`` [criteria]; ``growth`` [RST_schedule]; ``granularity``
     [reg_granularity_prune]; ``exponent`` of ``exp_custom``; ``epochs`` per round;
     ``finetune_epochs`` after the last removal; ``scope`` of the unit ranking."""

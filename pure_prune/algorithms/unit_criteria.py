@@ -1,4 +1,4 @@
-"""How RSST and Refill rank channels (seeds Source C's ``criteria``): unit scores, higher = keep.
+"""How RSST and Refill rank channels (the ``criteria`` knob): unit scores, higher = keep.
 
 For unit ``c`` of a channel group, sums run over the entries the unit owns in the group's members
 marked ``score`` (its own weights: a linear layer's row, a conv's filter), with ``W̃ = W ⊙ M``:

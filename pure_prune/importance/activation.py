@@ -1,6 +1,6 @@
-"""Per-unit activation statistics (seeds.md, Source B), accumulated batch by batch.
+"""Per-unit activation statistics (the ``enhanced`` importance), accumulated batch by batch.
 
-The activations family (Source B: 0.2·frequency + 0.3·magnitude + 0.2·variance + 0.2·entropy +
+The activations family (0.2·frequency + 0.3·magnitude + 0.2·variance + 0.2·entropy +
 0.1·range) of every unit of a channel group, from the activations a model returns with
 ``apply(params, state, x, train=False, capture=True) -> (out, state, acts)``, where
 ``acts[group] = (N, units, ...)``: units on axis 1.
@@ -27,7 +27,7 @@ Streaming: :func:`activation_init` / :func:`activation_update` / :func:`activati
 pure functions over ``{group: ActivationStats}``; memory is ``O(units · bins)`` per group whatever
 the number of batches. Means and variances combine batches with Chan et al.'s pairwise update of
 Welford's algorithm, in float64 by default. :func:`activation_stats` runs a model over up to
-``samples`` batches (Source B's ``activation_samples``, default 100) and finalizes.
+``samples`` batches (``activation_samples``, default 100) and finalizes.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def activation_stats(
 
     ``apply(params, state, x, train=False, capture=True)`` must return ``(out, state, acts)``; each
     batch is an input ``x`` or a tuple/list whose first element is ``x`` (e.g. ``(x, y)``).
-    ``samples`` is Source B's ``activation_samples`` (default 100; it advises 100-200); fewer batches
+    ``samples`` is the scheme's ``activation_samples`` (default 100; 100-200 advised); fewer batches
     are used when the iterable ends sooner. ``groups`` restricts the groups (default: every key of
     the first batch's ``acts``). No gradient is recorded and ``state`` is not updated (eval mode).
     Returns ``{statistic: {group: (U,)}}`` as :func:`activation_finalize`.

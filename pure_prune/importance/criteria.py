@@ -7,22 +7,22 @@ Element-level (a score per weight; lowest pruned first):
 ``magnitude``   ``|w|`` (``l1`` is the same ranking; ``l2`` is ``w²``)
 ``random``      uniform scores from the key: the control every comparison needs
 ``snip``        ``|g ⊙ θ|`` with the mean loss gradient at ``θ = W ⊙ M`` (Lee et al. 2019)
-``taylor``      first-order Taylor ``|g·θ|`` per element (Molchanov et al. 2019) — the same
-                number as SNIP; SNIP names its use at initialisation, Taylor during training
+``taylor``      first-order Taylor ``Σ_b w_b (g_b·θ)²`` per element, ``g_b`` batch ``b``'s gradient
+                (Molchanov et al. 2019); with one batch it ranks as SNIP does
 ``grasp``       ``θ ⊙ Hg`` (Wang et al. 2020; sign flipped so the lowest are pruned)
 ``fisher``      ``½ F θ²`` with the empirical Fisher diagonal ``F`` (Theis et al. 2018)
 ``obd``         ``½ h θ²`` with the Hessian diagonal ``h`` (LeCun et al. 1990)
-``hessian``     ``|h|·|θ|``: the seeds' Hessian criterion (second derivatives × ``|w|``)
+``hessian``     ``|h|·|θ|``: second derivatives × ``|w|`` (a Hessian-weighted magnitude)
 ``gsnr``        gradient signal-to-noise ``mean² / (variance + ε)`` of per-sample gradients
 ==============  ==============================================================================
 
 Unit-level (a score per channel group unit, for ``select.units``):
 
 ==================  ==========================================================================
-``hap``             ``trace_u(H) · ‖θ_u‖² / numel_u`` (seeds.md Source B's baseline)
+``hap``             ``trace_u(H) · ‖θ_u‖² / numel_u`` (HAP, Yu et al. 2022)
 ``taylor_units``    ``|Σ_u g·θ|`` per unit (Molchanov et al. 2019)
-``l1_units``        ``Σ_u |θ|`` over the unit's scored members (filter L1, Source C)
-``enhanced``        Source B's fusion of the weights, activations, gradients and cooperation
+``l1_units``        ``Σ_u |θ|`` over the unit's scored members (filter L1, Li et al. 2017)
+``enhanced``        a fusion of the weights, activations, gradients and cooperation
                     families (and HAP), ``fusion.fuse`` with ``strategy`` (default ``adaptive``)
 ==================  ==========================================================================
 
@@ -134,7 +134,7 @@ def _enhanced(
     activation_samples: int = 100,
     state: fusion.LearnedState | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Source B's enhanced unit importance: the chosen families fused by ``strategy``.
+    """The enhanced unit importance (docs/methods.md): the chosen families fused by ``strategy``.
 
     With ``strategy="learned"`` pass the previous call's ``fusion.Fused.state`` as ``state`` to
     carry the accumulated importance across pruning rounds (a fresh state otherwise).
@@ -180,7 +180,7 @@ def _enhanced(
 def all_criteria() -> list[Criterion]:
     """Every registered criterion."""
     return [
-        Criterion("magnitude", _magnitude, "element", False, "|w| (Han et al. 2015; the seeds' global L1)"),
+        Criterion("magnitude", _magnitude, "element", False, "|w| (Han et al. 2015; global L1)"),
         Criterion("l1", _magnitude, "element", False, "|w|, the same ranking as magnitude"),
         Criterion("l2", _l2, "element", False, "w², for channel norms summed as L2"),
         Criterion("random", _random, "element", False, "uniform random scores from the key (a control)"),
@@ -192,17 +192,17 @@ def all_criteria() -> list[Criterion]:
         Criterion("fisher", _fisher, "element", True, "½ F θ², empirical Fisher (Theis et al. 2018)"),
         Criterion("obd", _obd, "element", True, "½ h θ², Hessian diagonal (OBD, LeCun et al. 1990)"),
         Criterion(
-            "hessian", _hessian, "element", True, "|h|·|θ|: second derivatives × |w| (seeds, Source C)"
+            "hessian", _hessian, "element", True, "|h|·|θ|: second derivatives × |w|"
         ),
         Criterion("gsnr", _gsnr, "element", True, "per-sample gradient mean² / (variance + ε)"),
-        Criterion("hap", _hap, "unit", True, "trace(H_u)·‖θ_u‖²/numel_u (Hessian-aware, Source B)"),
+        Criterion("hap", _hap, "unit", True, "trace(H_u)·‖θ_u‖²/numel_u (HAP, Yu et al. 2022)"),
         Criterion("taylor_units", _taylor_units, "unit", True, "|Σ_u g·θ| per unit (Molchanov et al. 2019)"),
-        Criterion("l1_units", _l1_units, "unit", False, "Σ_u |θ| per unit (filter L1, Source C)"),
+        Criterion("l1_units", _l1_units, "unit", False, "Σ_u |θ| per unit (filter L1, Li et al. 2017)"),
         Criterion(
             "enhanced",
             _enhanced,
             "unit",
             True,
-            "Source B's fused weights/activations/gradients/cooperation/HAP",
+            "fused weights/activations/gradients/cooperation/HAP statistics",
         ),
     ]

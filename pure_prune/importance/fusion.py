@@ -1,13 +1,13 @@
-"""Fusing per-unit statistics into one importance per unit, and Source B's adaptive retention.
+"""Fusing per-unit statistics into one importance per unit, and adaptive retention.
 
 Shapes: a *unit score* is ``{group name: (size,) float tensor}`` (higher = more important); a
 *family* is ``{statistic: unit score}`` (e.g. :func:`pure_prune.importance.weights.weight_stats`,
 :func:`pure_prune.importance.activation.activation_finalize`, :func:`gradient_family`).
 
-Pipeline (seeds.md, Source B):
+Pipeline (the ``enhanced`` unit importance, ``docs/methods.md``):
 
 1. :func:`normalize` each statistic per group (``"minmax"`` to ``[0, 1]``, ``"zscore"``, ``"rank"``);
-2. :func:`family_score`: a family's weighted sum of normalised statistics with Source B's default
+2. :func:`family_score`: a family's weighted sum of normalised statistics with the scheme's default
    weights (:data:`WEIGHT_FAMILY`, :data:`ACTIVATION_FAMILY`, :data:`GRADIENT_FAMILY`,
    :data:`COOPERATION_FAMILY`, each summing to 1);
 3. :func:`fuse` the family scores (and any other unit score, e.g. the Hessian-aware baseline
@@ -235,7 +235,7 @@ def family_score(
     """A family's importance per unit: ``sum_s weights[s] * normalize(stats[s])[group]``.
 
     ``stats``: ``{statistic: {group: (size,)}}`` holding every statistic named in ``weights``
-    (others are ignored); ``weights``: ``{statistic: w >= 0}``, used as given (Source B's defaults,
+    (others are ignored); ``weights``: ``{statistic: w >= 0}``, used as given (the scheme's defaults,
     e.g. :data:`WEIGHT_FAMILY`, sum to 1, so with ``"minmax"`` or ``"rank"`` the score is in
     ``[0, 1]``). Returns ``{group: (size,)}``.
     """
@@ -416,7 +416,7 @@ def retention_share(
 ) -> float:
     """Share of total importance to keep for a group whose importances have coefficient of variation ``cv``.
 
-    The first rule ``(threshold, share)`` with ``cv > threshold`` wins (defaults, Source B: cv > 2.5
+    The first rule ``(threshold, share)`` with ``cv > threshold`` wins (defaults: cv > 2.5
     → 0.7, cv > 1.5 → 0.8); otherwise ``otherwise`` (0.9, the conservative rule).
     """
     _check_rules(rules, otherwise, 0.0)
@@ -433,7 +433,7 @@ def keep_counts(
     otherwise: float = 0.9,
     floor: float = 0.5,
 ) -> dict[str, int]:
-    """Adaptive retention (Source B): how many units of each group to keep.
+    """Adaptive retention: how many units of each group to keep.
 
     For a group with non-negative importances ``x`` (``size`` units): ``cv =``
     :func:`coefficient_of_variation` ``(x)`` and ``p =`` :func:`retention_share` ``(cv)``. The group

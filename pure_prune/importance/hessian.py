@@ -648,7 +648,7 @@ def obd(params: tree.Tree, diag: tree.Tree, *, masks: tree.Tree | None = None) -
 def hap(
     params: tree.Tree, diag: tree.Tree, units: Units, *, masks: tree.Tree | None = None
 ) -> dict[str, torch.Tensor]:
-    """Hessian-aware channel score (seeds.md, Source B): ``trace_u * ||theta_u||² / numel_u``.
+    """Hessian-aware channel score (HAP): ``trace_u * ||theta_u||² / numel_u`` (Yu et al. 2022).
 
     For unit ``u``, ``trace_u`` sums ``diag`` over the entries ``u`` owns, ``||theta_u||²`` sums their
     squared weights and ``numel_u`` counts them (members with a non-None ``diag`` leaf).

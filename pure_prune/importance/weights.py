@@ -1,4 +1,4 @@
-"""Per-unit weight statistics (seeds.md, Source B): the weights family and the cooperation family.
+"""Per-unit weight statistics (the ``enhanced`` importance): the weights and cooperation families.
 
 Every function takes ``params`` and a sequence of :class:`~pure_prune.groups.ChannelGroup` and
 returns ``{group name: (size,) float tensor}`` (dtype float32 or wider), one value per unit, higher
@@ -16,7 +16,7 @@ Which entries a unit owns (see :mod:`pure_prune.groups`):
   recurrent columns). The producer's bias and BatchNorm vectors are 1-D and therefore excluded;
   ``"state."`` members (running statistics) are always skipped.
 
-Weights family (Source B: 0.3·L2 + 0.2·variance + 0.2·non-zero ratio + 0.2·entropy + 0.1·effective
+Weights family (0.3·L2 + 0.2·variance + 0.2·non-zero ratio + 0.2·entropy + 0.1·effective
 rank) over ``w_u`` of length ``n``: see :func:`weight_l2`, :func:`weight_variance`,
 :func:`weight_nonzero_ratio`, :func:`weight_entropy`, :func:`effective_rank`.
 
@@ -161,7 +161,7 @@ def weight_variance(params: tree.Tree, groups: Groups, *, masks: tree.Tree | Non
 def weight_nonzero_ratio(
     params: tree.Tree, groups: Groups, *, tol: float = 1e-8, masks: tree.Tree | None = None
 ) -> Units:
-    """Share of each unit's incoming entries with ``|w| > tol`` (``tol=1e-8`` as in Source A), in ``[0, 1]``."""
+    """Share of each unit's incoming entries with ``|w| > tol`` (``tol=1e-8``), in ``[0, 1]``."""
     t = _check_tol("weight_nonzero_ratio", tol)
     return _per_group(
         "weight_nonzero_ratio",
