@@ -1,4 +1,4 @@
-"""Source B's comparison mode: one-shot unit pruning without fine-tuning, HAP vs enhanced vs L1.
+"""The enhanced scheme's comparison mode: one-shot unit pruning without fine-tuning, HAP vs enhanced vs L1.
 
 For every seed a model is trained densely once (eager Adam steps), then each criterion scores the
 units of every prunable channel group (``importance.get(name)``) on a little training data (MLP:

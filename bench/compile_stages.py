@@ -4,15 +4,15 @@
    steps per round) on the digits MLP through ``stage.Compiled``: compiles and compile seconds
    per stage, read from torch's own counters. Masks and learning rates are inputs: one compile
    for the train step and one for the eval step, however many rounds.
-2. **What a recompile of the unchanged masked-dense graph gains** (Source A's fix): the step at
+2. **What a recompile of the unchanged masked-dense graph gains** (the staged-recompilation fix): the step at
    the last round's sparsity in the graph compiled at round 1 vs a freshly compiled one (a new
    form tag forces it), timed interleaved; plus the dense step.
-3. **Structured pruning with compaction** on LeNet-300-100 (random data): Source A's schedule,
+3. **Structured pruning with compaction** on LeNet-300-100 (random data): the equal-steps schedule,
    8% -> 40% of the hidden units in 5 steps, each variant of ``stage.should_rematerialize``
    (default / aggressive / conservative, and "never": stay masked-dense) deciding when the
    pruned model is compacted to its smaller form. A compaction is a new stage (new shapes) and
    compiles once; between compactions the newly removed units are masks on the current form
-   (``compact(..., kept=...)``, no recompile). Printed: Source A's log lines, compiles per stage,
+   (``compact(..., kept=...)``, no recompile). Printed: the decision's log lines, compiles per stage,
    and the step time of every form against the masked full-size form. Each variant runs in a
    process of its own with an empty inductor cache, so none reuses another's compiled shapes.
 4. **Cold vs warm on-disk cache**: the same step compiled in a fresh subprocess twice with one
@@ -289,7 +289,7 @@ def main() -> None:
     for variant in ("default", "aggressive", "conservative", "never"):
         res = structured_in_subprocess(variant, args)
         results["structured"][variant] = res
-        print(f"\n3. structured, LeNet-300-100, variant {variant!r} (Source A's log):")
+        print(f"\n3. structured, LeNet-300-100, variant {variant!r} (recompilation log):")
         print("\n".join("   " + line for line in res["log"]))
         ref = res["timing"]["masked, final masks (reference)"]["median_ms"]
         rows = [

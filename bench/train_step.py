@@ -9,7 +9,7 @@ Peers, float32, ``--threads`` intra-op threads (default 2):
   (``mask.apply`` once per round, as the runner's algorithms do): the forward pass reads the
   params directly; the optimizer still masks gradients, state and updates (same results);
 * ``torch.nn.utils.prune + torch.optim``: ``global_unstructured(L1Unstructured, 0.8)`` hooks and
-  ``torch.optim.SGD`` in eager mode (the seeds' status quo); ``dense eager``: the same
+  ``torch.optim.SGD`` in eager mode (the usual PyTorch way); ``dense eager``: the same
   ``nn.Module`` without pruning;
 * ``JAX jit``: the same masked step in ``jax.numpy`` (MLPs only; skipped without JAX), in a
   process of its own (in one process XLA's pool and libgomp's threads stall each other), timed in

@@ -18,7 +18,7 @@ def by_magnitude(params, state, masks, key):
 
 
 def test_segments_of_source_a_schedule():
-    # seeds Source A: 5 steps, one every 15 epochs from epoch 30, 8% -> 40%
+    # equal steps (linear_steps): 5 steps, one every 15 epochs from epoch 30, 8% -> 40%
     segs = gradual.segments(linear_steps(0.4, steps=5, start=30, every=15), 100)
     assert [(a, b) for a, b, _ in segs] == [(0, 30), (30, 45), (45, 60), (60, 75), (75, 90), (90, 100)]
     assert [s for _, _, s in segs] == pytest.approx([0.0, 0.08, 0.16, 0.24, 0.32, 0.40])

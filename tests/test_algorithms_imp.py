@@ -65,7 +65,7 @@ def test_target_by_hand():
     assert imp.target(0, 0.2) == 0.0
     assert imp.target(2, 0.2) == pytest.approx(0.36)
     assert 1 - imp.target(20, 0.2) == pytest.approx(0.0115, abs=5e-5)  # seeds: 20 x 0.2 leaves 1.15%
-    # progressive (seeds Source C): rate x 1.0 for rounds 0-4, x 0.8 for 5-9
+    # progressive (decaying rate): rate x 1.0 for rounds 0-4, x 0.8 for 5-9
     assert 1 - imp.target(6, 0.2, "progressive") == pytest.approx(0.8**5 * 0.84)
     with pytest.raises(ValueError, match="known: geometric, progressive"):
         imp.target(1, 0.2, "cubic")

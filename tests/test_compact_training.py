@@ -1,5 +1,5 @@
 """Tests for pure_prune.compact_training: training the compacted form equals training the masked
-model, forms are made when Source A's knobs say so, and a compact run compiles once per form."""
+model, forms are made when the recompilation knobs say so, and a compact run compiles once per form."""
 
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def test_a_resumed_compact_run_makes_its_forms_where_the_whole_run_does(tmp_path
         (Path(cut.save_dir) / "checkpoints" / f"round_{r:04d}.safetensors").unlink()
     resumed = runner.run(cut, resume=True, log=lambda _: None)
     made = [r["form_made"] for r in whole.rounds]
-    assert made == [True, False, True, False, True]  # every 2nd compression, as Source A's knob says
+    assert made == [True, False, True, False, True]  # every 2nd compression, as recompile_every says
     assert [r["form_made"] for r in resumed.rounds] == made
     assert [r["form_units"] for r in resumed.rounds] == [r["form_units"] for r in whole.rounds]
     for a, b in zip(tree.leaves(whole.carry.params), tree.leaves(resumed.carry.params), strict=True):

@@ -73,7 +73,7 @@ def test_masks_and_tol():
     close(W.weight_nonzero_ratio(PARAMS, [GROUP], masks=masks), "a", [0.25, 1.0, 0.0])
     tiny = tree.map(lambda x: x, PARAMS)
     tiny["a"] = {"bias": PARAMS["a"]["bias"], "weight": torch.tensor([[1e-9, 1, 1, 1], [1.0] * 4, [0.0] * 4])}
-    close(W.weight_nonzero_ratio(tiny, [GROUP]), "a", [0.75, 1.0, 0.0])  # Source A's tol 1e-8
+    close(W.weight_nonzero_ratio(tiny, [GROUP]), "a", [0.75, 1.0, 0.0])  # tol 1e-8
     close(W.weight_nonzero_ratio(tiny, [GROUP], tol=0.0), "a", [1.0, 1.0, 0.0])
     close(W.degree_centrality(PARAMS, [GROUP], tol=1.5), "a", [0.0, 0.0, 0.5])
 

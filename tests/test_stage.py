@@ -1,5 +1,5 @@
 """Tests for pure_prune.stage: one compile per stage signature, counted from torch's own metrics;
-Source A's rematerialisation decision by hand; the log lines.
+The staged-recompilation decision by hand; the log lines.
 
 Compiles use ``backend="eager"`` (dynamo traces and guards exactly as with inductor; only the
 code generation is skipped, which keeps this file fast); one test compiles with inductor.
@@ -139,7 +139,7 @@ def test_fn_error_surfaces_instead_of_dynamo_error(mlp):
 
 
 # ------------------------------------------------------------------------ should_rematerialize
-SCHEDULE = [0.08, 0.16, 0.24, 0.32, 0.40]  # Source A: 5 steps of 8%
+SCHEDULE = [0.08, 0.16, 0.24, 0.32, 0.40]  # linear_steps: 5 steps of 8%
 
 
 def _run(knobs: stage.Knobs, last: float | None = None) -> list[bool]:

@@ -193,7 +193,7 @@ def _net_analysis(name: str, rows: list[dict[str, Any]], checks: Checks) -> dict
         "enhanced_minus_hap",
         ("enhanced", "layer"),
         ("hap", "layer"),
-        "Source B's fused 'enhanced' unit criterion beats its HAP baseline (mean over compressions, fine-tuned)",
+        "The fused 'enhanced' unit criterion beats its HAP baseline (mean over compressions, fine-tuned)",
         lambda d: sum(d.values()) / len(d) > 0,
         "enhanced - hap x{c:g}: {g:+.2f} pp",
     )

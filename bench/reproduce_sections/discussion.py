@@ -109,9 +109,9 @@ def explain(claim: str) -> str:
         )
     if "enhanced" in claim:
         return (
-            "Source B's claim comes from an LSTM/SNN language model; its fused statistics (activations, "
-            "gradients, cooperation) add terms that on a small MLP or CNN mostly re-rank units HAP already "
-            "ranks, with weights chosen by hand rather than tuned here."
+            "The enhanced scheme was written for an LSTM/SNN language model; its fused statistics "
+            "(activations, gradients, cooperation) add terms that on a small MLP or CNN mostly re-rank "
+            "units HAP already ranks, with weights chosen by hand rather than tuned here."
         )
     if "Taylor" in claim:
         return (
