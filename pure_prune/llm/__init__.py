@@ -9,9 +9,11 @@ Modules (import them by name, e.g. ``from pure_prune.llm import structured``):
 * ``magnitude``, ``wanda``, ``sparsegpt``, ``owl``, ``pattern``: the one-shot methods, unstructured
   or N:M, and non-uniform layer sparsity;
 * ``structured``: attention heads (KV-group consistent), MLP channels and whole blocks (ShortGPT's
-  block influence), scored, selected and compacted to a smaller model.
+  block influence), scored, selected and compacted to a smaller model;
+* ``hf``: transformers' LLaMA, Qwen2 and OPT causal LMs described block by block for the same engine;
+* ``perplexity``: held-out perplexity over non-overlapping windows.
 
-The model they are written against is ``pure_prune.models.llama``; its per-block interface
-(``embed``, ``block``, ``head``, ``rope``, ``LINEARS``) is what these functions are given. The
+The shipped model is ``pure_prune.models.llama``; its per-block interface (``embed``, ``block``,
+``head``, ``rope``, ``LINEARS``) is what ``blocks.from_llama`` describes. The
 library never imports the model zoo: callers pass the model's functions and trees in.
 """
