@@ -7,10 +7,16 @@ eval steps (one static graph per form for compact runs), the method's extra step
 from ``seed`` (``rng.split(seed, 3)`` into init, method and scoring keys), the prunable groups and
 the scoring batches. The several-seed engine (``pure_prune.runner_seeds``) reuses :func:`_setup` and
 :func:`_check_groups`.
+
+:func:`_setup` ends with :func:`check_fit`, so that every run (one seed or several) refuses a model
+that cannot be built from ``model_cfg``, a model that cannot read the data or has too few classes
+for its labels, ``exclude`` globs that match no prunable leaf or leave nothing to prune, and an
+``nm`` pattern that does not divide a pruned axis, before the runner writes anything.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import time
 from collections.abc import Callable
@@ -18,12 +24,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pure_prune import data, losses, optim, rng, stage, train
+from pure_prune import data, losses, mask, optim, rng, select, stage, train, tree
 from pure_prune.algorithms import distill, dst, masking, rsst
 from pure_prune.experiment import Experiment, make_optimizer, setup
-from pure_prune.runconfig import RunConfig
+from pure_prune.runconfig import RunConfig, parse_nm
 
-__all__ = ["compile_counter", "setup_eager"]
+__all__ = ["check_fit", "compile_counter", "setup_eager"]
 
 
 # ----------------------------------------------------------------------------- compile counting
@@ -105,7 +111,76 @@ def _setup(cfg: RunConfig) -> _Setup:
     backend, stats = (
         compile_counter(cfg.backend) if cfg.compile else (cfg.backend, {"graphs": 0, "seconds": 0.0})
     )
+    check_fit(cfg, exp, init)
     return _Setup(exp._replace(optimizer=opt), init, spe, backend, stats)
+
+
+def check_fit(cfg: RunConfig, exp: Experiment, init: Callable[[int], tuple[Any, Any]]) -> None:
+    """Check that the run ``cfg`` can start on ``exp``, eagerly and on two samples; raises
+    ``ValueError`` naming the knob and the value that do not fit, else returns ``None``.
+
+    * ``init(key)`` (the run's init key) builds the model from ``model_cfg``;
+    * the model reads ``x_train[:2]`` (eval mode, no gradient);
+    * integer labels whose shape is the output's without its last axis lie in ``[0, C)``, ``C`` the
+      output's last axis, in both splits;
+    * every ``exclude`` glob matches a prunable leaf, and some leaf stays prunable
+      (``masking.initial`` for ``struct``);
+    * ``struct = "nm"``: ``n:m`` divides the pruned axis of every prunable leaf (``select.n_of_m``
+      on the all-kept masks).
+    """
+    k_init = rng.split(cfg.seed, 3)[0]
+    try:
+        params, state = init(k_init)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+        raise ValueError(
+            f"model {cfg.model!r} cannot be built with model_cfg {dict(cfg.model_cfg)!r}: {e}"
+        ) from e
+    ds = exp.dataset
+    if ds.x_train.ndim < 2:
+        raise ValueError(
+            f"data set {cfg.data!r} has x_train of shape {tuple(ds.x_train.shape)}: one scalar per sample; "
+            "samples need at least one axis (x_train of shape (N, features, ...))"
+        )
+    sample = f"samples of shape {tuple(ds.x_train.shape[1:])} and dtype {ds.x_train.dtype}"
+    try:
+        with torch.no_grad():
+            out = exp.model.apply(params, state, ds.x_train[:2], train=False)[0]
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(f"model {cfg.model!r} cannot read data set {cfg.data!r} ({sample}): {e}") from e
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        if y.dtype.is_floating_point or y.dtype == torch.bool or not len(y):
+            continue
+        if out.ndim != y.ndim + 1 or tuple(out.shape[1:-1]) != tuple(y.shape[1:]):
+            continue  # integer targets that are not class labels of this output
+        classes = out.shape[-1]
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"data set {cfg.data!r} has label {bad} in its {split} split, but model {cfg.model!r} "
+                f"has {classes} classes (labels must be in [0, {classes})); set the output size in model_cfg"
+            )
+    prunable = mask.prunable_paths(mask.ones_like(params))
+    for glob in cfg.exclude:
+        if not fnmatch.filter(prunable, glob):
+            raise ValueError(
+                f"exclude glob {glob!r} matches no prunable leaf of model {cfg.model!r}; its prunable "
+                f"leaves: {', '.join(prunable)}"
+            )
+    groups = masking.active_groups(exp.model.groups(params), cfg.exclude)
+    try:
+        masks = masking.initial(params, cfg.struct, groups, exclude=cfg.exclude)
+    except ValueError as e:
+        raise ValueError(
+            f"exclude {list(cfg.exclude)} with struct {cfg.struct!r} leaves nothing to prune: {e}"
+        ) from e
+    if cfg.struct == "nm":
+        n, m = parse_nm(cfg.nm)
+        ones = tree.map(lambda x: None if x is None else x.float(), masks)
+        try:
+            select.n_of_m(ones, n, m, masks=masks)
+        except ValueError as e:
+            raise ValueError(f"nm {cfg.nm!r} does not fit model {cfg.model!r}: {e}") from e
 
 
 def _context(cfg: RunConfig) -> _Ctx:

@@ -186,6 +186,8 @@ class RunConfig:
         for knob in ("pruning_times", "rewind_epoch", "finetune_epochs", "gradual_start", "seed"):
             if getattr(c, knob) < 0:
                 raise ValueError(f"{knob} must be >= 0, got {getattr(c, knob)!r}")
+        if c.threads is not None and c.threads < 1:
+            raise ValueError(f"threads must be >= 1 (leave it unset for torch's default), got {c.threads!r}")
         if c.method in ("imp", "refill") and c.rewind_epoch >= c.epochs:
             raise ValueError(
                 f"rewind_epoch {c.rewind_epoch} is past the end of training: rounds train epochs "

@@ -35,12 +35,26 @@ decide when one is made; otherwise the newly removed units stay masks on the cur
 carry ``form_units``, ``form_sizes``, ``form_made`` and ``form_reason``. Results equal the masked
 run's up to float rounding (other GEMM shapes), so a compact run hashes differently.
 
+**Divergence.** A loss that turns NaN or infinite stops the run: every epoch's training loss
+(and test loss, with ``eval_every_epoch``) is checked where the epoch's metrics are read anyway (no
+extra device sync per step), so a single-seed run stops at the end of the first non-finite epoch;
+several-seed runs, whose vmapped trainer the runner does not wrap, are checked once per round
+from the round's history and metrics. The runner then appends a row with ``diverged`` (naming the
+metric, its value, the round and the epoch; non-finite numbers as ``null``) to ``rounds.jsonl``
+and ``summary.csv``, writes no checkpoint for the round (so ``--resume`` restarts it from the
+round before), and raises :class:`Diverged` (a ``ValueError``) naming the round and the epoch.
+
+**The directory is claimed** (``pure_prune.run_dir.claim``) after every setting, the model/data
+fit and the files were checked (``pure_prune.run_context.check_fit``): a run that is refused
+leaves no file behind, and a second run on a directory in use is refused before it writes.
+
 The public names of the run's modules are importable from here: :data:`FORMAT`,
 :data:`SEED_METRICS`, :func:`compile_counter`, :func:`n_rounds`, :func:`setup_eager`.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -48,10 +62,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from tqdm import tqdm
 
-from pure_prune import compact_training
+from pure_prune import compact_training, mask
 from pure_prune.algorithms import base
-from pure_prune.algorithms.base import Carry, RoundOut
+from pure_prune.algorithms.base import Carry, RoundOut, Trained
 from pure_prune.run_context import _context, _Ctx, compile_counter, setup_eager
 from pure_prune.run_dir import (
     FORMAT,
@@ -62,6 +77,9 @@ from pure_prune.run_dir import (
     _save,
     _write_info,
     _write_tables,
+    claim,
+    refuse_if_in_use,
+    remove_partials,
 )
 from pure_prune.run_rounds import _round, n_rounds
 from pure_prune.run_rows import _SUMMARY_COLUMNS, SEED_METRICS, _pct, _row
@@ -69,6 +87,7 @@ from pure_prune.runconfig import RunConfig, config_hash
 
 __all__ = [
     "FORMAT",
+    "Diverged",
     "SEED_METRICS",
     "VMAPPED_METHODS",
     "RunResult",
@@ -89,6 +108,126 @@ class RunResult(NamedTuple):
     save_dir: Path
     rounds: list[dict[str, Any]]
     carry: Carry
+
+
+class Diverged(ValueError):
+    """The loss turned NaN or infinite: ``round``, ``epoch`` (``None`` when only the round's final
+    metrics are not finite), the ``metric`` and its ``value``. ``history`` holds the round's epochs
+    up to the diverged one; ``masks``/``params`` are the trees that round trained (full size)."""
+
+    def __init__(self, r: int, epoch: int | None, metric: str, value: float, history: list[dict[str, Any]]):
+        where = f"round {r}" if epoch is None else f"round {r}, epoch {epoch}"
+        super().__init__(
+            f"the run diverged: {metric} is {value} in {where}; nothing of round {r} was checkpointed "
+            "(lower --lr, or check the data), and --resume would restart it from the round before"
+        )
+        self.round, self.epoch, self.metric, self.value, self.history = r, epoch, metric, value, history
+        self.masks: Any = None
+        self.params: Any = None
+        self.row: dict[str, Any] | None = None  # the round's metrics row, when the round finished
+
+
+def _non_finite(row: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, float] | None:
+    """The first of ``keys`` whose value in ``row`` is a float that is NaN or infinite (per-seed
+    values in ``row["per_seed"][key]`` included), with that value; ``None`` when all are finite."""
+    for k in keys:
+        values = [row.get(k), *(row.get("per_seed", {}) or {}).get(k, [])]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                return k, v
+    return None
+
+
+_LOSSES = ("loss", "test_loss")  # an epoch's history entry
+_ROW_LOSSES = ("train_loss", "test_loss")  # a round's metrics row
+
+
+def _guarded(train_fn: base.TrainFn, r: int, *, progress: bool, desc: str) -> base.TrainFn:
+    """``train_fn`` called one epoch at a time (one progress bar over the epochs), raising
+    :class:`Diverged` after the first epoch whose loss is not finite. The trees flow from epoch to
+    epoch as inside ``train_fn`` (which masks the params on entry: a no-op on trained params)."""
+
+    def guarded(params, state, opt_state, masks, *, start, stop, key, step=None, batch_map=None) -> Trained:
+        history: list[dict[str, Any]] = []
+        for epoch in tqdm(range(start, stop), desc=desc, unit="epoch", disable=not progress, leave=False):
+            out = train_fn(
+                params,
+                state,
+                opt_state,
+                masks,
+                start=epoch,
+                stop=epoch + 1,
+                key=key,
+                step=step,
+                batch_map=batch_map,
+            )
+            params, state, opt_state = out.params, out.state, out.opt_state
+            history += out.history
+            bad = next((b for h in out.history if (b := _non_finite(h, _LOSSES))), None)
+            if bad is not None:
+                raise Diverged(r, epoch, *bad, history)
+        return Trained(params, state, opt_state, history)
+
+    return guarded
+
+
+def _attaching(train_fn: base.TrainFn) -> base.TrainFn:
+    """``train_fn`` whose :class:`Diverged` carries the (full-size) masks and params it was called with."""
+
+    def attaching(params, state, opt_state, masks, **kw: Any) -> Trained:
+        try:
+            return train_fn(params, state, opt_state, masks, **kw)
+        except Diverged as d:
+            if d.masks is None:
+                d.masks, d.params = masks, params
+            raise
+
+    return attaching
+
+
+def _diverged_row(cfg: RunConfig, d: Diverged, timing: dict[str, Any]) -> dict[str, Any]:
+    """The row that marks a round stopped by :class:`Diverged` (from the trees it trained)."""
+    masks = d.masks
+    row: dict[str, Any] = {"round": d.round, "method": cfg.method, "pruned": None, "target": None}
+    if masks is not None:
+        kept, total = mask.count(masks, d.params)
+        row.update(
+            sparsity=mask.sparsity(masks),
+            sparsity_all=1.0 - kept / total,
+            params_kept=kept,
+            params_total=total,
+            layer_sparsity=mask.layer_sparsity(masks),
+        )
+    last = d.history[-1] if d.history else {}
+    row.update(
+        test_accuracy=last.get("test_accuracy"),
+        test_loss=last.get("test_loss"),
+        best_test_accuracy=None,
+        train_accuracy=last.get("accuracy"),
+        train_loss=last.get("loss"),
+        epochs=len(d.history),
+        round_seconds=timing["t_round"],
+        elapsed_seconds=timing["elapsed"],
+        compiled_graphs=timing["graphs"],
+        compile_seconds=timing["compile_seconds"],
+    )
+    return row
+
+
+def _marked(row: dict[str, Any], d: Diverged) -> dict[str, Any]:
+    """``row`` with ``diverged`` (metric, value, round, epoch) and its non-finite floats as ``None``."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    where = "" if d.epoch is None else f", epoch {d.epoch}"
+    return {**clean(row), "diverged": f"{d.metric} {d.value} in round {d.round}{where}"}
 
 
 def _metrics(ctx: _Ctx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +265,11 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
     all_groups = ctx.exp.model.groups(ctx.init(ctx.k_init)[0]) if cfg.compact else ()
 
     def round_fn(carry: Carry | None, r: int) -> RoundOut:
-        train_fn = base.fit_trainer(
-            ctx.exp, evaluate=cfg.eval_every_epoch, progress=cfg.progress, desc=f"round {r}/{total - 1}"
+        train_fn = _guarded(
+            base.fit_trainer(ctx.exp, evaluate=cfg.eval_every_epoch),
+            r,
+            progress=cfg.progress,
+            desc=f"round {r}/{total - 1}",
         )
         if cfg.compact:
 
@@ -151,7 +293,7 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
                 on_form=on_form,
                 memo=memo,
             )
-        return _round(ctx, carry, r, train_fn)
+        return _round(ctx, carry, r, _attaching(train_fn))
 
     def metrics(r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
         return {**_metrics(ctx, r, out, timing), **forms.get(r, {})}
@@ -180,6 +322,33 @@ def _seed_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
     return runner_seeds.engine(cfg, digest, total)
 
 
+def _timing(engine: _Engine, t0: float, graphs0: float, seconds0: float, elapsed: float) -> dict[str, Any]:
+    """The round's timing so far: ``t_round``, new ``graphs``, ``compile_seconds``, ``elapsed`` (run)."""
+    t_round = time.perf_counter() - t0
+    return {
+        "t_round": t_round,
+        "graphs": engine.stats["graphs"] - graphs0,
+        "compile_seconds": engine.stats["seconds"] - seconds0,
+        "elapsed": elapsed + t_round,
+    }
+
+
+def _check_finite(r: int, out: RoundOut, metrics: dict[str, Any]) -> None:
+    """Raise :class:`Diverged` (carrying ``metrics`` as its row) when an epoch's loss of round ``r``
+    or the round's train/test loss is not finite."""
+    for h in out.history:
+        bad = _non_finite(h, _LOSSES)
+        if bad is not None:
+            epoch = int(h["epoch"]) if "epoch" in h else None
+            break
+    else:
+        bad, epoch = _non_finite(metrics, _ROW_LOSSES), None
+    if bad is not None:
+        d = Diverged(r, epoch, *bad, out.history)
+        d.row = metrics
+        raise d
+
+
 def _loop(
     cfg: RunConfig, engine: _Engine, digest: str, total: int, save: Path, say: Callable[[str], None]
 ) -> RunResult:
@@ -204,12 +373,27 @@ def _loop(
     for r in range(first, total):
         t0 = time.perf_counter()
         graphs0, seconds0 = engine.stats["graphs"], engine.stats["seconds"]
-        out = engine.round(carry, r)
-        t_round = time.perf_counter() - t0
-        graphs, c_seconds = engine.stats["graphs"] - graphs0, engine.stats["seconds"] - seconds0
-        elapsed += t_round
-        timing = {"t_round": t_round, "graphs": graphs, "compile_seconds": c_seconds, "elapsed": elapsed}
-        metrics = engine.metrics(r, out, timing)
+        try:
+            out = engine.round(carry, r)
+            timing = _timing(engine, t0, graphs0, seconds0, elapsed)
+            metrics = engine.metrics(r, out, timing)
+            _check_finite(r, out, metrics)
+        except Diverged as d:
+            row = (
+                d.row
+                if d.row is not None
+                else _diverged_row(cfg, d, _timing(engine, t0, graphs0, seconds0, elapsed))
+            )
+            rounds.append(_marked(row, d))
+            _write_tables(save, rounds, (*engine.columns, "diverged"))
+            say(f"round {r}/{total - 1}: stopped, {d}")
+            raise
+        t_round, graphs, c_seconds, elapsed = (
+            timing["t_round"],
+            timing["graphs"],
+            timing["compile_seconds"],
+            timing["elapsed"],
+        )
         carry = out.carry
         rounds.append(metrics)
         _save(save, r, total, carry, digest, cfg, rounds)
@@ -243,13 +427,17 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = _s
     ``log(line)`` receives the log lines (also appended to ``run.log``): one per pruning step
     (round, sparsity, seconds), one per compile decision (compiled new step / reused, seconds), one
     summary per round; with several seeds, values are ``mean ± std`` over the seeds. Returns the
-    :class:`RunResult`. Raises ``ValueError`` for bad settings or a save directory it must not touch
-    (module docstring).
+    :class:`RunResult`. Raises ``ValueError`` for bad settings, a model or data that do not fit
+    them, or a save directory it must not touch (in use by another run, holding another run or
+    this one without ``resume``, a damaged ``run.json`` or checkpoint), all before it writes a
+    byte; and :class:`Diverged` (a ``ValueError``) when the loss turns NaN or infinite (module
+    docstring).
     """
     cfg = cfg.check()
     digest = config_hash(cfg)
     total = n_rounds(cfg)
     save = Path(cfg.save_dir)
+    refuse_if_in_use(save)
     _prepare(save, cfg, digest, resume, total)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -260,5 +448,8 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = _s
             f.write(msg + "\n")
 
     engine = (_single_engine if cfg.seeds == 1 else _seed_engine)(cfg, digest, total)
-    save.mkdir(parents=True, exist_ok=True)
-    return _loop(cfg, engine, digest, total, save, say)
+    with claim(save):
+        _prepare(save, cfg, digest, resume, total)  # again, under the lock: a run may have begun meanwhile
+        for partial in remove_partials(save):
+            say(f"removed {partial.relative_to(save)}: a partial write left by a run that was killed")
+        return _loop(cfg, engine, digest, total, save, say)
