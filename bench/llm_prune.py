@@ -12,7 +12,9 @@ unstructured, 2:4 and 4:8, and at 70% uniform and with OWL's block sparsities (M
 Magnitude reads no data: one run, no spread over seeds.
 
 Prints a Markdown table (mean ± std over the calibration seeds) and the published findings checked
-against it; writes ``bench/results/llm_prune.json`` with every run's record.
+against it; writes ``bench/results/llm_prune.json`` with every run's record. The functions that run
+one method and summarise the runs (:func:`configs`, :func:`run_one`, :func:`summarise`,
+:func:`findings`) are shared with ``bench/reproduce_sections/llm.py``.
 
     OMP_NUM_THREADS=1 python bench/llm_prune.py            # about 5 minutes on 2 cores
     python bench/llm_prune.py --seeds 2 --sequences 8      # quick look
@@ -25,7 +27,9 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +43,8 @@ from pure_prune.models import llama  # noqa: E402
 METHODS = {"magnitude": magnitude.METHOD, "wanda": wanda.METHOD, "sparsegpt": sparsegpt.METHOD}
 EXTRA = {"wanda-layer": wanda.method("layer")}  # Wanda's scores compared over the layer, as magnitude
 PATTERNS = ("0.5", "2:4", "4:8", "0.7")
+OWL_M, OWL_LAM = 5.0, 0.08  # the OWL paper's outlier threshold and spread for LLaMA
+ROW_ORDER = ("magnitude", "wanda", "wanda-layer", "sparsegpt", "owl+wanda", "owl+sparsegpt")
 
 
 def progress_bar(label: str):
@@ -55,6 +61,97 @@ def progress_bar(label: str):
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def configs(
+    patterns: Sequence[str] = PATTERNS,
+    methods: Sequence[str] = tuple(METHODS),
+    extra: Sequence[str] = tuple(EXTRA),
+    owl_methods: Sequence[str] = ("wanda", "sparsegpt"),
+    owl_sparsity: str = "0.7",
+) -> list[tuple[str, str]]:
+    """``(method, pattern)`` of every run: each of ``methods`` at each pattern, each of ``extra`` at the
+    unstructured ones, then ``owl+<m>`` for each of ``owl_methods`` at ``owl_sparsity``."""
+    out = [(m, p) for p in patterns for m in [*methods, *([] if ":" in p else extra)]]
+    return out + [(f"owl+{m}", owl_sparsity) for m in owl_methods]
+
+
+def seeds_of(method: str, seeds: int) -> list[int]:
+    """The calibration seeds a method runs with: magnitude reads no data, so one."""
+    return [0] if method == "magnitude" else list(range(seeds))
+
+
+def run_one(
+    model: blocks.BlockModel,
+    params: Any,
+    calib: torch.Tensor,
+    method: str,
+    pattern: str,
+    ppl: Callable[[Any], float],
+    **engine: Any,
+) -> dict[str, Any]:
+    """Prune ``params`` one-shot with ``method`` (a key of :data:`METHODS` or :data:`EXTRA`, or
+    ``owl+wanda`` / ``owl+sparsegpt``) at ``pattern`` on the calibration tokens ``calib`` ``(N, T)``;
+    ``engine``: ``calibrate.prune`` options. Returns the run's record: held-out perplexity
+    (``ppl(pruned params)``), pruning seconds, mean relative layer error and the engine's record."""
+    t = time.perf_counter()
+    if method.startswith("owl+"):
+        base = METHODS[method.removeprefix("owl+")]
+        res = owl.prune(
+            model, params, calib, base, float(pattern), m=OWL_M, lam=OWL_LAM, errors=True, **engine
+        )
+    else:
+        res = calibrate.prune(
+            model, params, calib, {**METHODS, **EXTRA}[method], pattern, errors=True, **engine
+        )
+    seconds = time.perf_counter() - t
+    rel = [r["relative_error"] for r in res.record["layers"]]
+    return {
+        "method": method, "pattern": pattern, "perplexity": ppl(res.params), "seconds": seconds,
+        "mean_relative_error": statistics.fmean(rel), "record": res.record,
+    }  # fmt: skip
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{"<method> <pattern>": {"mean", "std", "seeds"}}`` of the runs' perplexities."""
+    groups: dict[str, list[float]] = {}
+    for r in runs:
+        groups.setdefault(f"{r['method']} {r['pattern']}", []).append(r["perplexity"])
+    return {k: dict(zip(("mean", "std"), mean_std(v)), seeds=len(v)) for k, v in groups.items()}
+
+
+def findings(summary: dict[str, dict[str, float]], dense: float) -> dict[str, Any]:
+    """The published findings against the summary (those whose cells were run): SparseGPT and Wanda far
+    ahead of magnitude at 50% (a perplexity increase over dense at most half of magnitude's), Wanda
+    compared over the layer against magnitude, 2:4 above 50%, OWL below uniform at 70%."""
+
+    def m(key: str) -> float | None:
+        return summary[key]["mean"] if key in summary else None
+
+    out: dict[str, Any] = {}
+    mag = m("magnitude 0.5")
+    if mag is not None:
+        out["far_ahead_of_magnitude_at_50"] = {
+            k: {"holds": (m(f"{k} 0.5") - dense) <= 0.5 * (mag - dense), "increase": m(f"{k} 0.5") - dense,
+                "magnitude_increase": mag - dense}
+            for k in ("sparsegpt", "wanda") if m(f"{k} 0.5") is not None
+        }  # fmt: skip
+        if m("wanda-layer 0.5") is not None:
+            out["wanda_compared_over_the_layer_vs_magnitude_at_50"] = {
+                "holds": m("wanda-layer 0.5") < mag, "wanda (per row)": m("wanda 0.5"),
+                "wanda-layer": m("wanda-layer 0.5"), "magnitude": mag,
+            }  # fmt: skip
+    out["2:4_hurts_more_than_50_unstructured"] = {
+        k: {"holds": m(f"{k} 2:4") > m(f"{k} 0.5"), "50%": m(f"{k} 0.5"), "2:4": m(f"{k} 2:4")}
+        for k in METHODS
+        if m(f"{k} 2:4") is not None and m(f"{k} 0.5") is not None
+    }
+    out["owl_helps_at_70"] = {
+        k: {"holds": m(f"owl+{k} 0.7") < m(f"{k} 0.7"), "uniform": m(f"{k} 0.7"), "owl": m(f"owl+{k} 0.7")}
+        for k in ("wanda", "sparsegpt")
+        if m(f"owl+{k} 0.7") is not None and m(f"{k} 0.7") is not None
+    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,45 +180,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dense held-out perplexity {dense:.3f} ({eval_seconds:.1f} s per evaluation)", file=sys.stderr)
 
     runs: list[dict] = []
-    configs = [(m, p, False) for p in PATTERNS for m in [*METHODS, *([] if ":" in p else EXTRA)]]
-    configs += [("wanda", "0.7", True), ("sparsegpt", "0.7", True)]
-    for name, pattern, use_owl in configs:
-        seeds = [0] if name == "magnitude" else list(range(args.seeds))
-        for seed in seeds:
+    for name, pattern in configs():
+        for seed in seeds_of(name, args.seeds):
             calib = calibrate.sample_windows(splits["train"], args.sequences, seq_len, key=seed)
             settings = {"data": "pydoc topics, train split", "key": seed, "sequences": args.sequences,
                         "seq_len": seq_len}  # fmt: skip
-            label = f"{'owl+' if use_owl else ''}{name} {pattern} seed {seed}"
-            opts = dict(batch_size=args.batch_size, errors=True, calibration=settings,
-                        progress=None if args.quiet else progress_bar(label))  # fmt: skip
-            t = time.perf_counter()
-            if use_owl:
-                res = owl.prune(model, params, calib, METHODS[name], float(pattern), m=5.0, lam=0.08, **opts)
-            else:
-                res = calibrate.prune(model, params, calib, {**METHODS, **EXTRA}[name], pattern, **opts)
-            seconds = time.perf_counter() - t
-            rel = [r["relative_error"] for r in res.record["layers"]]
-            runs.append({
-                "method": ("owl+" if use_owl else "") + name, "pattern": pattern, "seed": seed,
-                "perplexity": ppl(res.params), "seconds": seconds,
-                "mean_relative_error": statistics.fmean(rel), "record": res.record,
-            })  # fmt: skip
+            bar = None if args.quiet else progress_bar(f"{name} {pattern} seed {seed}")
+            rec = run_one(model, params, calib, name, pattern, ppl, batch_size=args.batch_size,
+                          calibration=settings, progress=bar)  # fmt: skip
+            runs.append({**rec, "seed": seed})
 
-    def cell(method: str, pattern: str) -> tuple[float, float, int] | None:
-        xs = [r["perplexity"] for r in runs if r["method"] == method and r["pattern"] == pattern]
-        return (*mean_std(xs), len(xs)) if xs else None
-
-    summary = {}
+    summary = summarise(runs)
     rows = [["dense", f"{dense:.3f}", "", "", "", ""]]
-    for method in ("magnitude", "wanda", "wanda-layer", "sparsegpt", "owl+wanda", "owl+sparsegpt"):
+    for method in ROW_ORDER:
         row = [method]
         for pattern in PATTERNS:
-            c = cell(method, pattern)
+            c = summary.get(f"{method} {pattern}")
             if c is None:
                 row.append("")
                 continue
-            summary[f"{method} {pattern}"] = {"mean": c[0], "std": c[1], "seeds": c[2]}
-            row.append(f"{c[0]:.3f} ± {c[1]:.3f}" if c[2] > 1 else f"{c[0]:.3f}")
+            row.append(f"{c['mean']:.3f} ± {c['std']:.3f}" if c["seeds"] > 1 else f"{c['mean']:.3f}")
         err = [r["mean_relative_error"] for r in runs if r["method"] == method and r["pattern"] == "0.5"]
         row.append(f"{statistics.fmean(err):.4f}" if err else "")
         rows.append(row)
@@ -132,39 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["method", "50%", "2:4", "4:8", "70%", "rel. error at 50%"]
     print(table(title, headers, rows))
 
-    def m(key: str) -> float:
-        return summary[key]["mean"]
-
-    findings = {
-        "sparsegpt_and_wanda_far_ahead_of_magnitude_at_50": {
-            "holds": m("sparsegpt 0.5") < m("magnitude 0.5") and m("wanda 0.5") < m("magnitude 0.5"),
-            "perplexity_increase_over_dense": {k: m(f"{k} 0.5") - dense for k in METHODS},
-        },
-        "wanda_compared_over_the_layer_vs_magnitude_at_50": {
-            "holds": m("wanda-layer 0.5") < m("magnitude 0.5"),
-            "wanda (per row)": m("wanda 0.5"),
-            "wanda-layer": m("wanda-layer 0.5"),
-            "magnitude": m("magnitude 0.5"),
-        },  # fmt: skip
-        "2:4_hurts_more_than_50_unstructured": {
-            k: {"holds": m(f"{k} 2:4") > m(f"{k} 0.5"), "50%": m(f"{k} 0.5"), "2:4": m(f"{k} 2:4")}
-            for k in METHODS
-        },
-        "owl_helps_at_70": {
-            k: {
-                "holds": m(f"owl+{k} 0.7") < m(f"{k} 0.7"),
-                "uniform": m(f"{k} 0.7"),
-                "owl": m(f"owl+{k} 0.7"),
-            }
-            for k in ("wanda", "sparsegpt")
-        },
-    }
-    for name, f in findings.items():
+    found = findings(summary, dense)
+    for name, f in found.items():
         print(f"{name}: {f}")
     payload = {
         "model": info["model"], "dense_perplexity": dense, "seq_len": seq_len,
         "heldout_tokens": len(heldout), "seeds": args.seeds, "sequences": args.sequences,
-        "summary": summary, "findings": findings, "runs": runs,
+        "summary": summary, "findings": found, "runs": runs,
         "dense_bits_per_byte": math.log(dense) / math.log(2),
     }  # fmt: skip
     print(f"wrote {write_json('llm_prune', payload, args.out)}")

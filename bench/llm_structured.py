@@ -8,14 +8,16 @@ both alike), median over ``--reps`` calls after warm-up, at ``--threads`` thread
 * heads: 25% of the KV-head units (a KV head with its query heads), global over all blocks
   (a block has only 2 units, so a per-block 25% would remove none);
 * channels: 25% of every block's SwiGLU channels;
-* blocks: the 25% of blocks with the lowest ShortGPT block influence.
+* blocks: the 25% of blocks with the lowest ShortGPT block influence (Men et al. 2024).
 
 The dense row times the dense model against itself: its "speedup" shows the timing noise of the
 run. Also printed: each block's influence and the perplexity with that one block dropped, to check
 that BI ranks the blocks as their removal hurts.
 
-Unit scores: ``magnitude`` (L1 of the producers' weights) and ``wanda`` (structured Wanda:
-``Σ|W|·||X||`` over the consumer columns a unit owns), from ``--calib`` random train windows.
+Unit scores: ``magnitude`` (L1 of the producers' weights; reads no data) and ``wanda`` (structured
+Wanda: ``Σ|W|·||X||`` over the consumer columns a unit owns), from ``--calib`` random train windows.
+The functions that build the forms (:func:`calibration_stats`, :func:`forms`), measure one
+(:func:`measure`) and time it (:func:`speed`) are shared with ``bench/reproduce_sections/llm.py``.
 
     OMP_NUM_THREADS=1 python bench/llm_structured.py
 """
@@ -27,8 +29,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,9 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_llama import corpus, evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+#: form name -> whether its unit scores read the calibration data
+READS_DATA = {
+    "heads (magnitude)": False,
+    "heads (wanda)": True,
+    "channels (magnitude)": False,
+    "channels (wanda)": True,
+    "blocks (BI)": True,
+}
 
 
-def latency(fns: dict[str, callable], reps: int) -> dict[str, float]:
+def latency(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
     """Median seconds per call of each ``fn``, calls taken in turn (one of each per round)."""
     for fn in fns.values():
         for _ in range(3):
@@ -54,6 +66,86 @@ def latency(fns: dict[str, callable], reps: int) -> dict[str, float]:
             fn()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def calibration_stats(
+    params: Any, state: Any, calib: torch.Tensor, batch: int = 8
+) -> structured.StructuredStats:
+    """The dense model's consumer input norms and ShortGPT block influences over ``calib`` ``(N, T)``."""
+    cos_sin = llama.rope(state, calib.shape[1])
+    blocks = [(n, partial(llama.block, llama.get_block(params, n), cos_sin=cos_sin, capture=True))
+              for n in llama.block_names(params)]  # fmt: skip
+    return structured.calibration_stats(partial(llama.embed, params), blocks, calib.split(batch))
+
+
+def forms(
+    params: Any,
+    state: Any,
+    stats: structured.StructuredStats,
+    sparsity: float,
+    names: Sequence[str] = tuple(READS_DATA),
+) -> dict[str, dict[str, Any]]:
+    """The compacted forms ``names`` (keys of :data:`READS_DATA`) at ``sparsity``: ``{name: {"params",
+    "removed"}}`` (the compacted params; what was removed, in words)."""
+    out: dict[str, dict[str, Any]] = {}
+    groups = llama.groups(params)
+    for kind, label, scope in (("attn", "heads", "global"), ("mlp", "channels", "layer")):
+        gs = structured.groups_of(groups, kind)
+        for crit in ("magnitude", "wanda"):
+            name = f"{label} ({crit})"
+            if name not in names:
+                continue
+            if crit == "magnitude":
+                s = select.unit_norms(tree.map(torch.abs, params), gs)
+            else:
+                s = structured.activation_unit_scores(params, gs, stats.input_norms)
+            masks = structured.unit_masks(params, gs, s, sparsity, scope=scope)
+            small, _, _, kept = compact.compact(params, state, masks, gs)
+            removed = sum(g.size - kept[g.name].numel() for g in gs)
+            out[name] = {"params": small, "removed": f"{removed}/{sum(g.size for g in gs)} units"}
+    if "blocks (BI)" in names:
+        n_blocks = len(llama.block_names(params))
+        drop = structured.lowest_blocks(stats.block_influence, round(sparsity * n_blocks))
+        dead = structured.dead_blocks(structured.block_masks(params, drop))
+        out["blocks (BI)"] = {
+            "params": llama.drop_blocks(params, dead),
+            "removed": f"blocks {drop} of {n_blocks}",
+        }
+    return out
+
+
+def measure(dense: Any, p: Any, state: Any, test: torch.Tensor, seq: int) -> dict[str, Any]:
+    """Parameters, FLOPs per token (and their ratio dense / ``p``), held-out perplexity and bits/byte of ``p``."""
+    ev = evaluate(p, state, test, seq)
+    flops = llama.flops_per_token(p, seq)
+    return {
+        "params": sum(x.numel() for x in tree.leaves(p)),
+        "flops_per_token": flops,
+        "flop_ratio": llama.flops_per_token(dense, seq) / flops,
+        "perplexity": ev["perplexity"],
+        "bits_per_byte": ev["bits_per_byte"],
+    }
+
+
+def speed(
+    dense: Any, p: Any, state: Any, test: torch.Tensor, seq: int, batches: Sequence[int], reps: int
+) -> dict[str, dict[str, float]]:
+    """``{"batch<n>": {dense_ms, ms, dense_tokens_per_s, tokens_per_s, speedup}}``: eager forward passes
+    of ``p`` and ``dense`` over ``n`` held-out windows, timed in alternation (:func:`latency`)."""
+    out = {}
+    for n in batches:
+        x = test[: n * seq].reshape(n, seq)
+        with torch.no_grad():
+            run = partial(llama.apply, state=state, x=x, train=False)
+            t = latency({"dense": partial(run, dense), "form": partial(run, p)}, reps)
+        out[f"batch{n}"] = {
+            "dense_ms": 1e3 * t["dense"],
+            "ms": 1e3 * t["form"],
+            "dense_tokens_per_s": n * seq / t["dense"],
+            "tokens_per_s": n * seq / t["form"],
+            "speedup": t["dense"] / t["form"],
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,33 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     train, test = splits["train"], splits["test"]
     starts = torch.randint(0, len(train) - seq, (args.calib,), generator=rng.generator(args.key))
     calib = train[starts[:, None] + torch.arange(seq)]
-    cos_sin = llama.rope(state, seq)
-    blocks = [(n, partial(llama.block, llama.get_block(params, n), cos_sin=cos_sin, capture=True))
-              for n in llama.block_names(params)]  # fmt: skip
-    stats = structured.calibration_stats(partial(llama.embed, params), blocks, calib.split(8))
-    groups = llama.groups(params)
+    stats = calibration_stats(params, state, calib)
     n_blocks = len(llama.block_names(params))
-
-    forms: dict[str, dict] = {"dense": {"params": params}}
-    for kind, scope in (("attn", "global"), ("mlp", "layer")):
-        gs = structured.groups_of(groups, kind)
-        scores = {
-            "magnitude": select.unit_norms(tree.map(torch.abs, params), gs),
-            "wanda": structured.activation_unit_scores(params, gs, stats.input_norms),
-        }
-        for crit, s in scores.items():
-            masks = structured.unit_masks(params, gs, s, args.sparsity, scope=scope)
-            small, _, _, kept = compact.compact(params, state, masks, gs)
-            label = {"attn": "heads", "mlp": "channels"}[kind]
-            removed = sum(g.size - kept[g.name].numel() for g in gs)
-            forms[f"{label} ({crit})"] = {
-                "params": small,
-                "removed": f"{removed}/{sum(g.size for g in gs)} units",
-            }
-    drop = structured.lowest_blocks(stats.block_influence, round(args.sparsity * n_blocks))
-    masks = structured.block_masks(params, drop)
-    forms["blocks (BI)"] = {"params": llama.drop_blocks(params, structured.dead_blocks(masks)),
-                            "removed": f"blocks {drop} of {n_blocks}"}  # fmt: skip
+    all_forms = {"dense": {"params": params}, **forms(params, state, stats, args.sparsity)}
 
     # does BI pick the block whose removal hurts least? perplexity with each single block dropped
     each_block = [
@@ -109,32 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     print("block influence:", [round(v, 4) for v in stats.block_influence.tolist()])
     print("perplexity with block i dropped:", [round(v, 3) for v in each_block])
 
-    dense_flops = llama.flops_per_token(params, seq)
     rows = []
-    for name, form in forms.items():
+    for name, form in all_forms.items():
         p = form["params"]
-        ev = evaluate(p, state, test, seq)
-        row = {
-            "form": name,
-            "removed": form.get("removed", ""),
-            "params": sum(x.numel() for x in tree.leaves(p)),
-            "flops_per_token": llama.flops_per_token(p, seq),
-            "flop_ratio": dense_flops / llama.flops_per_token(p, seq),
-            "perplexity": ev["perplexity"],
-            "bits_per_byte": ev["bits_per_byte"],
-        }
-        for n in args.batch:
-            x = test[: n * seq].reshape(n, seq)
-            with torch.no_grad():
-                run = partial(llama.apply, state=state, x=x, train=False)
-                t = latency({"dense": partial(run, params), "form": partial(run, p)}, args.reps)
-            row[f"batch{n}"] = {
-                "dense_ms": 1e3 * t["dense"],
-                "ms": 1e3 * t["form"],
-                "dense_tokens_per_s": n * seq / t["dense"],
-                "tokens_per_s": n * seq / t["form"],
-                "speedup": t["dense"] / t["form"],
-            }
+        row = {"form": name, "removed": form.get("removed", ""), **measure(params, p, state, test, seq)}
+        row.update(speed(params, p, state, test, seq, args.batch, args.reps))
         rows.append(row)
         print(json.dumps(row), flush=True)
 
