@@ -59,9 +59,10 @@ def first_sentence(obj: object) -> str:
         text = re.sub(r"<function ([\w.<>]+) at 0x[0-9a-f]+>", r"\1", text)
         return "`= " + (text if len(text) <= 100 else text[:97] + "...").replace("|", "\\|") + "`"
     para = " ".join(doc.split("\n\n")[0].split())
-    match = re.search(r"(?<=[.:;])\s", para)
+    # a sentence ends at ". ", ": " or "; ", except after an abbreviation ("et al.", "e.g.", "i.e.")
+    match = re.search(r"(?<!\bal\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<=[.:;])\s", para)
     text = para[: match.start()] if match else para
-    return text.replace("|", "\\|").strip()
+    return text.rstrip(":;").replace("|", "\\|").strip()
 
 
 def kind(obj: object) -> str:
