@@ -60,7 +60,7 @@ def first_sentence(obj: object) -> str:
         return "`= " + (text if len(text) <= 100 else text[:97] + "...").replace("|", "\\|") + "`"
     para = " ".join(doc.split("\n\n")[0].split())
     # a sentence ends at ". ", ": " or "; ", except after an abbreviation ("et al.", "e.g.", "i.e.")
-    match = re.search(r"(?<!\bal\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<=[.:;])\s", para)
+    match = re.search(r"(?<!\bal\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<!\bw\.r\.t\.)(?<=[.:;])\s", para)
     text = para[: match.start()] if match else para
     return text.rstrip(":;").replace("|", "\\|").strip()
 

@@ -28,7 +28,9 @@ __all__ = ["assert_close", "assert_trees_close", "is_close", "max_relative_error
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
-    t = torch.as_tensor(x).detach()
+    if not isinstance(x, torch.Tensor):  # Python numbers and lists: read in double, not float32
+        x = torch.as_tensor(x, dtype=torch.complex128 if isinstance(x, complex) else torch.float64)
+    t = x.detach()
     return t if t.is_complex() else t.double()
 
 
