@@ -59,9 +59,18 @@ def first_sentence(obj: object) -> str:
         text = re.sub(r"<function ([\w.<>]+) at 0x[0-9a-f]+>", r"\1", text)
         return "`= " + (text if len(text) <= 100 else text[:97] + "...").replace("|", "\\|") + "`"
     para = " ".join(doc.split("\n\n")[0].split())
-    # a sentence ends at ". ", ": " or "; ", except after an abbreviation ("et al.", "e.g.", "i.e.")
-    match = re.search(r"(?<!\bal\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<!\bw\.r\.t\.)(?<=[.:;])\s", para)
-    text = para[: match.start()] if match else para
+    # a sentence ends at ". ", ": " or "; " outside parentheses and backticks, not after an
+    # abbreviation ("et al.", "e.g.", "i.e.", "w.r.t.")
+    depth, code, cut = 0, False, len(para)
+    for i, ch in enumerate(para):
+        depth += (ch == "(") - (ch == ")") if not code else 0
+        code ^= ch == "`"
+        after = para[i + 1 : i + 2]
+        if ch in ".:;" and after in (" ", "") and depth <= 0 and not code:
+            if not re.search(r"(\bal|\be\.g|\bi\.e|\bvs|\bw\.r\.t)\.$", para[: i + 1]):
+                cut = i + 1
+                break
+    text = para[:cut]
     return text.rstrip(":;").replace("|", "\\|").strip()
 
 
