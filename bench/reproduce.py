@@ -1,7 +1,7 @@
 """Reproduce what the pruning literature found, with pure_prune: one command, every table and figure.
 
     python bench/reproduce.py [--quick] [--out docs] [--work runs/reproduce] [--mnist-root DIR]
-                              [--sections lottery,criteria,init,hessian,speed] [--force]
+                              [--sections lottery,criteria,init,hessian,speed,llm] [--force]
 
 Writes ``<out>/results.md`` and, under ``<out>/results/``, the raw numbers (one JSON per section,
 CSVs) and the PNGs it links. Sections:
@@ -20,6 +20,11 @@ CSVs) and the PNGs it links. Sections:
    GGN diagonal, exact for ReLU nets, on the LeNet-300-100-style MLP): error and seconds per probe count.
 4. **speed** — ``bench/inference.py`` rerun with a short rep count (masked vs compacted vs FLOP
    ratio; CSR vs dense), plus the recorded train-step and compile-stage benches.
+5. **llm** — one-shot magnitude, Wanda, SparseGPT (50%, 2:4, 4:8, 70%) and OWL (70%) on the shipped
+   LLaMA-style model, its heads / MLP channels / blocks removed at 25%, over calibration seeds
+   (held-out perplexity), the calibration cost as ratios to one forward pass, and the compacted
+   structured forms' tokens/s against their FLOP ratio (``bench/llm_prune.py``,
+   ``bench/llm_structured.py``, ``bench/llm_calibration_cost.py``).
 
 Each section's result is cached in ``<out>/results/<section>.json`` with its settings: a rerun
 with the same settings recomputes nothing (``--force`` recomputes), so the markdown can be rebuilt

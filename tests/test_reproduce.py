@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "reproduce.py"
 sys.path.append(str(ROOT / "bench"))  # bench/ is no package: its scripts import each other from there
 
-from reproduce_sections import MODULES, SECTIONS, discussion, lottery  # noqa: E402
+from reproduce_sections import MODULES, SECTIONS, discussion, llm, lottery  # noqa: E402
 from reproduce_sections.common import Checks, find_row, fmt_s, md_table, mean_std  # noqa: E402
 
 
@@ -40,7 +40,8 @@ def test_quick_mode_writes_every_section_table_and_image(tmp_path):
         "### 2b. SNIP and GraSP where their papers use them",
         "## 3. Hessian diagonal",
         "## 4. Speed",
-        "## 5. What matched, and what did not",
+        "## 5. Pruning a language model",
+        "## 6. What matched, and what did not",
     ):
         assert heading in md
     for header in (
@@ -49,6 +50,10 @@ def test_quick_mode_writes_every_section_table_and_image(tmp_path):
         "| K | relative L2 error | seconds | entries < 0 |",
         "| criterion at init | ×2 (50.0%) | ×8 (87.5%) |",
         "| model | units removed | weights removed |",
+        "| method | reads data | 50% | 2:4 | 70% |",
+        "| removed | score | reads data | units removed | parameters | FLOP ratio | perplexity |",
+        "| run | shipped: s | × forward | peak MiB (× forward) |",
+        "| form | FLOP ratio | B=1: dense tok/s | B=1: pruned tok/s | B=1: speedup |",
         "| section | conclusion | holds | evidence |",
     ):
         assert header in md
@@ -71,12 +76,12 @@ def test_quick_mode_writes_every_section_table_and_image(tmp_path):
     checks = json.loads((out / "results" / "checks.json").read_text())
     assert checks and all(isinstance(c["holds"], bool) for c in checks)
     assert log.count("[ok]") + log.count("[CONTRADICTED]") == len(checks)
-    for name in ("lottery", "criteria", "init", "hessian", "speed"):
+    for name in SECTIONS:
         stored = json.loads((out / "results" / f"{name}.json").read_text())
         assert stored["wall_s"] >= 0 and stored["machine"]["torch"]
     # a second run reuses every section and writes the same tables
     again = _run(out, work)
-    assert again.count("cached results") == 5
+    assert again.count("cached results") == len(SECTIONS)
     md2 = (out / "results.md").read_text()
     strip = lambda t: re.sub(r"\| this invocation \|[^\n]*\n", "", re.sub(r"load \d+\.\d", "", t))  # noqa: E731
     assert strip(md2) == strip(md)
@@ -130,7 +135,7 @@ def test_fmt_s_switches_to_minutes_at_two_minutes():
 
 
 def test_every_section_module_has_the_section_interface():
-    assert SECTIONS == ("lottery", "criteria", "init", "hessian", "speed")
+    assert SECTIONS == ("lottery", "criteria", "init", "hessian", "speed", "llm")
     for mod in MODULES.values():
         assert all(callable(getattr(mod, f, None)) for f in ("build", "chapter", "headlines")), mod
 
@@ -147,3 +152,79 @@ def test_discussion_groups_failed_checks_under_their_explanation(capsys):
     assert failed.count("*Best explanation:*") == 1  # both 1/sqrt(K) claims share one explanation
     assert "slope -0.3" in failed and "slope -0.2" in failed and "0.57x" in reproduced
     assert discussion.explain("something no rule knows") == "See the section above for the numbers."
+
+
+def _llm_result(owl_ppl: float, sgpt_50: float) -> dict:
+    """A made-up llm section result: dense 3.0, magnitude 3.4 at 50% (one run), Wanda and SparseGPT over
+    two seeds, OWL + Wanda at 70%, and the blocks form with block 3 the least influential and least harmful."""
+    runs = [("magnitude", "0.5", 0, 3.4), ("magnitude", "2:4", 0, 4.2), ("magnitude", "0.7", 0, 5.0)]
+    for seed, d in ((0, -0.01), (1, 0.01)):
+        runs += [
+            ("wanda", "0.5", seed, 3.1 + d),
+            ("wanda", "2:4", seed, 3.05 + d),
+            ("wanda", "0.7", seed, 6.0 + d),
+        ]
+        runs += [("sparsegpt", "0.5", seed, sgpt_50 + d), ("sparsegpt", "2:4", seed, 3.3 + d)]
+        runs += [("owl+wanda", "0.7", seed, owl_ppl + d)]
+    owl = {"m": 5.0, "lam": 0.08, "outlier_ratios": [0.002, 0.003], "block_sparsities": [0.78, 0.62]}
+    unstructured = [
+        {
+            "method": m,
+            "pattern": p,
+            "seed": s,
+            "perplexity": v,
+            **({"owl": owl} if m.startswith("owl") else {}),
+        }
+        for m, p, s, v in runs
+    ]
+    structured = [
+        {
+            "form": "blocks (BI)",
+            "seed": s,
+            "perplexity": 3.7 + s,
+            "removed": "blocks [3] of 4",
+            "params": 10,
+            "flop_ratio": 1.3,
+        }
+        for s in (0, 1)
+    ]
+    return {
+        "dense_perplexity": 3.0,
+        "unstructured": unstructured,
+        "structured": structured,
+        "block_influence": [[0.8, 0.2, 0.1, 0.05], [0.7, 0.2, 0.1, 0.06]],
+        "perplexity_with_block_dropped": [90.0, 3.9, 3.8, 3.7],
+    }
+
+
+def test_llm_checks_follow_the_numbers():
+    checks = Checks()
+    an = llm.analysis(_llm_result(owl_ppl=5.5, sgpt_50=3.3), checks)
+    verdicts = {c["claim"]: c["holds"] for c in checks.items}
+    far = (
+        "is far ahead of magnitude at 50% (its perplexity increase over dense is at most half of magnitude's)"
+    )
+    # Wanda +0.1 against magnitude's +0.4: far ahead; SparseGPT +0.3: ahead, but not far
+    assert verdicts[f"Wanda {far}"] is True and verdicts[f"SparseGPT {far}"] is False
+    assert verdicts["magnitude: 2:4 costs more perplexity than 50% unstructured"] is True
+    assert verdicts["Wanda: 2:4 costs more perplexity than 50% unstructured"] is False  # 3.05 < 3.1
+    assert verdicts["OWL's block sparsities give Wanda a lower perplexity than uniform 70%"] is True
+    assert (
+        "OWL's block sparsities give SparseGPT a lower perplexity than uniform 70%" not in verdicts
+    )  # not run
+    assert verdicts[
+        "ShortGPT's block influence picks the block whose removal hurts held-out perplexity least"
+    ]
+    assert an["cells"]["magnitude 0.5"]["seeds"] == 1 and an["cells"]["wanda 0.5"]["seeds"] == 2
+    blocks = an["structured"]["blocks (BI)"]
+    assert (
+        blocks["seeds"] == 2
+        and math.isclose(blocks["mean"], 4.2)
+        and math.isclose(blocks["std"], math.sqrt(0.5))
+    )
+    assert an["owl"]["sparsities"] == [0.78, 0.62]
+    checks = Checks()
+    llm.analysis(_llm_result(owl_ppl=6.5, sgpt_50=3.15), checks)
+    verdicts = {c["claim"]: c["holds"] for c in checks.items}
+    assert verdicts[f"SparseGPT {far}"] is True
+    assert verdicts["OWL's block sparsities give Wanda a lower perplexity than uniform 70%"] is False

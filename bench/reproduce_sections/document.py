@@ -1,5 +1,5 @@
 """``results.md``: the header (command, machine, wall times), the summary, every section's chapter,
-section 5 and the table of every checked conclusion (also written to ``results/checks.json``)."""
+section 6 and the table of every checked conclusion (also written to ``results/checks.json``)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def document(ctx: Context, total_s: float) -> str:
     for name, mod in MODULES.items():
         if name in ctx.results:
             out += mod.chapter(ctx, ctx.results[name])
-    out.append("## 5. What matched, and what did not\n")
+    out.append("## 6. What matched, and what did not\n")
     out.append(results_discussion(checks))
     out.append("### Every checked conclusion\n")
     rows = [

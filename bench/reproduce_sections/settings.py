@@ -77,6 +77,21 @@ FULL: dict[str, Any] = {
         "sparsities": [0.5, 0.9],
     },
     "speed": {"rerun": True, "reps": 30},
+    "llm": {
+        "version": 1,
+        "threads": 1,
+        "sequences": 32,
+        "batch_size": 8,
+        "heldout_tokens": 0,  # 0: the whole test split
+        "patterns": ["0.5", "2:4", "4:8", "0.7"],
+        "methods": ["magnitude", "wanda", "sparsegpt"],
+        "extra": ["wanda-layer"],
+        "owl": ["wanda", "sparsegpt"],
+        "owl_sparsity": "0.7",
+        "structured_sparsity": 0.25,
+        "speed": {"batches": [1, 8, 32], "reps": 20},
+        "cost": {"fresh_process": True, "sequences": 32, "batch_size": 8, "runs": []},
+    },
 }
 
 QUICK: dict[str, Any] = {
@@ -125,4 +140,19 @@ QUICK: dict[str, Any] = {
         "sparsities": [0.5],
     },
     "speed": {"rerun": False, "reps": 3},
+    "llm": {
+        "version": 1,
+        "threads": 1,
+        "sequences": 2,
+        "batch_size": 2,
+        "heldout_tokens": 512,
+        "patterns": ["0.5", "2:4", "0.7"],
+        "methods": ["magnitude", "wanda", "sparsegpt"],
+        "extra": [],
+        "owl": ["wanda"],
+        "owl_sparsity": "0.7",
+        "structured_sparsity": 0.25,
+        "speed": {"batches": [1], "reps": 1},
+        "cost": {"fresh_process": False, "sequences": 2, "batch_size": 2, "runs": ["wanda 50%"]},
+    },
 }
