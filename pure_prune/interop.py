@@ -83,18 +83,6 @@ def _check_module(module: object) -> None:
         raise TypeError(f"expected an nn.Module, got {_describe(module)}")
 
 
-def _nest(flat: dict[str, torch.Tensor]) -> tree_lib.Tree:
-    """``{"a.b.c": t}`` -> canonical ``{"a": {"b": {"c": t}}}``."""
-    root: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        node = root
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree_lib.canonical(root)
-
-
 def _flatten(tree: tree_lib.Tree, what: str) -> dict[str, torch.Tensor]:
     """A nested dict of tensors as ``{dotted path: tensor}``; ``TypeError`` naming a bad leaf."""
     if not isinstance(tree, dict):
@@ -213,8 +201,8 @@ def from_module(module: nn.Module) -> tuple[Apply, tree_lib.Tree, tree_lib.Tree]
     _reject_torch_pruned(module, "from_module")
     param_names = [n for n, _ in module.named_parameters()]
     buffer_names = [n for n, _ in module.named_buffers()]
-    params = _nest({n: p.detach().clone() for n, p in module.named_parameters()})
-    state = _nest({n: b.detach().clone() for n, b in module.named_buffers()})
+    params = tree_lib.nest({n: p.detach().clone() for n, p in module.named_parameters()})
+    state = tree_lib.nest({n: b.detach().clone() for n, b in module.named_buffers()})
     skeletons = {True: _skeleton(module, True), False: _skeleton(module, False)}
 
     def apply(params: tree_lib.Tree, state: tree_lib.Tree, x: Any, *, train: bool = False):
@@ -229,7 +217,7 @@ def from_module(module: nn.Module) -> tuple[Apply, tree_lib.Tree, tree_lib.Tree]
         out = functional_call(
             skeletons[train], {**flat_params, **new_state}, (x,), strict=True, tie_weights=True
         )
-        return out, _nest(new_state)
+        return out, tree_lib.nest(new_state)
 
     return apply, params, state
 
@@ -445,7 +433,7 @@ def from_torch_prune(module: nn.Module) -> tuple[tree_lib.Tree, tree_lib.Tree]:
         first_name[id(p)] = leaf
         params[leaf] = p.detach().clone()
         masks[leaf] = m
-    return _nest(params), _nest(masks)
+    return tree_lib.nest(params), tree_lib.nest(masks)
 
 
 def strip_torch_prune(module: nn.Module) -> nn.Module:

@@ -27,12 +27,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["nest", "resized"]
+__all__ = ["resized"]
 
 _QUERY = ("q_proj", "query", "q", "q_lin", "c_attn", "qkv", "in_proj", "Wqkv")
 _KEY = ("k_proj", "key", "k", "k_lin")
@@ -40,24 +39,6 @@ _DOWN = ("down_proj", "fc2", "c_proj", "w2", "dense_4h_to_h")
 _BY_QUERY = ("num_heads", "num_attention_heads", "n_head", "n_heads", "all_head_size", "split_size")
 _BY_KEY = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 _INTERMEDIATE = ("intermediate_size", "intermediate_dim", "ffn_dim")
-
-
-def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": v}`` -> canonical ``{"a": {"b": v}}`` (keys sorted at every level)."""
-    root: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        node = root
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return _canonical(root)
-
-
-def _canonical(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _canonical(node[k]) for k in sorted(node)}
-    return node
 
 
 def _out_width(layer: nn.Module) -> int | None:

@@ -806,8 +806,8 @@ def _verify(module: nn.Module, inputs: tuple, groups: Sequence[ChannelGroup], rt
     try:
         with torch.no_grad():
             ref = _first_tensor(functional_call(module, {**masked, **buffers}, inputs, tie_weights=True))
-        p_tree, s_tree = resize.nest(params), resize.nest(buffers)
-        m_tree = resize.nest({n: masks_flat.get(n) for n in params})
+        p_tree, s_tree = tree.nest(params), tree.nest(buffers)
+        m_tree = tree.nest({n: masks_flat.get(n) for n in params})
         kept = {g.name: torch.nonzero(keep[g.name]).reshape(-1) for g in groups}
         cp, cs, _, _ = compact_lib.compact(p_tree, s_tree, m_tree, groups, kept=kept)
         names_p, leaves_p, _ = tree.flatten_with_paths(cp)

@@ -20,7 +20,7 @@ whose values are all ``None``); on canonical trees it yields the same leaves in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import optree
@@ -31,6 +31,7 @@ __all__ = [
     "NAMESPACE",
     "Tree",
     "canonical",
+    "nest",
     "flatten",
     "flatten_with_paths",
     "leaves",
@@ -54,6 +55,30 @@ _OPTS = {"none_is_leaf": True, "namespace": NAMESPACE}
 def path_str(path: Sequence[Any]) -> str:
     """A key path (tuple of dict keys / sequence indices) as a dotted string."""
     return ".".join(str(k) for k in path)
+
+
+def nest(flat: Mapping[str, Any]) -> Tree:
+    """A canonical nested dict from dotted paths: ``{"a.b": v, "a.c": w}`` -> ``{"a": {"b": v,
+    "c": w}}`` (the inverse of :func:`flatten_with_paths` on dict trees; leaves are not copied).
+
+    A path that is also the prefix of another (``"a"`` and ``"a.b"``) raises ``ValueError``
+    naming both."""
+    root: dict[str, Any] = {}
+    for name, value in flat.items():
+        if not isinstance(name, str) or not name or "" in name.split("."):
+            raise ValueError(f"nest: path {name!r} must be a non-empty dotted string")
+        *parents, leaf = name.split(".")
+        node = root
+        for depth, key in enumerate(parents):
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(
+                    f"nest: path {name!r} runs through the leaf {'.'.join(parents[: depth + 1])!r}"
+                )
+        if leaf in node:
+            raise ValueError(f"nest: path {name!r} is both a leaf and the prefix of other paths")
+        node[leaf] = value
+    return canonical(root)
 
 
 def canonical(tree: Tree) -> Tree:

@@ -142,3 +142,17 @@ def test_all_none_subtrees_flatten_under_compile():
     assert compiled[2] == eager[2] == ["bn.scale", "bn.shift", "v.0", "v.1", "w"]
     for a, b in zip(tree.leaves(compiled[:2]), tree.leaves(eager[:2])):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_nest_inverts_flatten_with_paths_and_names_conflicting_paths():
+    t = {"b": {"y": torch.ones(1), "x": torch.zeros(2)}, "a": torch.ones(3)}
+    names, leaves, _ = tree.flatten_with_paths(t)
+    nested = tree.nest(dict(zip(names, leaves)))
+    assert list(nested) == ["a", "b"] and list(nested["b"]) == ["x", "y"]
+    assert all(x is y for x, y in zip(tree.leaves(nested), tree.leaves(tree.canonical(t))))
+    with pytest.raises(ValueError, match="'a.b' runs through the leaf 'a'"):
+        tree.nest({"a": 1, "a.b": 2})
+    with pytest.raises(ValueError, match="'a' is both a leaf and the prefix"):
+        tree.nest({"a.b": 2, "a": 1})
+    with pytest.raises(ValueError, match="non-empty dotted"):
+        tree.nest({"a..b": 1})
