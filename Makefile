@@ -21,6 +21,7 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m tests.mutation.check
 	$(MAKE) --no-print-directory wheel-check
 
 # the newcomer's path: the built wheel in a fresh venv without the dev extras (.ci/wheel_check.sh)

@@ -164,7 +164,7 @@ def test_unscored_leaf_keeps_its_old_mask(data):
 @given(st.data())
 def test_nested_as_sparsity_rises(data):
     params, ones, scores = _draw_setup(data)
-    schedule = data.draw(pst.schedules(2, 3), label="schedule")
+    schedule = data.draw(pst.schedules(2, 3, strict=True), label="schedule")
     for fn in (
         lambda s: select.unstructured(scores, s),
         lambda s: select.unstructured(scores, s, scope="layer"),
@@ -304,8 +304,14 @@ _BLOCK_LEAF = pst.shapes(min_ndim=2, max_ndim=3, max_side=6, multiple_of=(2, 3))
 @settings(max_examples=scaled_examples(15))
 @given(st.data())
 def test_block_exact_whole_and_nested(data):
+    """Two prunable leaves or more, so scope='layer' and 'global' differ; old masks from a
+    selection by the same scores and random ones (whose pruned blocks the scores would not pick)."""
     params = data.draw(
-        pst.params_trees(min_prunable=1, leaf_shapes=pst.shapes(max_ndim=1), prunable_shapes=_BLOCK_LEAF),
+        pst.params_trees(
+            min_prunable=data.draw(st.integers(2, 3), label="leaves"),
+            leaf_shapes=pst.shapes(max_ndim=1),
+            prunable_shapes=_BLOCK_LEAF,
+        ),
         label="params",
     )
     ones = mask.ones_like(params)
@@ -319,6 +325,10 @@ def test_block_exact_whole_and_nested(data):
         masks_nested(second, first)
         whole_blocks(second, (2, 3), s2, scope=scope)
         masks_nested(select.block(scores, s2, (2, 3), scope=scope), first)
+    old = data.draw(pst.masks(params, s1, kind="block", block_shape=(2, 3)), label="random old")
+    third = select.block(scores, s2, (2, 3), masks=old)  # global: already-pruned blocks count
+    masks_nested(third, old)
+    whole_blocks(third, (2, 3), s2)
 
 
 def test_block_partly_pruned_block_is_live():

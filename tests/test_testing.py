@@ -344,9 +344,14 @@ def test_tensors_distinct_and_tied(distinct, tied):
 def test_masks_of_each_kind_are_exact(kind, data):
     params = data.draw(
         pst.params_trees(
-            min_prunable=1,
+            min_prunable=data.draw(st.integers(1, 4), label="prunable leaves"),
             leaf_shapes=pst.shapes(max_ndim=1),
-            prunable_shapes=pst.shapes(min_ndim=2, max_ndim=3, max_side=8, multiple_of=(2, 4)),
+            prunable_shapes=pst.shapes(  # odd sizes where the kind allows them: counts then round
+                min_ndim=2,
+                max_ndim=3,
+                max_side=8 if kind in ("rows", "n_of_m", "block") else 5,
+                multiple_of=(1, 1) if kind in ("unstructured", "layer") else (2, 4),
+            ),
         ),
         label="params",
     )

@@ -269,14 +269,25 @@ def _n_of_m(mk: torch.Tensor, n: int, m: int, key: int, axis: int) -> torch.Tens
     return torch.movedim(keep, -1, axis).contiguous()
 
 
-def _block(mk: torch.Tensor, s: float, key: int, block_shape: tuple[int, int]) -> torch.Tensor:
+def _blocks(
+    base: list[torch.Tensor | None], s: float, key: int, block_shape: tuple[int, int]
+) -> list[torch.Tensor | None]:
+    """``round(s · B)`` of all ``B`` blocks of the leaves pruned, chosen at random across leaves."""
     bh, bw = block_shape
-    r, c = mk.shape[0] // bh, mk.shape[1] // bw
-    gone = torch.randperm(r * c, generator=rng.generator(key))[: int(round(s * r * c))]
-    keep = torch.ones(r * c, dtype=torch.bool)
-    keep[gone] = False
-    keep = keep.reshape(r, c).repeat_interleave(bh, 0).repeat_interleave(bw, 1)
-    return keep.reshape(*keep.shape, *([1] * (mk.ndim - 2))).expand(mk.shape).clone()
+    grids = [None if m is None else (m.shape[0] // bh, m.shape[1] // bw) for m in base]
+    total = sum(r * c for g in grids if g is not None for r, c in [g])
+    keep = torch.ones(total, dtype=torch.bool)
+    keep[torch.randperm(total, generator=rng.generator(key))[: int(round(s * total))]] = False
+    out, offset = [], 0
+    for m, g in zip(base, grids):
+        if m is None:
+            out.append(None)
+            continue
+        r, c = g
+        part = keep[offset : offset + r * c].reshape(r, c).repeat_interleave(bh, 0).repeat_interleave(bw, 1)
+        offset += r * c
+        out.append(part.reshape(*part.shape, *([1] * (m.ndim - 2))).expand(m.shape).clone())
+    return out
 
 
 @st.composite
@@ -332,6 +343,8 @@ def masks(
     key = draw(keys())
     if kind in ("unstructured", "layer"):
         out = _unstructured(base, s, key, "global" if kind == "unstructured" else "layer")
+    elif kind == "block":
+        out = _blocks(base, s, key, block_shape)
     else:
         out = []
         for i, m in enumerate(base):
@@ -340,10 +353,8 @@ def masks(
                 out.append(None)
             elif kind == "rows":
                 out.append(_rows(m, s, k, row_axis % m.ndim))
-            elif kind == "n_of_m":
-                out.append(_n_of_m(m, n_m[0], n_m[1], k, nm_axis % m.ndim))
             else:
-                out.append(_block(m, s, k, block_shape))
+                out.append(_n_of_m(m, n_m[0], n_m[1], k, nm_axis % m.ndim))
     return tree.unflatten(tree.structure(ones), out)
 
 

@@ -78,40 +78,111 @@ def _matches(named: str, node_id: str) -> bool:
     return node_id == named or ("[" not in named and node_id.startswith(named + "["))
 
 
+def _pytest_args(node_ids: Sequence[str]) -> list[str]:
+    return [
+        "-q",
+        "--tb=line",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "tests.mutation.plant",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",  # the preloaded modules are not rewritten
+        *sorted(set(node_ids)),
+    ]
+
+
+def _child_env(report: Path, mutant_id: str | None, randomized: bool) -> dict[str, str]:
+    env = {**os.environ, REPORT_ENV: str(report)}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop(MUTANT_ENV, None)
+    env.pop(RANDOM_ENV, None)
+    if mutant_id is not None:
+        env[MUTANT_ENV] = mutant_id
+    if randomized:
+        env[RANDOM_ENV] = "1"
+    return env
+
+
+def _read_outcomes(report: Path) -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    if report.exists():
+        for line in report.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if outcomes.get(rec["nodeid"]) != "failed":  # a failed setup or teardown fails the test
+                outcomes[rec["nodeid"]] = rec["outcome"]
+    return outcomes
+
+
 def run_pytest(node_ids: Sequence[str], mutant_id: str | None, *, randomized: bool = False) -> Run:
-    """One pytest process over ``node_ids`` with ``mutant_id`` planted (``None``: the baseline)."""
+    """One fresh pytest process over ``node_ids`` with ``mutant_id`` planted (``None``: baseline)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.jsonl"
-        env = {**os.environ, REPORT_ENV: str(report)}
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.pop(MUTANT_ENV, None)
-        env.pop(RANDOM_ENV, None)
-        if mutant_id is not None:
-            env[MUTANT_ENV] = mutant_id
-        if randomized:
-            env[RANDOM_ENV] = "1"
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "--tb=line",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "tests.mutation.plant",
-            *sorted(set(node_ids)),
-        ]
+        cmd = [sys.executable, "-m", "pytest", *_pytest_args(node_ids)]
         start = time.perf_counter()
+        env = _child_env(report, mutant_id, randomized)
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
-        outcomes: dict[str, str] = {}
-        if report.exists():
-            for line in report.read_text(encoding="utf-8").splitlines():
-                rec = json.loads(line)
-                if outcomes.get(rec["nodeid"]) != "failed":  # a failed setup or teardown fails the test
-                    outcomes[rec["nodeid"]] = rec["outcome"]
-    return Run(proc.returncode, outcomes, seconds, (proc.stdout + proc.stderr)[-3000:])
+        return Run(proc.returncode, _read_outcomes(report), seconds, (proc.stdout + proc.stderr)[-3000:])
+
+
+def _preload() -> None:
+    """Import what every pytest run needs (torch, hypothesis, pytest, the library) once, so that
+    forked runs start warm. Test modules are *not* imported: they build hypothesis strategies at
+    import time, which must happen after a mutant of a strategy is planted."""
+    import hypothesis  # noqa: F401
+    import pytest  # noqa: F401
+    import torch  # noqa: F401
+
+    import pure_prune.models  # noqa: F401
+    import pure_prune.runner  # noqa: F401
+    import pure_prune.testing.plugin  # noqa: F401
+    import pure_prune.testing.strategies  # noqa: F401
+
+
+def run_forked(jobs: Sequence[tuple[str | None, list[str]]], n_jobs: int, *, randomized: bool) -> list[Run]:
+    """Each job in a child forked from this (preloaded) process, ``n_jobs`` at a time: the child
+    plants its mutant and runs ``pytest.main`` in a copy of this process, so no run sees another's
+    mutant and none pays for importing torch again."""
+    import pytest
+
+    _preload()
+    tmp = Path(tempfile.mkdtemp(prefix="pure_prune_mutation_"))
+    pending = list(enumerate(jobs))
+    running: dict[int, tuple[int, float]] = {}  # pid -> (job index, start)
+    results: dict[int, Run] = {}
+    while pending or running:
+        while pending and len(running) < max(1, n_jobs):
+            i, (mutant_id, node_ids) = pending.pop(0)
+            report, log = tmp / f"{i}.jsonl", tmp / f"{i}.log"
+            env = _child_env(report, mutant_id, randomized)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the child: never returns
+                code = 3
+                try:
+                    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    os.dup2(fd, 1)
+                    os.dup2(fd, 2)
+                    os.environ.clear()
+                    os.environ.update(env)
+                    os.chdir(ROOT)
+                    code = int(pytest.main(_pytest_args(node_ids)))
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            running[pid] = (i, time.perf_counter())
+        pid, status = os.wait()
+        i, start = running.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        log = (tmp / f"{i}.log").read_text(encoding="utf-8", errors="replace")
+        results[i] = Run(code, _read_outcomes(tmp / f"{i}.jsonl"), time.perf_counter() - start, log[-3000:])
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+    return [results[i] for i in range(len(jobs))]
 
 
 def verdict(mutant: Mutant, run: Run) -> tuple[str, list[str]]:
@@ -144,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the registry and exit")
     parser.add_argument("--random", action="store_true", help="randomized examples instead of derandomized")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline run")
+    parser.add_argument("--spawn", action="store_true", help="a fresh interpreter per run instead of fork")
     args = parser.parse_args(argv)
 
     mutants = [m for m in MUTANTS if args.keyword in m.id]
@@ -167,21 +239,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     jobs: list[tuple[str | None, list[str]]] = []
-    if not args.no_baseline:
-        jobs.append((None, sorted({t for m in mutants for t in m.tests})))
+    baseline_jobs = 0
+    if not args.no_baseline:  # one run per test file, so that the baseline spreads over the workers
+        by_file: dict[str, set[str]] = {}
+        for t in {t for m in mutants for t in m.tests}:
+            by_file.setdefault(t.split("::")[0], set()).add(t)
+        jobs += [(None, sorted(ts)) for _, ts in sorted(by_file.items())]
+        baseline_jobs = len(jobs)
     jobs += [(m.id, list(m.tests)) for m in mutants]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        runs = list(pool.map(lambda job: run_pytest(job[1], job[0], randomized=args.random), jobs))
+    if hasattr(os, "fork") and not args.spawn:
+        runs = run_forked(jobs, args.jobs, randomized=args.random)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            runs = list(pool.map(lambda job: run_pytest(job[1], job[0], randomized=args.random), jobs))
 
-    if not args.no_baseline:
-        base, runs = runs[0], runs[1:]
+    bases, runs = runs[:baseline_jobs], runs[baseline_jobs:]
+    for base in bases:
         failed = sorted(nid for nid, o in base.outcomes.items() if o == "failed")
         if base.returncode != 0 or failed:
             ok = False
             print(f"BASELINE FAILED (exit {base.returncode}) without any mutant:", *failed, sep="\n  ")
             print(base.tail)
-        else:
-            print(f"baseline: {len(base.outcomes)} tests passed in {base.seconds:.1f} s without a mutant")
+    if bases:
+        n = sum(len(b.outcomes) for b in bases)
+        print(f"baseline: {n} tests in {len(bases)} runs, {sum(b.seconds for b in bases):.0f} s, no mutant")
 
     width = max((len(m.id) for m in mutants), default=10)
     print(f"\n{'mutant':<{width}}  {'result':<8}  {'secs':>5}  bug / tests that must fail")
