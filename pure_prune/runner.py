@@ -129,9 +129,11 @@ class Diverged(ValueError):
 
 def _non_finite(row: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, float] | None:
     """The first of ``keys`` whose value in ``row`` is a float that is NaN or infinite (per-seed
-    values in ``row["per_seed"][key]`` included), with that value; ``None`` when all are finite."""
+    values included: a list of floats, or ``row["per_seed"][key]``), with that value; ``None`` when
+    all are finite."""
     for k in keys:
-        values = [row.get(k), *(row.get("per_seed", {}) or {}).get(k, [])]
+        v = row.get(k)
+        values = [*(v if isinstance(v, list) else [v]), *(row.get("per_seed", {}) or {}).get(k, [])]
         for v in values:
             if isinstance(v, float) and not math.isfinite(v):
                 return k, v
@@ -189,22 +191,36 @@ def _diverged_row(cfg: RunConfig, d: Diverged, timing: dict[str, Any]) -> dict[s
     """The row that marks a round stopped by :class:`Diverged` (from the trees it trained)."""
     masks = d.masks
     row: dict[str, Any] = {"round": d.round, "method": cfg.method, "pruned": None, "target": None}
-    if masks is not None:
+    if masks is not None:  # several seeds: stacked trees, so the counts are over all the seeds
         kept, total = mask.count(masks, d.params)
         row.update(
             sparsity=mask.sparsity(masks),
             sparsity_all=1.0 - kept / total,
-            params_kept=kept,
-            params_total=total,
+            params_kept=kept / cfg.seeds,
+            params_total=total // cfg.seeds,
             layer_sparsity=mask.layer_sparsity(masks),
         )
     last = d.history[-1] if d.history else {}
+    names = {
+        "test_accuracy": "test_accuracy",
+        "test_loss": "test_loss",
+        "accuracy": "train_accuracy",
+        "loss": "train_loss",
+    }
+    per_seed = {name: last[k] for k, name in names.items() if isinstance(last.get(k), list)}
+    if per_seed:  # several seeds: one value per seed, and their mean
+        row["per_seed"] = per_seed
+
+    def value(k: str) -> Any:
+        v = last.get(k)
+        return sum(v) / len(v) if isinstance(v, list) and v else v
+
     row.update(
-        test_accuracy=last.get("test_accuracy"),
-        test_loss=last.get("test_loss"),
+        test_accuracy=value("test_accuracy"),
+        test_loss=value("test_loss"),
         best_test_accuracy=None,
-        train_accuracy=last.get("accuracy"),
-        train_loss=last.get("loss"),
+        train_accuracy=value("accuracy"),
+        train_loss=value("loss"),
         epochs=len(d.history),
         round_seconds=timing["t_round"],
         elapsed_seconds=timing["elapsed"],
@@ -333,18 +349,21 @@ def _timing(engine: _Engine, t0: float, graphs0: float, seconds0: float, elapsed
     }
 
 
-def _check_finite(r: int, out: RoundOut, metrics: dict[str, Any]) -> None:
-    """Raise :class:`Diverged` (carrying ``metrics`` as its row) when an epoch's loss of round ``r``
-    or the round's train/test loss is not finite."""
-    for h in out.history:
-        bad = _non_finite(h, _LOSSES)
-        if bad is not None:
-            epoch = int(h["epoch"]) if "epoch" in h else None
-            break
-    else:
-        bad, epoch = _non_finite(metrics, _ROW_LOSSES), None
+def _check_finite(r: int, out: RoundOut, metrics: dict[str, Any] | None) -> None:
+    """Raise :class:`Diverged` when an epoch's loss of round ``r`` is not finite (carrying the
+    round's final trees), or, given the round's ``metrics`` row, its train or test loss (carrying
+    the row)."""
+    if metrics is None:
+        for h in out.history:
+            bad = _non_finite(h, _LOSSES)
+            if bad is not None:
+                d = Diverged(r, int(h["epoch"]) if "epoch" in h else None, *bad, out.history)
+                d.masks, d.params = out.carry.masks, out.carry.params
+                raise d
+        return
+    bad = _non_finite(metrics, _ROW_LOSSES)
     if bad is not None:
-        d = Diverged(r, epoch, *bad, out.history)
+        d = Diverged(r, None, *bad, out.history)
         d.row = metrics
         raise d
 
@@ -376,6 +395,7 @@ def _loop(
         try:
             out = engine.round(carry, r)
             timing = _timing(engine, t0, graphs0, seconds0, elapsed)
+            _check_finite(r, out, None)
             metrics = engine.metrics(r, out, timing)
             _check_finite(r, out, metrics)
         except Diverged as d:

@@ -80,3 +80,122 @@ def test_explicit_mlp_sizes_set_the_input_width_and_are_checked_against_the_data
     assert tuple(params["fc1"]["weight"].shape) == (30, 40)
     with pytest.raises(ValueError, match=r"model 'mlp' expects \(64,\)"):
         setup("mlp", "mnist1d", model_cfg={"sizes": [64, 30, 10]}, compile=False)
+
+
+# ----------------------------------------------------------------------------- one line for a user's mistake
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("pure-prune: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_argument_mistakes_exit_2_at_parse_time(capsys):
+    for argv in (
+        ["train", "--threads", "-2"],
+        ["sweep", "--threads", "0"],
+        ["run", "--model-cfg", "[1, 2]"],
+        ["run", "--model-cfg", "{sizes: 3}"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "expected a positive int" in err or "JSON" in err, err
+
+
+def test_run_threads_and_report_out_on_a_file_are_one_line(tmp_path, capsys):
+    assert cli.main(["run", "--threads", "-2", "--save-dir", str(tmp_path / "r"), *FAST[:2]]) == 2
+    assert "threads must be >= 1" in _one_error_line(capsys) and not (tmp_path / "r").exists()
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    assert cli.main(["report", str(tmp_path), "--out", str(taken), "--no-plots"]) == 2
+    assert f"--out '{taken}' exists and is not a folder" in _one_error_line(capsys)
+    assert taken.read_text() == "mine"
+    assert cli.main(["report", str(tmp_path / "nope"), "--no-plots", "--out", str(tmp_path / "o")]) == 2
+    assert "is not a pure-prune run directory" in _one_error_line(capsys)
+
+
+def test_a_refused_pickle_and_a_huge_label_are_one_line(tmp_path, capsys):
+    import os
+    import pickle
+
+    import numpy as np
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    root = tmp_path / "cifar"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / name).write_bytes(pickle.dumps(Evil()))
+    assert cli.main(["train", "--data", "cifar10", "--root", str(root), *FAST]) == 2
+    assert "refusing global" in _one_error_line(capsys)
+    npz = tmp_path / "big.npz"
+    x = np.zeros((100, 4), np.float32)
+    np.savez(npz, x_train=x, y_train=np.full(100, 2**40), x_test=x[:20], y_test=np.zeros(20, np.int64))
+    assert cli.main(["train", "--data", "npz", "--root", str(npz), *FAST]) == 2
+    assert "1099511627776" in _one_error_line(capsys)
+    npz.write_bytes(npz.read_bytes()[:100])  # a truncated file
+    assert cli.main(["train", "--data", "npz", "--root", str(npz), *FAST]) == 2
+    _one_error_line(capsys)
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, tmp_path, capsys):
+    argv = ["run", "--threads", "-2", "--save-dir", str(tmp_path / "r")]
+    assert cli.main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.rstrip().endswith(
+        "pure-prune: error: threads must be >= 1 (leave it unset for torch's default), got -2"
+    )
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err == "pure-prune: interrupted\n"
+
+    def bug(args):
+        raise AssertionError("an internal invariant broke")
+
+    monkeypatch.setattr(cli, "_run", bug)
+    with pytest.raises(AssertionError, match="internal invariant"):
+        cli.main(argv)
+    for error in (RuntimeError("inside torch"), KeyError("k"), IndexError("i")):
+
+        def raiser(args, e=error):
+            raise e
+
+        monkeypatch.setattr(cli, "_run", raiser)
+        with pytest.raises(type(error)):
+            cli.main(argv)
+
+
+def test_every_flag_has_help_with_its_default_and_choices():
+    import argparse
+
+    ap = cli._parser()
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"demo", "train", "run", "report", "sweep", "llm"}
+    checked = 0
+    for name, parser in sub.choices.items():
+        assert any(a.dest == "debug" for a in parser._actions), name
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            text = action.help % {"default": action.default} if action.help else ""
+            flag = f"{name} {action.option_strings[0]}"
+            assert "default" in text.lower(), f"{flag}: no default in its help {text!r}"
+            if action.default not in (None, False, True, argparse.SUPPRESS, {}, ()):
+                assert str(action.default) in text, f"{flag}: default {action.default!r} not in {text!r}"
+            for choice in action.choices or ():
+                assert str(choice) in text, f"{flag}: choice {choice!r} not in {text!r}"
+            checked += 1
+    assert checked > 90
+    run = sub.choices["run"]
+    helps = {a.dest: a.help for a in run._actions}
+    assert "one_shot, gradual, imp" in helps["method"] and "(default: imp)" in helps["method"]
+    assert "rigl" in helps["dst"] and "inductor" in helps["backend"] and "(default: 0.2)" in helps["rate"]

@@ -5,11 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -230,58 +225,4 @@ def test_cli_run_prints_errors_and_results(tmp_path, capsys):
     )  # config from run.json
 
 
-# ----------------------------------------------------------------------------- kill -9, then --resume
-
-SMALL = """
-method = "imp"
-rate = 0.3
-pruning_times = 8
-epochs = 4
-rewind_epoch = 1
-batch_size = 32
-compile = false
-threads = 1
-progress = false
-model_cfg = { sizes = [64, 32, 32, 10] }
-"""
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pure_prune", "run", *args]
-
-
-@pytest.mark.slow
-def test_kill_then_resume_is_bit_identical(tmp_path):
-    config = tmp_path / "small.toml"
-    config.write_text(SMALL)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = subprocess.run(
-        _cli("--config", str(config), "--save-dir", str(tmp_path / "whole")),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert whole.returncode == 0, whole.stderr
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cli("--config", str(config), "--save-dir", str(killed)), env=env, stderr=subprocess.DEVNULL
-    )
-    first = killed / "checkpoints" / "round_0000.safetensors"
-    deadline = time.monotonic() + 120
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
-    assert not (killed / "checkpoints" / "round_0008.safetensors").exists()
-    resumed = subprocess.run(
-        _cli("--resume", "--save-dir", str(killed)), env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resume: loaded round" in resumed.stderr
-    a = checkpoint.load(tmp_path / "whole" / "checkpoints" / "round_0008.safetensors")[0]
-    b = checkpoint.load(killed / "checkpoints" / "round_0008.safetensors")[0]
-    for name in ("params", "masks", "opt_state", "rewind"):
-        pairs = list(zip(tree.leaves(a[name]), tree.leaves(b[name])))
-        assert pairs and all(x is y is None or torch.equal(x, y) for x, y in pairs)
-    rounds = [json.loads(x) for x in (killed / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == list(range(9))
+# kill -9 at any point, then --resume: tests/test_run_dir.py
