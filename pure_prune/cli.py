@@ -43,7 +43,18 @@ from pathlib import Path
 
 import torch
 
-from pure_prune import checkpoint, cli_llm, data, extras, importance, mask, rng, run_dir, runconfig
+from pure_prune import (
+    checkpoint,
+    cli_llm,
+    data,
+    extras,
+    importance,
+    mask,
+    rng,
+    run_context,
+    run_dir,
+    runconfig,
+)
 from pure_prune import models as model_registry
 from pure_prune.algorithms import dst, imp, masking, one_shot, refill, rsst, unit_criteria
 from pure_prune.experiment import OPTIMIZERS, setup
@@ -393,6 +404,12 @@ def _sweep(args) -> int:
         threads=args.threads,
         save_dir=args.save_dir,
     )
+    # the sweep's settings, then the model/data fit checks of pure-prune run, before it trains or writes
+    cfg.check()
+    fit = runconfig.RunConfig(
+        model=cfg.model, data=cfg.data, root=cfg.root, model_cfg=dict(cfg.model_cfg), seed=cfg.seed
+    )
+    run_context.check_fit(fit, *run_context.setup_eager(fit))
     t0 = time.perf_counter()
     res = grid.run(cfg, plots=not args.no_plots)
     if res is not None:  # rank 0 (or the only process)

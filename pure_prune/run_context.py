@@ -128,6 +128,7 @@ def check_fit(cfg: RunConfig, exp: Experiment, init: Callable[[int], tuple[Any, 
     * ``struct = "nm"``: ``n:m`` divides the pruned axis of every prunable leaf (``select.n_of_m``
       on the all-kept masks).
     """
+    cfg = cfg.resolved()
     k_init = rng.split(cfg.seed, 3)[0]
     try:
         params, state = init(k_init)

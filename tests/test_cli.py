@@ -199,3 +199,14 @@ def test_every_flag_has_help_with_its_default_and_choices():
     helps = {a.dest: a.help for a in run._actions}
     assert "one_shot, gradual, imp" in helps["method"] and "(default: imp)" in helps["method"]
     assert "rigl" in helps["dst"] and "inductor" in helps["backend"] and "(default: 0.2)" in helps["rate"]
+
+
+def test_sweep_checks_the_model_against_the_data_before_training(tmp_path, capsys):
+    save = tmp_path / "s"
+    argv = ["sweep", "--epochs", "1", "--seeds", "1", "--compression", "2", "--criteria", "magnitude"]
+    argv += ["--eager", "--no-plots", "--save-dir", str(save)]
+    assert cli.main([*argv, "--model-cfg", '{"sizes": [64, 16, 3]}']) == 2
+    assert "has label 9 in its train split, but model 'mlp' has 3 classes" in _one_error_line(capsys)
+    assert cli.main([*argv, "--model-cfg", '{"widths": 3}']) == 2
+    assert "model 'mlp' cannot be built with model_cfg {'widths': 3}" in _one_error_line(capsys)
+    assert not save.exists()
