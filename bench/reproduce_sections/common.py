@@ -104,8 +104,10 @@ def machine_line(m: dict[str, Any] | None) -> str:
     if not m:
         return "unknown machine"
     load = m.get("loadavg_1m")
+    threads = m.get("torch_threads")
     return (
-        f"{m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, {m.get('torch_threads')} threads"
+        f"{m.get('cpu')} ({m.get('cores')} cores), torch {m.get('torch')}, {threads} thread"
+        + ("" if threads == 1 else "s")
         + (f", load {load:.1f}" if isinstance(load, (int, float)) else "")
     )
 
