@@ -127,17 +127,27 @@ def run_pytest(node_ids: Sequence[str], mutant_id: str | None, *, randomized: bo
 
 
 def _preload() -> None:
-    """Import what every pytest run needs (torch, hypothesis, pytest, the library) once, so that
-    forked runs start warm. Test modules are *not* imported: they build hypothesis strategies at
-    import time, which must happen after a mutant of a strategy is planted."""
+    """Import what the pytest runs need (torch with dynamo, hypothesis, pytest, every module of
+    the library) once, so that forked runs start warm. Test modules are *not* imported: they build
+    hypothesis strategies at import time, which must happen after a mutant of a strategy is planted.
+    A library module that fails to import is left to fail in the runs that need it."""
+    import importlib
+    import pkgutil
+
     import hypothesis  # noqa: F401
     import pytest  # noqa: F401
-    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401 - conftest resets dynamo in every run
+    import torch.nn.utils.prune  # noqa: F401
 
-    import pure_prune.models  # noqa: F401
-    import pure_prune.runner  # noqa: F401
-    import pure_prune.testing.plugin  # noqa: F401
-    import pure_prune.testing.strategies  # noqa: F401
+    import pure_prune
+
+    for info in pkgutil.walk_packages(pure_prune.__path__, "pure_prune."):
+        if info.name.endswith("__main__"):  # runs the command line
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception:  # noqa: BLE001, S112 - an optional extra or another engineer's broken file
+            continue
 
 
 def run_forked(jobs: Sequence[tuple[str | None, list[str]]], n_jobs: int, *, randomized: bool) -> list[Run]:

@@ -487,6 +487,25 @@ def _nest_not_canonical(orig, mod):
     return nest
 
 
+def _tree_path_only(opt, update):
+    """``opt`` with ``update`` replaced and its leaf-list fast path (if it has one) removed, so
+    that ``train.make_step`` calls the buggy ``update``."""
+    fast = {"update_leaves": None} if "update_leaves" in opt._fields else {}
+    return opt._replace(update=update, **fast)
+
+
+def _factors_bytes_dense(orig, mod):
+    def mask_factors(masks, params):
+        out = orig(masks, params)
+        return [None if m is not None and m.dtype == torch.uint8 else f for m, f in zip(masks, out)]
+
+    return mask_factors
+
+
+def _factors_float32(orig, mod):
+    return lambda masks, params: orig(masks, [p.float() for p in params])
+
+
 def _sgd_unmasked_momentum(orig, mod):
     def sgd(lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         opt = orig(lr, momentum, nesterov, weight_decay)
@@ -499,7 +518,7 @@ def _sgd_unmasked_momentum(orig, mod):
             new["momentum"] = tree.map(lambda b, g: momentum * b + g, opt_state["momentum"], g)
             return updates, new
 
-        return opt._replace(update=update)
+        return _tree_path_only(opt, update)
 
     return sgd
 
@@ -508,7 +527,7 @@ def _premasked_skips_optimizer_masks(orig, mod):
     def make_step(model, loss, optimizer, *, premasked=False, **kwargs):
         if premasked:
             inner = optimizer
-            optimizer = inner._replace(update=lambda g, s, p, m=None: inner.update(g, s, p, None))
+            optimizer = _tree_path_only(inner, lambda g, s, p, m=None: inner.update(g, s, p, None))
         return orig(model, loss, optimizer, premasked=premasked, **kwargs)
 
     return make_step
@@ -1116,6 +1135,20 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/test_train.py::test_pruned_weights_and_state_stay_exactly_zero[sgd]",
             "tests/test_train.py::test_pruned_weights_and_state_stay_exactly_zero[nesterov]",
         ),
+    ),
+    Mutant(
+        "factors-ignore-bytes-masks",
+        "optim.mask_factors treats a mask given as bytes as dense",
+        "pure_prune.optim:mask_factors",
+        _factors_bytes_dense,
+        ("tests/test_optim_leaves.py::test_updates_equal_the_previous_implementation",),
+    ),
+    Mutant(
+        "factors-in-float32",
+        "optim.mask_factors makes float32 factors whatever the param dtype",
+        "pure_prune.optim:mask_factors",
+        _factors_float32,
+        ("tests/test_optim_leaves.py::test_mixed_dtypes_equal_the_previous_implementation",),
     ),
     Mutant(
         "premasked-optimizer-unmasked",
