@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pure_prune import cli
+from pure_prune import cli, cli_parser, cli_run
 from pure_prune.experiment import eval_batch_size, make_optimizer, setup
 
 FAST = ["--epochs", "2", "--eager", "--no-progress", "--batch-size", "128"]
@@ -154,14 +154,14 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, tmp_path, c
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run", interrupted)
+    monkeypatch.setattr(cli_run, "run", interrupted)
     assert cli.main(argv) == 130
     assert capsys.readouterr().err == "pure-prune: interrupted\n"
 
     def bug(args):
         raise AssertionError("an internal invariant broke")
 
-    monkeypatch.setattr(cli, "_run", bug)
+    monkeypatch.setattr(cli_run, "run", bug)
     with pytest.raises(AssertionError, match="internal invariant"):
         cli.main(argv)
     for error in (RuntimeError("inside torch"), KeyError("k"), IndexError("i")):
@@ -169,7 +169,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, tmp_path, c
         def raiser(args, e=error):
             raise e
 
-        monkeypatch.setattr(cli, "_run", raiser)
+        monkeypatch.setattr(cli_run, "run", raiser)
         with pytest.raises(type(error)):
             cli.main(argv)
 
@@ -177,7 +177,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, tmp_path, c
 def test_every_flag_has_help_with_its_default_and_choices():
     import argparse
 
-    ap = cli._parser()
+    ap = cli_parser.parser()
     sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {"demo", "train", "run", "report", "sweep", "llm"}
     checked = 0

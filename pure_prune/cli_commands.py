@@ -1,0 +1,256 @@
+"""The ``demo``, ``train``, ``report`` and ``sweep`` commands of ``pure-prune`` (its parser:
+:mod:`pure_prune.cli_parser`). Imported only once one of them runs, since it imports torch.
+
+``demo`` trains densely, prunes 80% by global magnitude and fine-tunes; ``train`` trains densely;
+both print a table whose sparsity and "weights kept" count the prunable weights and whose "params
+kept" counts every parameter. ``report`` tabulates (and plots) run directories; ``sweep`` runs the
+accuracy-vs-compression grid of :mod:`pure_prune.grid`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from pure_prune import checkpoint, extras, mask, rng, run_context, runconfig
+from pure_prune.algorithms import one_shot
+from pure_prune.experiment import setup
+from pure_prune.importance import magnitude
+
+__all__ = ["COMMANDS", "report", "sweep", "table"]
+
+
+def _float_list(text: str, name: str) -> tuple[float, ...]:
+    """``text`` as comma-separated floats; ``ValueError`` naming ``--name`` otherwise."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """``pure-prune sweep``: settings and model/data fit checked, then the grid of points; prints its table."""
+    from pure_prune import grid
+
+    if not args.no_plots:
+        extras.pyplot("pure-prune sweep's plot (--no-plots leaves it out)")
+    cfg = grid.SweepConfig(
+        model=args.model,
+        data=args.data,
+        root=args.root,
+        model_cfg=args.model_cfg,
+        criteria=tuple(grid.parse_criteria(args.criteria)) if args.criteria is not None else (),
+        compression=_float_list(args.compression, "compression"),
+        seeds=args.seeds,
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        score_batches=args.score_batches,
+        seed=args.seed,
+        eager=args.eager,
+        threads=args.threads,
+        save_dir=args.save_dir,
+    )
+    # the sweep's settings, then the model/data fit checks of pure-prune run, before it trains or writes
+    cfg.check()
+    fit = runconfig.RunConfig(
+        model=cfg.model, data=cfg.data, root=cfg.root, model_cfg=dict(cfg.model_cfg), seed=cfg.seed
+    )
+    run_context.check_fit(fit, *run_context.setup_eager(fit))
+    t0 = time.perf_counter()
+    res = grid.run(cfg, plots=not args.no_plots)
+    if res is not None:  # rank 0 (or the only process)
+        print(res.markdown)
+        print(f"{res.computed} points computed, wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """``pure-prune report``: the table (and plots) of run directories."""
+    from pure_prune import report as reports
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} exists and is not a folder; choose another --out")
+    if not args.no_plots:
+        extras.pyplot("pure-prune report's plots (--no-plots writes the table only)")
+    rows, files = reports.report(args.dirs, args.out, plots=not args.no_plots)
+    print(reports.format_table(rows))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _row(stage: str, metrics: dict, masks, params, seconds: float) -> dict:
+    """One table row. ``sparsity`` and ``weights_kept``/``weights_total`` count the prunable weights
+    (the leaves ``mask.ones_like`` masks); ``params_kept``/``params_total`` every parameter, dense
+    leaves (biases) as kept. ``masks=None``: a dense model."""
+    masks = mask.ones_like(params) if masks is None else masks
+    weights_kept, weights_total = mask.count(masks)
+    kept, total = mask.count(masks, params)
+    return {
+        "stage": stage,
+        "test_accuracy": metrics["accuracy"],
+        "test_loss": metrics["loss"],
+        "sparsity": mask.sparsity(masks),
+        "weights_kept": weights_kept,
+        "weights_total": weights_total,
+        "params_kept": kept,
+        "params_total": total,
+        "seconds": seconds,
+    }
+
+
+def _print_table(rows: list[dict]) -> None:
+    """The rows, then a footnote saying what the sparsity and the kept counts are taken over."""
+    head = (
+        f"{'stage':<28}{'test acc':>10}{'sparsity':>10}{'weights kept':>18}{'params kept':>18}{'seconds':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        weights = f"{r['weights_kept']:,}/{r['weights_total']:,}"
+        params = f"{r['params_kept']:,}/{r['params_total']:,}"
+        print(
+            f"{r['stage']:<28}{100 * r['test_accuracy']:>9.2f}%{100 * r['sparsity']:>9.1f}%"
+            f"{weights:>18}{params:>18}{r['seconds']:>9.1f}"
+        )
+    weights, params = rows[0]["weights_total"], rows[0]["params_total"]
+    print(
+        f"sparsity, weights kept: of the {weights:,} prunable weights (weight matrices and conv kernels); "
+        f"params kept: of all {params:,} parameters, the {params - weights:,} biases and other dense "
+        "ones included (never pruned)"
+    )
+
+
+def _machine() -> str:
+    """The machine type, the processor and torch's CPU threads."""
+    return f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
+
+
+def _experiment(args: argparse.Namespace):
+    """The experiment (steps, data, optimizer) and model init of ``demo``/``train``'s flags."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return setup(
+        args.model,
+        args.data,
+        root=args.root,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        compile=not args.eager,
+    )
+
+
+def _train(args: argparse.Namespace) -> list[dict]:
+    """Dense training: one row."""
+    from pure_prune import train
+
+    t0 = time.perf_counter()
+    exp, init = _experiment(args)
+    k_init, k_data = rng.split(args.seed, 2)
+    params, state = init(k_init)
+    res = train.fit(
+        exp.step,
+        params,
+        state,
+        exp.optimizer.init(params),
+        None,
+        exp.train_batches(k_data),
+        args.epochs,
+        progress=not args.no_progress,
+    )
+    rows = [
+        _row("dense", exp.evaluate(res.params, res.state, None), None, res.params, time.perf_counter() - t0)
+    ]
+    return rows
+
+
+def _demo(args: argparse.Namespace) -> list[dict]:
+    """Dense training, one-shot global magnitude pruning, fine-tuning: three rows."""
+    from pure_prune import train
+
+    t0 = time.perf_counter()
+    exp, init = _experiment(args)
+    k_init, k_data, k_tune = rng.split(args.seed, 3)
+    params, state = init(k_init)
+    all_kept = mask.ones_like(params)  # same tree form as the pruned phase: the steps compile once
+    dense = train.fit(
+        exp.step,
+        params,
+        state,
+        exp.optimizer.init(params),
+        all_kept,
+        exp.train_batches(k_data),
+        args.epochs,
+        progress=not args.no_progress,
+    )
+    dense_metrics = exp.evaluate(dense.params, dense.state, all_kept)
+    rows = [_row("dense", dense_metrics, None, dense.params, time.perf_counter() - t0)]
+    t1 = time.perf_counter()
+    masks = mask.ones_like(dense.params)
+    scores = magnitude.magnitude(dense.params, masks)
+    pruned_params, masks = one_shot.prune(dense.params, masks, scores, args.sparsity)
+    label = f"pruned {100 * args.sparsity:g}% (global |w|)"
+    rows.append(
+        _row(
+            label,
+            exp.evaluate(pruned_params, dense.state, masks),
+            masks,
+            pruned_params,
+            time.perf_counter() - t1,
+        )
+    )
+    t2 = time.perf_counter()
+    tuned = one_shot.run(
+        exp,
+        pruned_params,
+        dense.state,
+        masks,
+        scores,
+        args.sparsity,
+        finetune_epochs=args.finetune_epochs,
+        key=k_tune,
+        progress=not args.no_progress,
+    )
+    rows.append(
+        _row(
+            f"fine-tuned {args.finetune_epochs} epochs",
+            exp.evaluate(tuned.params, tuned.state, tuned.masks),
+            tuned.masks,
+            tuned.params,
+            time.perf_counter() - t2,
+        )
+    )
+    return rows
+
+
+def table(args: argparse.Namespace) -> int:
+    """``pure-prune demo`` and ``pure-prune train``: their rows as a table (and as JSON with ``--out``)."""
+    t0 = time.perf_counter()
+    rows = {"demo": _demo, "train": _train}[args.command](args)
+    wall = time.perf_counter() - t0
+    print(f"\n{args.command}: model {args.model}, data {args.data}, seed {args.seed}, machine: {_machine()}")
+    _print_table(rows)
+    print(f"wall time {wall:.1f} s")
+    if args.out:
+        out = Path(args.out)
+        checkpoint.save_json_atomic(
+            out, {"command": args.command, "args": vars(args), "rows": rows, "wall_seconds": wall}
+        )
+        print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"demo": table, "train": table, "report": report, "sweep": sweep}
+"""The sub-commands of this module by name: each takes the parsed flags, returns the exit status."""
