@@ -5,7 +5,11 @@
    ``select.channels``. Peers: the dense model, the masked model (``mask.apply``: same shapes,
    zeros) and ``compact.compact``'s smaller model, timed interleaved. The limit is the FLOP ratio
    dense/compacted, counted by ``torch.utils.flop_counter.FlopCounterMode``; ``efficiency`` is the
-   measured speedup over that ratio.
+   measured speedup over that ratio. ``compact`` stores convolution weights channels_last
+   (``compact.to_channels_last``); for Conv-4 the same run also times the dense model in that
+   layout and the compacted one in the input's NCHW layout (``channels_last=False``), so
+   ``efficiency_same_layout`` (compacted / dense, both channels_last) and
+   ``efficiency_nchw`` (both NCHW, the layout compact used before) compare like with like.
 2. Unstructured: a 1024x1024 linear, batch 64, at 50/90/95/99% random sparsity: dense
    ``F.linear``; ``F.linear`` with a CSR weight as torch ships it; and ``compact.csr_apply``'s kernel
    (``addmm`` with the sparse weight on the left). Then ``compact.measure_crossover`` on this machine.
@@ -55,6 +59,7 @@ def structured(name: str, reps: int) -> list[dict]:
         masks = select.channels(tree.map(torch.abs, params), s, groups)
         masked = mask.apply(params, masks)
         small_p, small_s, _, _ = compact.compact(params, state, masks, groups)
+        conv = name == "conv4"
         with torch.no_grad():
             want = spec.apply(masked, state, x, train=False)[0]
             got = spec.apply(small_p, small_s, x, train=False)[0]
@@ -64,22 +69,31 @@ def structured(name: str, reps: int) -> list[dict]:
                 "masked": lambda masked=masked: spec.apply(masked, state, x, train=False),
                 "compacted": lambda p=small_p, st=small_s: spec.apply(p, st, x, train=False),
             }
+            if conv:
+                dense_cl = compact.to_channels_last(params)
+                small_nchw = compact.compact(params, state, masks, groups, channels_last=False)[0]
+                runs["dense channels_last"] = lambda p=dense_cl: spec.apply(p, state, x, train=False)
+                runs["compacted NCHW"] = lambda p=small_nchw, st=small_s: spec.apply(p, st, x, train=False)
             f_dense, f_small = flops(runs["dense"]), flops(runs["compacted"])
             timing = time_interleaved(runs, reps=reps, warmup=3)
         dense_ms = timing["dense"]["median_ms"]
         speed = dense_ms / timing["compacted"]["median_ms"]
-        out.append(
-            {
-                "model": name,
-                "channel_sparsity": s,
-                "weight_sparsity": mask.sparsity(masks),
-                "timing": timing,
-                "flop_ratio": f_dense / f_small,
-                "speedup_compacted": speed,
-                "speedup_masked": dense_ms / timing["masked"]["median_ms"],
-                "efficiency": speed / (f_dense / f_small),
-            }
-        )
+        ratio = f_dense / f_small
+        row = {
+            "model": name,
+            "channel_sparsity": s,
+            "weight_sparsity": mask.sparsity(masks),
+            "timing": timing,
+            "flop_ratio": ratio,
+            "speedup_compacted": speed,
+            "speedup_masked": dense_ms / timing["masked"]["median_ms"],
+            "efficiency": speed / ratio,
+        }
+        if conv:
+            ms = {k: v["median_ms"] for k, v in timing.items()}
+            row["efficiency_same_layout"] = ms["dense channels_last"] / ms["compacted"] / ratio
+            row["efficiency_nchw"] = ms["dense"] / ms["compacted NCHW"] / ratio
+        out.append(row)
     return out
 
 
@@ -123,6 +137,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the anchors used 2)")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--structured-only", action="store_true", help="skip the unstructured (CSR) part and the crossover"
+    )
     args = ap.parse_args()
     setup_threads(args.threads)
     rows_s, results = [], {"structured": [], "unstructured": []}
@@ -142,6 +159,8 @@ def main() -> None:
                     r["speedup_compacted"],
                     r["flop_ratio"],
                     r["efficiency"],
+                    r.get("efficiency_same_layout", "-"),
+                    r.get("efficiency_nchw", "-"),
                 ]
             )
     print(
@@ -159,10 +178,15 @@ def main() -> None:
                 "compact x",
                 "FLOP ratio",
                 "efficiency",
+                "eff. both CL",
+                "eff. both NCHW",
             ],
             rows_s,
         )
     )
+    if args.structured_only:
+        print(f"wrote {write_json('inference', results, args.out)}")
+        return
     rows_u = []
     for r in unstructured(args.reps):
         results["unstructured"].append(r)
