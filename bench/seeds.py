@@ -144,7 +144,7 @@ def jax_step(setup: dict):
     return run
 
 
-def bench_step(reps: int) -> dict:
+def bench_step(reps: int, blocks: int = 1) -> dict:
     setup = step_setup()
     opt = optim.sgd(LR, momentum=MOMENTUM)
     opt_state = sweep.init_opt_seeds(opt, setup["params"])
@@ -152,12 +152,19 @@ def bench_step(reps: int) -> dict:
     batch = (setup["x"], setup["y"])
     compiled = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=True)
     eager = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    # the same compiled step fed the bool masks themselves (make_seed_step passes their uint8 views)
+    bool_masks = sweep.seed_step_of(
+        train.make_step(mlp, losses.cross_entropy, opt, compile=False), per_seed_batches=True, compile=True
+    )
     t0 = time.perf_counter()
     out_dense = compiled(*args, None, batch)
     compile_dense_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled(*args, setup["masks"], batch)
+    out_masked = compiled(*args, setup["masks"], batch)
     compile_masked_s = time.perf_counter() - t0
+    out_bool = bool_masks(*args, setup["masks"], batch)
+    for a, b in zip(tree.leaves(out_masked[:3]), tree.leaves(out_bool[:3])):
+        assert a is None or torch.equal(a, b), "bool and uint8 masks gave different steps"
 
     loop_run, loop_weights = torch_loop(setup)
     loop_run()
@@ -170,6 +177,9 @@ def bench_step(reps: int) -> dict:
         "pure_prune vmap+compile": lambda: compiled(*args, None, batch),
         "pure_prune vmap+compile masked": lambda: compiled(*args, setup["masks"], batch),
         "pure_prune vmap eager": lambda: eager(*args, None, batch),
+        "pure_prune vmap+compile masked, bool masks in the graph": lambda: bool_masks(
+            *args, setup["masks"], batch
+        ),
     }
     jx = jax_step(setup)
     if jx is not None:
@@ -179,7 +189,23 @@ def bench_step(reps: int) -> dict:
         checks["JAX vs pure_prune"] = (jx_w - out_dense[0]["fc1"]["weight"]).abs().max().item()
         fns["JAX jit(vmap)"] = jx
         jax_first_s = time.perf_counter() - t0
-    timing = time_interleaved(fns, reps=reps, warmup=5)
+    load0 = os.getloadavg()[0]
+    per_block = [time_interleaved(fns, reps=max(1, reps // blocks), warmup=5 if b == 0 else 1, raw=True)
+                 for b in range(blocks)]  # fmt: skip
+    timing = {}
+    for name in fns:
+        wall = [w for blk in per_block for w in blk[name]["wall_s"]]
+        cpu = [c for blk in per_block for c in blk[name]["cpu_s"]]
+        timing[name] = {"median_ms": statistics.median(wall) * 1e3, "min_ms": min(wall) * 1e3,
+                        "cpu_median_ms": statistics.median(cpu) * 1e3, "reps": len(wall)}  # fmt: skip
+    # the loop over each peer, per block (the peers of a block met the same load), median over blocks
+    block_speedup = {
+        name: statistics.median(
+            blk["torch.optim loop"]["median_ms"] / blk[name]["median_ms"] for blk in per_block
+        )
+        for name in fns
+    }
+    load1 = os.getloadavg()[0]
     base = timing["torch.optim loop"]["median_ms"]
     jax_ms = timing.get("JAX jit(vmap)", {}).get("median_ms")
     rows = [
@@ -188,6 +214,7 @@ def bench_step(reps: int) -> dict:
             t["median_ms"],
             t["min_ms"],
             base / t["median_ms"],
+            block_speedup[name],
             (jax_ms / t["median_ms"]) if jax_ms else "-",
         ]
         for name, t in timing.items()
@@ -195,8 +222,8 @@ def bench_step(reps: int) -> dict:
     print(
         table(
             f"One SGD-momentum step, {SEEDS} seeds x MLP {'-'.join(map(str, SIZES))}, batch {BATCH} per seed "
-            f"(median of {reps})",
-            ["peer", "median ms", "min ms", "x vs loop", "x vs JAX"],
+            f"(median of {reps}, {blocks} blocks, {torch.get_num_threads()} threads, load {load0:.1f} -> {load1:.1f})",
+            ["peer", "median ms", "min ms", "x vs loop", "per block", "x vs JAX"],
             rows,
         )
     )
@@ -213,6 +240,10 @@ def bench_step(reps: int) -> dict:
         },  # fmt: skip
         "timing": timing,
         "speedup_vs_loop": {n: base / t["median_ms"] for n, t in timing.items()},
+        "speedup_vs_loop_median_of_blocks": block_speedup,
+        "blocks": blocks,
+        "threads": torch.get_num_threads(),
+        "load": [load0, load1],
         "ratio_jax_over": {n: jax_ms / t["median_ms"] for n, t in timing.items()} if jax_ms else None,
         "compile_s": {"dense": compile_dense_s, "masked": compile_masked_s},
         "jax_first_call_s": jax_first_s if jx is not None else None,
@@ -409,6 +440,9 @@ def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--blocks", type=int, default=1, help="step section: timed in this many blocks")
+    ap.add_argument("--threads", type=int, default=2, help="step section: torch.set_num_threads")
+    ap.add_argument("--skip-step", action="store_true", help="leave the one-step section out")
     ap.add_argument("--train-epochs", type=int, default=5)
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument(
@@ -446,7 +480,7 @@ def main() -> None:
         return
     if args.reps < 20:
         raise SystemExit("--reps must be >= 20")
-    setup_threads()
+    setup_threads(args.threads)
     payload: dict = {}
     if args.only_runner:  # keep the sections of the last full run, each with its machine
         old = Path(args.out) if args.out else RESULTS / "seeds.json"
@@ -455,7 +489,8 @@ def main() -> None:
             payload = {k: {"machine": stored.get("machine"), **v} if isinstance(v, dict) and "machine" not in v else v
                        for k, v in stored.items() if k != "machine"}  # fmt: skip
     else:
-        payload["step"] = bench_step(args.reps)
+        if not args.skip_step:
+            payload["step"] = bench_step(args.reps, args.blocks)
         if not args.skip_pipeline:
             print("pipeline variants (each in a fresh process):", flush=True)
             payload["pipeline"] = bench_pipeline(

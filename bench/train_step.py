@@ -87,17 +87,17 @@ LR, MOMENTUM, SPARSITY = 0.05, 0.9, 0.8
 
 
 # ------------------------------------------------------------------------------------------ data
-def case_setup(name: str):
-    """``(spec, params, state, batch)`` of a case, deterministic."""
+def case_setup(name: str, batch_size: int = 128):
+    """``(spec, params, state, batch)`` of a case, deterministic (``batch_size`` rows for the MLPs)."""
     if name == "mlp":
         ds = data.load("digits")
         spec = model_registry.get("mlp")
-        batch = (ds.x_train[:128].contiguous(), ds.y_train[:128].contiguous())
+        batch = (ds.x_train[:batch_size].contiguous(), ds.y_train[:batch_size].contiguous())
         params, state = spec.init(0)
     elif name == "lenet300":
         spec = model_registry.get("lenet300")
         g = torch.Generator().manual_seed(0)
-        batch = (torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g))
+        batch = (torch.randn(batch_size, 784, generator=g), torch.randint(0, 10, (batch_size,), generator=g))
         params, state = spec.init(0)
     elif name == "resnet20":
         spec = model_registry.get("resnet20")
@@ -276,11 +276,12 @@ def jax_runner(params, masks, batch):
 # ------------------------------------------------------------------------------------------ main
 HOOKS = "torch.nn.utils.prune + torch.optim"
 SHIPPED = "pure_prune make_step"
+EAGER = f"{SHIPPED}, compile=False"
 
 
-def build(name: str, variants: bool):
+def build(name: str, variants: bool, batch_size: int = 128):
     """``(fns, first_call_s, first_loss)``: one closure per peer, each already past its first call."""
-    spec, params, state, batch = case_setup(name)
+    spec, params, state, batch = case_setup(name, batch_size)
     masks = global_l1_masks(params)
     loss = losses.cross_entropy
     opt = optim.sgd(LR, momentum=MOMENTUM)
@@ -288,6 +289,9 @@ def build(name: str, variants: bool):
     runs = {
         SHIPPED: (train.make_step(spec, loss, opt), masks),
         f"{SHIPPED}, premasked=True": (train.make_step(spec, loss, opt, premasked=True), masks),
+        EAGER: (train.make_step(spec, loss, opt, compile=False), masks),
+        f"{EAGER}, premasked=True": (train.make_step(spec, loss, opt, compile=False, premasked=True), masks),
+        f"{EAGER}, loss=F.cross_entropy": (train.make_step(spec, F.cross_entropy, opt, compile=False), masks),
     }
     if variants:
         raw = train.make_step(spec, loss, opt, compile=False)
@@ -313,10 +317,10 @@ def build(name: str, variants: bool):
     return fns, first_s, first_loss
 
 
-def jax_child(name: str) -> None:
+def jax_child(name: str, batch_size: int) -> None:
     """In a fresh process: build the JAX step of case ``name``, print ``{"first_loss", "first_call_s"}``,
     then for every stdin line ``"<n>"`` run ``n`` timed calls and print ``[[wall_s, cpu_s], ...]``."""
-    _, params, _, batch = case_setup(name)
+    _, params, _, batch = case_setup(name, batch_size)
     run = jax_runner(params, global_l1_masks(params), batch)
     if run is None:
         print(json.dumps(None), flush=True)
@@ -333,13 +337,22 @@ def jax_child(name: str) -> None:
         print(json.dumps(out), flush=True)
 
 
-def jax_process(name: str, threads: int) -> tuple[subprocess.Popen, dict] | None:
+def jax_process(name: str, threads: int, batch_size: int) -> tuple[subprocess.Popen, dict] | None:
     """The JAX peer in a process of its own (in one process, XLA's thread pool and libgomp's
     OpenMP threads stall each other on two cores), waiting for work on stdin."""
     env = dict(os.environ)
     if threads == 1:  # XLA's own thread pool, before jax is imported
         env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    cmd = [sys.executable, __file__, "--jax-child", name, "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--jax-child",
+        name,
+        "--threads",
+        str(threads),
+        "--batch",
+        str(batch_size),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     head = json.loads(proc.stdout.readline())
     if head is None:
@@ -388,13 +401,25 @@ def time_alternating(
         else:
             wall = [w for p in parts for w in p["wall_s"]]
             cpu = [c for p in parts for c in p["cpu_s"]]
+        if label == "JAX jit":
+            blocks_ms = [statistics.median(w for w, _ in p["raw"]) * 1e3 for p in parts]
+        else:
+            blocks_ms = [statistics.median(p["wall_s"]) * 1e3 for p in parts]
         out[label] = {
             "median_ms": statistics.median(wall) * 1e3,
             "min_ms": min(wall) * 1e3,
             "cpu_median_ms": statistics.median(cpu) * 1e3,
             "reps": len(wall),
+            "block_medians_ms": blocks_ms,
         }
     return out
+
+
+def block_ratio(timing: dict, base: str, label: str) -> float:
+    """The median over blocks of ``base``'s block median over ``label``'s: a ratio of peers that
+    met the same load (each block is a few hundred milliseconds)."""
+    pairs = zip(timing[base]["block_medians_ms"], timing[label]["block_medians_ms"])
+    return statistics.median(b / t for b, t in pairs)
 
 
 def main() -> None:
@@ -409,24 +434,25 @@ def main() -> None:
         action="store_true",
         help="torch peers take turns call by call (each evicts the others' data); default: back to back",
     )
+    ap.add_argument("--batch", type=int, default=128, help="batch rows of the MLP cases")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (and XLA's, at 1)")
     ap.add_argument("--jax-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     setup_threads(args.threads)
     if args.jax_child:
-        jax_child(args.jax_child)
+        jax_child(args.jax_child, args.batch)
         return
     results = {}
     for name in args.cases:
-        fns, first_s, first = build(name, args.variants and name != "resnet20")
+        fns, first_s, first = build(name, args.variants and name != "resnet20", args.batch)
         ref = first[SHIPPED]
         for k, v in first.items():
             if k not in ("dense eager", "GEMMs alone (eager, same shapes)"):
                 assert abs(v - ref) <= 1e-4 * max(1.0, abs(ref)), (
                     f"{name}: first loss of {k} is {v}, not {ref}"
                 )
-        jx = None if name == "resnet20" or args.no_jax else jax_process(name, args.threads)
+        jx = None if name == "resnet20" or args.no_jax else jax_process(name, args.threads, args.batch)
         proc = None
         if jx is not None:
             proc, head = jx
@@ -448,6 +474,7 @@ def main() -> None:
                 t["min_ms"],
                 t["cpu_median_ms"],
                 hooks / t["median_ms"],
+                block_ratio(timing, HOOKS, label),
                 jax_ms / t["median_ms"] if jax_ms else "-",
                 first_s.get(label, 0.0),
             ]
@@ -459,13 +486,30 @@ def main() -> None:
             table(
                 f"\n{name}: masked SGD-momentum step, {int(SPARSITY * 100)}% global L1, "
                 f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, {reps} reps ({load})",
-                ["peer", "median ms", "min ms", "cpu ms", "hooks/this", "JAX/this", "first call s"],
+                [
+                    "peer",
+                    "median ms",
+                    "min ms",
+                    "cpu ms",
+                    "hooks/this",
+                    "per block",
+                    "JAX/this",
+                    "first call s",
+                ],
                 rows,
             )
         )
-        results[name] = {"timing": timing, "first_call_s": first_s, "first_loss": first, "load": [load0]}
+        results[name] = {
+            "timing": timing,
+            "hooks_over_this_per_block": {label: block_ratio(timing, HOOKS, label) for label in timing},
+            "first_call_s": first_s,
+            "first_loss": first,
+            "load": [load0, os.getloadavg()[0]],
+        }
     path = write_json(
-        "train_step", {"sparsity": SPARSITY, "threads": args.threads, "cases": results}, args.out
+        "train_step",
+        {"sparsity": SPARSITY, "threads": args.threads, "batch": args.batch, "cases": results},
+        args.out,
     )
     print(f"\nwrote {path}")
 

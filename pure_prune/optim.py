@@ -81,10 +81,14 @@ class Optimizer(NamedTuple):
     * ``update(grads, opt_state, params, masks=None) -> (updates, new_opt_state)``: ``updates`` has
       the structure and shapes of ``params``; add them with :func:`apply_updates`.
     * ``current_lr(opt_state) -> Tensor``: the float32 ``()`` learning rate the next update uses.
-    * ``update_leaves(grads, opt_state, params, factors) -> (updates, new_opt_state)``: the same
-      update over leaf lists (``tree.leaves`` order; ``factors`` from :func:`mask_factors`),
-      without the tree checks, for a caller that flattens once per step and has checked the trees
-      (``train.make_step``'s eager path). ``None`` for an optimizer that has only ``update``.
+    * ``update_leaves(grads, opt_state, params, factors, grads_masked=False) -> (updates,
+      new_opt_state)``: the same update over leaf lists (``tree.leaves`` order; ``factors`` from
+      :func:`mask_factors`), without the tree checks, for a caller that flattens once per step and
+      has checked the trees (``train.make_step``'s eager path); the updates are new tensors, which
+      the caller may overwrite (no state or input shares them). ``grads_masked=True`` promises
+      grads that are already ``g * factor`` (the gradient of a forward pass on ``W * M``), which
+      skips that product: masking twice gives the same values. ``None`` for an optimizer that
+      has only ``update``.
     """
 
     init: Callable[[Params], OptState]
@@ -344,6 +348,24 @@ def _sqrt(xs: list[Tensor]) -> list[Tensor]:
     return list(torch._foreach_sqrt(xs)) if _foreach() else [torch.sqrt(x) for x in xs]
 
 
+def _iadd(own: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
+    """``[x + y]`` computed into ``own`` in eager code: ``own`` must be tensors this update made
+    (nothing the caller passed in or gets back elsewhere), so no input is modified."""
+    if _foreach():
+        torch._foreach_add_(own, ys)
+        return own
+    return [x + y for x, y in zip(own, ys)]
+
+
+def _imask(own: list[Tensor], factors: Sequence[Tensor | None]) -> list[Tensor]:
+    """:func:`apply_factors` computed into ``own`` (tensors this update made) in eager code."""
+    idx = [i for i, f in enumerate(factors) if f is not None]
+    if not idx or not _foreach():
+        return apply_factors(own, factors)
+    torch._foreach_mul_([own[i] for i in idx], [factors[i] for i in idx])  # type: ignore[misc]
+    return own
+
+
 def mask_factors(masks: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor | None]:
     """The masks as multiplicative factors: ``1.0`` kept, ``0.0`` pruned, in each param's dtype.
 
@@ -492,19 +514,25 @@ def sgd(
         return state
 
     def update_leaves(
-        grads: list[Tensor], opt_state: OptState, params: list[Tensor], factors: Sequence[Tensor | None]
+        grads: list[Tensor],
+        opt_state: OptState,
+        params: list[Tensor],
+        factors: Sequence[Tensor | None],
+        grads_masked: bool = False,
     ) -> tuple[list[Tensor], OptState]:
         if _checking():
             _check_state(opt_state, ["count", "lr_override", "lr_override_on", *keys])
         rate = _current_lr(schedule, opt_state)
-        g = _add(grads, _mul(params, wd)) if wd else grads
-        g = apply_factors(g, factors)
+        if wd:
+            g = _imask(_add(grads, _mul(params, wd)), factors)
+        else:
+            g = grads if grads_masked else apply_factors(grads, factors)
         new_state = {**opt_state, "count": opt_state["count"] + 1}
         d = g
         if mu > 0:
             bufs, spec = _state_leaves(opt_state, "momentum", params)
-            buf = apply_factors(_add(_mul(bufs, mu), g), factors)
-            d = _add(g, _mul(buf, mu)) if nesterov else buf
+            buf = _imask(_iadd(_mul(bufs, mu), g), factors)
+            d = _iadd(_mul(buf, mu), g) if nesterov else buf  # mu * b + g == g + mu * b exactly
             new_state["momentum"] = tree.unflatten(spec, buf)
         dtypes = {x.dtype for x in d}
         if len(dtypes) == 1:
@@ -538,7 +566,11 @@ def _adam(
         }
 
     def update_leaves(
-        grads: list[Tensor], opt_state: OptState, params: list[Tensor], factors: Sequence[Tensor | None]
+        grads: list[Tensor],
+        opt_state: OptState,
+        params: list[Tensor],
+        factors: Sequence[Tensor | None],
+        grads_masked: bool = False,
     ) -> tuple[list[Tensor], OptState]:
         if _checking():
             _check_state(opt_state, ["count", "lr_override", "lr_override_on", "mu", "nu"])
@@ -548,10 +580,13 @@ def _adam(
         root_bc2 = torch.sqrt(1.0 - torch.pow(b2, t))
         mu_old, spec = _state_leaves(opt_state, "mu", params)
         nu_old, nu_spec = _state_leaves(opt_state, "nu", params)
-        g = _add(grads, _mul(params, coupled_wd)) if coupled_wd else grads
-        g = apply_factors(g, factors)
-        mus = apply_factors(_add(mu_old, _mul(_sub(g, mu_old), 1.0 - b1)), factors)
-        nus = apply_factors(_add(_mul(nu_old, b2), _mul(_mul(g, g), 1.0 - b2)), factors)
+        if coupled_wd:
+            g = _imask(_add(grads, _mul(params, coupled_wd)), factors)
+        else:
+            g = grads if grads_masked else apply_factors(grads, factors)
+        # mu + (1 - b1) * (g - mu) and b2 * nu + (1 - b2) * g**2, each product and sum as before
+        mus = _imask(_iadd(_mul(_sub(g, mu_old), 1.0 - b1), mu_old), factors)
+        nus = _imask(_iadd(_mul(nu_old, b2), _mul(_mul(g, g), 1.0 - b2)), factors)
         if len({p.dtype for p in params}) == 1:
             dtype = params[0].dtype
             denom = _add_scalar(_div(_sqrt(nus), root_bc2.to(dtype)), eps_)

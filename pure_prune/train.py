@@ -184,13 +184,10 @@ def _checker(apply: Callable[..., Any]) -> Callable[[Params, Params, Params | No
     return check
 
 
-def _plain_eager(params: Params) -> bool:
-    """Whether a step may take :func:`_leaf_step`'s path: eager code (not traced by dynamo), no
-    ``torch.func`` transform active (a vmapped seed step), and no param that autograd tracks
-    (a caller differentiating through the step needs ``torch.func``'s nesting)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
-    return not any(isinstance(p, Tensor) and p.requires_grad for p in tree.leaves(params))
+def _plain_eager() -> bool:
+    """Whether a step may take :func:`_leaf_step`'s path: eager code (not traced by dynamo) and no
+    ``torch.func`` transform active (a vmapped seed step)."""
+    return not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
 
 
 def _detached(x: Any) -> Any:
@@ -198,9 +195,11 @@ def _detached(x: Any) -> Any:
 
 
 def _leaf_step(
-    apply: Callable[..., Any], loss: Loss, optimizer: Optimizer, premasked: bool, extra: Metrics
+    apply: Callable[..., Any], loss: Loss, optimizer: Optimizer, premasked: bool, extra: Metrics, body: Step
 ) -> Step:
-    """:func:`make_step`'s step for plain eager code, over the leaf list of ``params``.
+    """:func:`make_step`'s step for plain eager code, over the leaf list of ``params``; ``body``
+    (the ``torch.func`` step) for params that autograd tracks (a caller differentiating through
+    the step needs ``torch.func``'s nesting).
 
     The same arithmetic as the ``torch.func`` body, with the Python work that does not depend on
     the batch cut out: the params are flattened once; the masks become ``0.0``/``1.0`` factors
@@ -213,10 +212,30 @@ def _leaf_step(
     ``+0.0``); ``tests/test_train_eager.py`` holds them to it.
     """
 
+    memo: list[Any] = []  # [(mask leaves, their versions, param dtypes), factors] of the last call
+
+    def factors_of(masks: Params | None, p_leaves: list[Tensor]) -> list[Tensor | None]:
+        """``optim.mask_factors``, converted again only when the mask tensors (identity and
+        in-place version) or the params' dtypes change: once per stage, not once per step."""
+        if masks is None:
+            return [None] * len(p_leaves)
+        m_leaves = tree.leaves(masks)
+        try:
+            key = (m_leaves, [m._version for m in m_leaves if m is not None], [p.dtype for p in p_leaves])
+        except RuntimeError:  # inference tensors keep no version counter: convert every call
+            return mask_factors(m_leaves, p_leaves)
+        if memo and len(memo[0][0]) == len(m_leaves) and memo[0][1:] == key[1:]:
+            if all(a is b for a, b in zip(memo[0][0], m_leaves)):
+                return memo[1]
+        memo[:] = [key, mask_factors(m_leaves, p_leaves)]
+        return memo[1]
+
     def step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
         x, *targets = batch
         p_leaves, spec = tree.flatten(params)
-        factors = [None] * len(p_leaves) if masks is None else mask_factors(tree.leaves(masks), p_leaves)
+        if any(not isinstance(p, Tensor) or p.requires_grad for p in p_leaves):
+            return body(params, state, opt_state, masks, batch)  # its checks name a bad leaf
+        factors = factors_of(masks, p_leaves)
         with torch.enable_grad():
             live = [p.detach().requires_grad_() for p in p_leaves]
             seen = live if premasked else apply_factors(live, factors)
@@ -224,14 +243,21 @@ def _leaf_step(
             value = loss(out, *targets)
             grads = list(torch.autograd.grad(value, live, materialize_grads=True))
         out = out.detach()
-        if optimizer.update_leaves is not None:
-            updates, new_opt_state = optimizer.update_leaves(grads, opt_state, p_leaves, factors)
+        if optimizer.update_leaves is not None:  # the gradient of W * M is already masked
+            updates, new_opt_state = optimizer.update_leaves(
+                grads, opt_state, p_leaves, factors, grads_masked=not premasked
+            )
+            new_leaves = list(updates)  # new tensors of this update: u + p in place, = p + u
+            torch._foreach_add_(new_leaves, p_leaves)
         else:  # an optimizer with a tree update only (e.g. rsst.penalized's)
             tree_updates, new_opt_state = optimizer.update(
                 tree.unflatten(spec, grads), opt_state, params, masks
             )
-            updates = tree.leaves(tree_updates)
-        new_params = tree.unflatten(spec, apply_factors(torch._foreach_add(p_leaves, updates), factors))
+            new_leaves = list(torch._foreach_add(p_leaves, tree.leaves(tree_updates)))
+        masked = [i for i, f in enumerate(factors) if f is not None]
+        if masked:  # in place on the new leaves: the params masked again, as W * M
+            torch._foreach_mul_([new_leaves[i] for i in masked], [factors[i] for i in masked])
+        new_params = tree.unflatten(spec, new_leaves)
         found = {"accuracy": accuracy(out, targets[0])} if class_labels(out, targets[0]) else {}
         found["loss"] = value.detach()
         found.update({name: fn(out, *targets).detach() for name, fn in extra.items()})
@@ -311,12 +337,7 @@ def make_step(
 
     grad_and_value = torch.func.grad_and_value(objective, has_aux=True)
 
-    compiled = compile or compiler is not None
-    leaf_step = None if compiled else _leaf_step(apply, loss, optimizer, premasked, extra)
-
-    def step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
-        if leaf_step is not None and _plain_eager(params):
-            return leaf_step(params, state, opt_state, masks, batch)
+    def body(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
         x, *targets = batch
         grads, (value, (out, new_state)) = grad_and_value(params, state, masks, x, targets)
         updates, new_opt_state = optimizer.update(grads, opt_state, params, masks)
@@ -325,6 +346,14 @@ def make_step(
         found["loss"] = value.detach()
         found.update({name: fn(out, *targets).detach() for name, fn in extra.items()})
         return new_params, new_state, new_opt_state, found
+
+    compiled = compile or compiler is not None
+    leaf_step = None if compiled else _leaf_step(apply, loss, optimizer, premasked, extra, body)
+
+    def step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
+        if leaf_step is not None and _plain_eager():
+            return leaf_step(params, state, opt_state, masks, batch)
+        return body(params, state, opt_state, masks, batch)
 
     run = _compiled(step, compile, backend, compiler)
     check = _checker(apply)
