@@ -1366,8 +1366,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (TESTING + "test_whole_rows_and_blocks",),
     ),
     Mutant(
-        "invariant-vmapped-first-seed-only",
-        "vmapped_equals_loop compares nothing",
+        "invariant-close-noop",
+        "the tensor comparison of vmapped_equals_loop and compacted_equals_masked accepts anything",
         "pure_prune.testing.invariants:_close",
         lambda orig, mod: _noop,
         (TESTING + "test_vmapped_equals_loop_catches_hidden_state",),
