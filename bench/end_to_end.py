@@ -1,0 +1,173 @@
+"""End to end: the 20-round lottery-ticket run on the digits MLP, ``pure-prune run`` against its eager peer.
+
+    OMP_NUM_THREADS=1 python bench/end_to_end.py            # the full table (minutes)
+    python bench/end_to_end.py --quick                       # 1 round of 1 epoch, a smoke test
+
+One process drives subprocesses, each timed wall clock from start to exit (imports, data, compile
+and start-up included), one thread each (``--threads 1``; ``OMP_NUM_THREADS=1`` for the peer):
+
+* ``peer``: ``bench/peer_lottery.py`` (nn.Module, ``torch.nn.utils.prune`` hooks, ``torch.optim.SGD``)
+* ``cold``: ``pure-prune run --method imp`` with an empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``)
+* ``warm``: the same with the cache the cold run filled
+* ``eager``: ``pure-prune run --eager``
+* ``seeds``: ``pure-prune run --seeds N`` (one vmapped program; same cache dir, whose single-seed
+  entries do not cover the vmapped graph) against ``N sequential peers`` (seeds 0..N-1)
+* ``compute limit``: one compiled training step's median time (``--step-time``, in a subprocess
+  with the filled cache) times the steps a seed takes: ``(rounds + 1) * epochs * (1437 // 64)``,
+  and ``N`` times that for the seeds; what the run would take with nothing but its steps.
+
+Settings: rate 0.2, batch 64, SGD lr 0.05 momentum 0.9, evaluation after every epoch. Writes a
+table (wall s, ratio to the peer) and ``bench/results/end_to_end.json`` with the machine and the
+load average before and after (a shared machine: a 1-minute load above its core count means the
+times are inflated and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TRAIN_SIZE, BATCH = 1437, 64  # the digits train split and the batch size of both programs
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run ``cmd``; its wall seconds and last stdout line. Raises ``RuntimeError`` if it fails."""
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    lines = done.stdout.strip().splitlines()
+    return {"wall_s": wall, "last_line": lines[-1] if lines else ""}
+
+
+def _step_time(reps: int, backend: str) -> None:
+    """Print the median seconds of one training step of the digits MLP (masks all kept), compiled
+    unless ``backend`` is ``eager``."""
+    import torch
+
+    from pure_prune import mask
+    from pure_prune.experiment import setup
+
+    torch.set_num_threads(1)
+    exp, init = setup("mlp", "digits", batch_size=BATCH, compile=backend != "eager")
+    params, state = init(0)
+    masks, opt_state = mask.ones_like(params), exp.optimizer.init(params)
+    batch = next(exp.train_batches(0)(0))
+    times = []
+    for i in range(reps + 5):  # the first calls compile
+        t0 = time.perf_counter()
+        params, state, opt_state, _ = exp.step(params, state, opt_state, masks, batch)
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"step_s": statistics.median(times)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20, help="pruning rounds (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs per round (default: %(default)s)")
+    ap.add_argument("--seeds", type=int, default=8, help="seeds of the vmapped run (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="1 round, 1 epoch, 2 seeds: a smoke test")
+    ap.add_argument(
+        "--out", default=str(HERE / "results" / "end_to_end.json"), help="JSON (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--backend",
+        default="inductor",
+        choices=("inductor", "aot_eager", "eager"),
+        help="torch.compile backend of the compiled runs; not inductor only to test this script quickly "
+        "(default: %(default)s)",
+    )
+    ap.add_argument("--step-time", type=int, default=None, metavar="REPS", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.step_time is not None:
+        return _step_time(args.step_time, args.backend)
+    if args.quick:
+        args.rounds, args.epochs, args.seeds = 1, 1, 2
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="pp-e2e-"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}
+    py = sys.executable
+    peer = [py, str(HERE / "peer_lottery.py"), "--rounds", str(args.rounds), "--epochs", str(args.epochs)]
+    run = [py, "-m", "pure_prune", "run", "--method", "imp", "--model", "mlp", "--data", "digits"]
+    run += ["--rate", "0.2", "--pruning-times", str(args.rounds), "--epochs", str(args.epochs)]
+    run += [
+        "--batch-size",
+        str(BATCH),
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    rows: dict[str, dict] = {}
+
+    def one(name: str, cmd: list[str]) -> None:
+        rows[name] = _timed(cmd, env)
+        print(f"  {name}: {rows[name]['wall_s']:.1f} s  ({rows[name]['last_line']})", flush=True)
+
+    one("peer (eager nn.Module + prune hooks + torch.optim)", peer)
+    one("pure-prune run, cold (empty inductor cache)", [*run, "--save-dir", str(tmp / "cold")])
+    one("pure-prune run, warm (cache filled)", [*run, "--save-dir", str(tmp / "warm")])
+    one("pure-prune run --eager", [*run, "--eager", "--save-dir", str(tmp / "eager")])
+    one(
+        f"pure-prune run --seeds {args.seeds}",
+        [*run, "--seeds", str(args.seeds), "--save-dir", str(tmp / "seeds")],
+    )
+    t0 = time.perf_counter()
+    for seed in range(args.seeds):
+        _timed([*peer, "--seed", str(seed)], env)
+    rows[f"{args.seeds} peers one after another"] = {"wall_s": time.perf_counter() - t0, "last_line": ""}
+    step = json.loads(
+        _timed([py, __file__, "--step-time", "50", "--backend", args.backend], env)["last_line"]
+    )["step_s"]
+    steps = (args.rounds + 1) * args.epochs * (TRAIN_SIZE // BATCH)
+    rows["compute limit, 1 seed (compiled step x steps)"] = {"wall_s": step * steps, "last_line": ""}
+    rows[f"compute limit, {args.seeds} seeds"] = {"wall_s": args.seeds * step * steps, "last_line": ""}
+    load_after = os.getloadavg()
+
+    base = rows["peer (eager nn.Module + prune hooks + torch.optim)"]["wall_s"]
+    width = max(map(len, rows))
+    lines = [f"| {'program':<{width}} | wall s | vs peer |", f"|{'-' * (width + 2)}|-------:|--------:|"]
+    lines += [f"| {k:<{width}} | {r['wall_s']:6.1f} | {r['wall_s'] / base:7.2f} |" for k, r in rows.items()]
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
+    machine = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "threads": 1}
+    import torch  # the version only, after every timed run
+
+    machine["torch"] = torch.__version__
+    print(
+        f"\n{args.rounds} rounds x {args.epochs} epochs, {steps} steps per seed, one step {1e3 * step:.2f} ms"
+    )
+    print("\n".join(lines))
+    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
+          f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "settings": {"backend": args.backend, "rounds": args.rounds, "epochs": args.epochs, "seeds": args.seeds, "rate": 0.2,
+                     "batch_size": BATCH, "lr": 0.05, "momentum": 0.9, "steps_per_seed": steps},
+        "step_s": step,
+        "rows": {k: {**r, "ratio_to_peer": r["wall_s"] / base} for k, r in rows.items()},
+        "machine": machine,
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(load_after),
+    }  # fmt: skip
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
