@@ -9,10 +9,15 @@ drifts with it); its milliseconds are the median, and the ratio of the fastest t
 
 * Hessian diagonal (exact for this ReLU net): pure_prune's GGN route (linear taps / generic vmap)
   vs BackPACK ``DiagHessian`` (skipped with a note when BackPACK is not installed).
-* Hutchinson, K = 64: pure_prune (vmapped forward-over-reverse HVPs), the same HVP under
+* Hutchinson, K = 64: pure_prune (vmapped forward-over-reverse HVPs), the same with
+  ``compile=True`` (its block of HVPs compiled once, from the second call), the HVP under
   ``torch.compile``, and the PyHessian-style loop of double-backward HVPs.
-* Gradient SNR over per-sample gradients: pure_prune (linear taps / generic ``vmap(grad)``), a compiled
-  ``vmap(grad)`` with the reduction in the graph, the per-sample loop, BackPACK ``BatchGrad`` + ``Variance``.
+* Gradient SNR over per-sample gradients: pure_prune (linear taps: one ``make_fx`` graph per shape,
+  run eagerly / generic ``vmap(grad)``), a compiled ``vmap(grad)`` with the reduction in the graph,
+  the per-sample loop, BackPACK ``BatchGrad`` + ``Variance``.
+* FLOPs of the main cases over the unit's (``FlopCounterMode``): the x-unit a case would reach at
+  the unit's arithmetic efficiency (SNR 1.36: the moments need a second product per layer;
+  Hutchinson K = 64: ~120).
 * Hutchinson relative L2 error against the exact diagonal for K = 1, 4, 16, 64, 256, with seconds.
 * Default calls (no trace passed: the scores take their trace, and ``hessian_diag``'s exactness
   check, from the memo ``importance.trace_cache.TRACES``) against the calls given a pre-built
@@ -436,14 +441,50 @@ def add_compiled(s: dict, groups: dict[str, dict[str, Callable]]) -> dict[str, f
     def snr_compiled() -> dict:
         return snr_c(params, x, y)
 
+    def hutch_compile_option() -> tree.Tree:
+        return H.hessian_diag(
+            s["loss_fn"], params, (x, y), method="hutchinson", probes=64, key=0, compile=True
+        )
+
     compile_s = {}
-    for name, f in (("hvp", hutch_compiled), ("snr", snr_compiled)):
+    hutch_compile_option()  # the first call with these shapes runs eagerly; the second compiles
+    for name, f in (
+        ("hvp", hutch_compiled),
+        ("snr", snr_compiled),
+        ("hessian_diag compile=True", hutch_compile_option),
+    ):
         t0 = time.perf_counter()
         f()
         compile_s[name] = time.perf_counter() - t0
     groups["Hutchinson K=64"]["torch.compile(pure_prune hvp), probes drawn once"] = hutch_compiled
+    groups["Hutchinson K=64"]["pure_prune hessian_diag hutchinson, compile=True"] = hutch_compile_option
     groups["gradient SNR"]["torch.compile(vmap(grad) + SNR reduction)"] = snr_compiled
     return compile_s
+
+
+def flop_ratios(s: dict) -> dict[str, float]:
+    """FLOPs (``torch.utils.flop_counter.FlopCounterMode``: matrix products) of one call of the
+    main cases over those of the unit: the ratio a case reaches when it computes as efficiently
+    as the unit, the floor of its x-unit figure at equal efficiency."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params, loss_fn, x, y = s["params"], s["loss_fn"], s["x"], s["y"]
+
+    def count(fn: Callable[[], object]) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    unit = count(lambda: module_fwd_bwd(s["net"], x, y))
+    cases = {
+        "gradient_snr (linear taps)": lambda: G.gradient_snr(loss_fn, params, (x, y)),
+        "gradient_stats, all 7 (linear taps)": lambda: G.gradient_stats(loss_fn, params, (x, y)),
+        "ggn_diag (linear taps)": lambda: H.ggn_diag(loss_fn, params, (x, y)),
+        "hessian_diag hutchinson K=64": lambda: H.hessian_diag(
+            loss_fn, params, (x, y), method="hutchinson", probes=64, key=0
+        ),
+    }
+    return {"unit_mflop": unit / 1e6, **{k: count(f) / unit for k, f in cases.items()}}
 
 
 def cpu_pressure() -> float | None:
@@ -631,6 +672,7 @@ def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
             "model": "mlp 64-256-256-10 ReLU, float32, digits batch 128",
             "linear_taps_trace_s": {"first": trace_s, "again": trace_again_s},
             "compile_s": compile_s,
+            "flop_ratio_to_unit": flop_ratios(s),
             "load_average_1min": {"start": load_start, "after_timing": os.getloadavg()[0]},
             "notes": notes,
         },
@@ -691,6 +733,13 @@ def report(res: dict) -> None:
     )
     for name, sec in res["meta"]["compile_s"].items():
         print(f"torch.compile {name}: {sec:.1f} s to first result")
+    flops = res["meta"]["flop_ratio_to_unit"]
+    print(
+        f"FLOPs over the unit's {flops['unit_mflop']:.1f} MFLOP (the x-unit floor at the unit's efficiency):"
+    )
+    for name, ratio in flops.items():
+        if name != "unit_mflop":
+            print(f"  {name:<56s} {ratio:8.2f}")
     group = None
     for c in res["cases"]:
         if c["group"] != group:

@@ -1,6 +1,10 @@
-"""The traced fast path of the per-sample moments equals the eager one, bit for bit on CPU."""
+"""Faster routes equal the previous ones, bit for bit on CPU: the traced fast path of the
+per-sample moments against the eager one, the byte-table Rademacher probes of Hutchinson against
+the shift-unpacked ones."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ from _importance_nets import cnn, cnn_params, dense
 
 from pure_prune import losses, rng, tree
 from pure_prune.importance import gradient as G
+from pure_prune.importance import hessian as H
 from pure_prune.importance._functional import batch_moments, prepare, resolve_taps, traced_moments
 from pure_prune.importance.trace_cache import TRACES
 
@@ -79,3 +84,18 @@ def test_a_callable_output_loss_runs_eagerly():
     assert taps.layers and not traced_moments(problem, taps, problem.batches[0])
     for s in STATS:
         assert torch.equal(traced[s], eager[s]), s
+
+
+@pytest.mark.parametrize("width", [(3, 5), (4, 8)])  # 15 + 3 and 32 + 4 entries: partial and whole words
+def test_hutchinson_probes_from_the_byte_table_equal_the_shifted_bits(monkeypatch, width):
+    params = {"b": torch.zeros(width[0]), "w": torch.zeros(width)}
+
+    def loss(p, batch):  # rows of w couple all their entries: the estimate depends on every sign
+        return 0.5 * ((p["w"].sum(1) * batch[0]).square().sum() + (p["b"] * batch[0]).square().sum())
+
+    def probes(order):
+        monkeypatch.setattr(sys, "byteorder", order)
+        return H.hessian_diag(loss, params, (torch.ones(1),), method="hutchinson", probes=5, key=11)
+
+    little, big = probes("little"), probes("big")
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(little), tree.leaves(big)))
