@@ -367,6 +367,16 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int) -> dict:
     setup_threads()
     cfg = dataclasses.replace(RunConfig(), **RUN_COMMON, **RUN_METHODS[method], compile=compiled)
     quiet = lambda _: None  # noqa: E731
+    calls: dict[int, list[float]] = {}  # seconds of every run of each vmapped function (SeedFn._run)
+    run_seeds = sweep.SeedFn._run
+
+    def timed(self, args, n):  # the vmapped (compiled) program itself, after the eager checks
+        t = time.perf_counter()
+        out = run_seeds(self, args, n)
+        calls.setdefault(id(self), []).append(time.perf_counter() - t)
+        return out
+
+    sweep.SeedFn._run = timed
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
         if mode == "vmap":
@@ -381,7 +391,17 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int) -> dict:
                 res = runner.run(dataclasses.replace(cfg, seed=k, save_dir=f"{root}/s{k}"), log=quiet)
                 acc.append(res.rounds[-1]["test_accuracy"])
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "test_accuracy": acc}
+    sweep.SeedFn._run = run_seeds
+    first = sum(c[0] for c in calls.values())  # compiles, for compiled runs
+    inside = sum(sum(c) for c in calls.values())
+    return {
+        "wall_s": wall,
+        "test_accuracy": acc,
+        "seed_fns_s": inside,
+        "seed_fns_first_calls_s": first,
+        # the share of the run (first calls left out on both sides) spent in the vmapped programs
+        "compute_share": (inside - first) / (wall - first) if calls and wall > first else None,
+    }
 
 
 def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) -> dict:
@@ -395,6 +415,7 @@ def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) 
     for method in methods:
         walls: dict[str, list[float]] = {}
         accs: dict[str, list[float]] = {}
+        shares: dict[str, list[float]] = {}
         for r in range(rounds):
             with tempfile.TemporaryDirectory() as cache_root:
                 for mode, compiled in variants:
@@ -410,22 +431,26 @@ def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) 
                     )
                     walls.setdefault(name, []).append(res["wall_s"])
                     accs[name] = res["test_accuracy"]
+                    if mode == "vmap" and res["compute_share"] is not None:
+                        shares.setdefault(name, []).append(res["compute_share"])
                     print(f"  round {r + 1}: {method}: {name}: {res['wall_s']:.1f} s", flush=True)
         for compiled in sorted({c for _, c in variants}):
             kind = "compiled (cold cache)" if compiled else "eager"
             v, q = f"{seeds} seeds vmapped, {kind}", f"{seeds} seeds sequential, {kind}"
             acc = sweep.summarize(accs[v])
             diff = max(abs(a - b) for a, b in zip(accs[v], accs[q]))
+            share = statistics.median(shares[v]) if v in shares else float("nan")
             rows.append([method, kind, statistics.median(walls[v]), statistics.median(walls[q]),
-                         statistics.median(walls[q]) / statistics.median(walls[v]),
+                         statistics.median(walls[q]) / statistics.median(walls[v]), f"{share:.0%}",
                          f"{acc['mean']:.4f} ± {acc['std']:.4f}", f"{diff:.1e}"])  # fmt: skip
-        out[method] = {"knobs": RUN_METHODS[method], "wall_s": walls, "test_accuracy": accs}
+        out[method] = {"knobs": RUN_METHODS[method], "wall_s": walls, "test_accuracy": accs,
+                       "compute_share_vmapped": shares}  # fmt: skip
     print(
         table(
             f"pure-prune run --seeds {seeds}: one vmapped program vs {seeds} single-seed runs one after "
             f"another, digits mlp 64-256-256-10 (median of {rounds})",
-            ["method", "steps", "vmapped s", "sequential s", "x sequential/vmapped", "final test acc",
-             "max |acc diff|"],
+            ["method", "steps", "vmapped s", "sequential s", "x sequential/vmapped",
+             "vmapped: in vmapped programs", "final test acc", "max |acc diff|"],
             rows,
         )
     )  # fmt: skip

@@ -303,6 +303,14 @@ def make_step(
       (float32 ``()``) where the targets are class labels and one entry per extra metric
       (``metrics=``: ``{name: fn(out, y, *extra)}``, each a mean over the entries of ``y``).
 
+    With ``compile=False``, called in plain eager code, the step runs over the params' leaf list
+    (:func:`_leaf_step`: masks as ``W * M`` factors, ``torch.autograd.grad``, the optimizer's
+    ``update_leaves`` with ``torch._foreach_*`` kernels): the same values as the ``torch.func`` body
+    that runs under ``vmap``, under ``torch.compile`` and for params that require grad, for
+    finite params. A pruned weight that is ``inf``/``NaN`` on entry is ``NaN`` after ``x * 0``:
+    it spoils the forward pass and stays in the params, where the body's ``where`` ignores it
+    (``mask.apply`` the params first, as every step's output already is).
+
     With ``compile=True`` the step is ``torch.compile(fullgraph=True, backend=backend)``; masks and
     optimizer state are inputs, so changing their values never recompiles. The trees are checked
     (paths named in the error) before the compiled function is called, and so is the first batch
