@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from _importance_nets import batch as _batch
 from _importance_nets import dense
+from torch._dynamo.utils import counters
 
 from pure_prune import losses, tree
 from pure_prune.importance import hessian as H
@@ -39,8 +40,10 @@ def test_second_call_compiles_once_and_equals_eager(case):
     first = _hutch(loss_fn, params, batch, "aot_eager")  # new shapes: eager
     assert TRACES.misses == misses + 1  # the call count
     assert all(torch.equal(a, b) for a, b in zip(tree.leaves(first), tree.leaves(eager)))
-    second = _hutch(loss_fn, params, batch, "aot_eager")  # compiles
+    graphs = counters["stats"]["unique_graphs"]
+    second = _hutch(loss_fn, params, batch, "aot_eager")  # traces and compiles
     assert TRACES.misses == misses + 2
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # one whole graph, no graph break
     third = _hutch(loss_fn, params, batch, "aot_eager")  # reuses it
     assert TRACES.misses == misses + 2
     for got in (second, third):

@@ -39,6 +39,7 @@ from collections.abc import Callable
 import torch
 from einops import rearrange, reduce, repeat
 from torch.func import grad, jvp, vjp, vmap
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from pure_prune import rng, tree
 from pure_prune.importance._functional import (
@@ -70,7 +71,6 @@ from pure_prune.importance._functional import (
     unit_sum,
 )
 from pure_prune.importance.trace_cache import TRACES
-from pure_prune.stage import compile_fresh
 
 __all__ = [
     "LinearTaps",
@@ -260,10 +260,13 @@ def _probe_block(problem: Problem) -> Callable[..., list[torch.Tensor]]:
     return block
 
 
-def _compiled_block(problem: Problem, batch: object, k: int, backend: str) -> Callable[..., list] | None:
-    """The compiled :func:`_probe_block` for ``batch``'s shapes and ``k`` probes at once, or
-    ``None`` on the first call with these shapes (run eagerly then; the second call compiles).
+def _compiled_block(problem: Problem, batch: object, vs: list[torch.Tensor], backend: str) -> Callable | None:
+    """The compiled :func:`_probe_block` for ``batch``'s shapes and ``vs``'s number of probes, or
+    ``None`` on the first call with these shapes (run eagerly then; the second call compiles) and
+    where the block cannot be traced (a loss with no forward-mode derivative of its backward).
 
+    The block is traced with ``make_fx`` (one graph of aten ops: ``torch.compile`` does not trace
+    through ``torch.func`` transforms of pytree code) and the graph compiled with ``backend``.
     Memoised in :data:`TRACES` per model function (a ``ModelLoss``: with its output loss) or plain
     ``loss_fn``, and the shapes and dtypes of the params, scored leaves, batch and probes."""
     model = problem.model
@@ -274,14 +277,23 @@ def _compiled_block(problem: Problem, batch: object, k: int, backend: str) -> Ca
         problem.scored,
         tuple((tuple(t.shape), t.dtype) for t in tree.leaves(batch)),
         None if model is None else (model.output_loss, model.keys),
-        k,
+        vs[0].shape[0],
         backend,
     )
     calls = TRACES.get(owner, ("hutchinson calls", sig), lambda: [0])
     calls[0] += 1
     if calls[0] < 2:
         return None
-    build = lambda: compile_fresh(_probe_block(problem), backend=backend, dynamic=False)  # noqa: E731
+
+    def build() -> Callable | None:
+        try:
+            gm = make_fx(_probe_block(problem))(list(problem.theta), batch, vs)
+        except RuntimeError as err:
+            if "ZeroTensor" not in str(err):
+                raise
+            return None  # as _hvp_batched: such a loss takes the eager reverse-over-reverse route
+        return torch.compile(gm, backend=backend, dynamic=False)
+
     return TRACES.get(owner, ("hutchinson compiled", sig), build)
 
 
@@ -303,7 +315,7 @@ def _hutchinson(
         acc = None
         for s in range(0, probes, step):
             vs = _split(problem, _rademacher_rows(kb, s, min(s + step, probes), width, dtype))
-            block = _compiled_block(problem, batch, vs[0].shape[0], backend) if backend else None
+            block = _compiled_block(problem, batch, vs, backend) if backend else None
             if block is not None:
                 part = block(list(problem.theta), batch, vs)
             else:
@@ -634,8 +646,10 @@ def hessian_diag(
     ``compile=True`` (or a ``torch.compile`` backend name) compiles Hutchinson's block of HVPs
     once per loss (or model) function and shapes, memoised in
     :data:`~pure_prune.importance.trace_cache.TRACES`: the first call with new shapes runs
-    eagerly, the second compiles, later ones reuse it; shapes that change every call never
-    compile. The estimate equals the eager one up to float rounding (the same probes). Off by
+    eagerly, the second traces the block (``make_fx``: ``loss_fn``'s Python control flow is fixed
+    at that call, so it must not branch on data) and compiles it, later ones reuse it; shapes
+    that change every call never compile. The estimate equals the eager one up to float rounding
+    (the same probes). Off by
     default because a compile pays only over many calls: on ``bench/importance.py``'s digits MLP
     (K = 64) the compiled block ran ~1.6x faster than the eager one and compiling took ~6 s on a
     quiet machine (~50 s on a loaded one), so it pays after ~100 calls.
