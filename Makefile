@@ -19,11 +19,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check pure_prune models tests bench
 	$(BIN)/ruff format --check pure_prune models tests bench
 
-# the suite runs with two threads and with one: float results must not depend on the kernels torch
-# picks for a thread count (docs/conventions.md, "Float comparisons in tests")
+# the suite runs with two threads and again with one: float results must not depend on the kernels
+# torch picks for a thread count (docs/conventions.md, "Float comparisons in tests"); the slow tests
+# (whole runs in subprocesses: end-to-end bench, reproduction, kill -9, torchrun) run in the first pass
 test: lint
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 	OMP_NUM_THREADS=1 $(BIN)/python -m tests.mutation.check
 	$(MAKE) --no-print-directory wheel-check
 
