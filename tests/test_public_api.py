@@ -61,3 +61,41 @@ def test_api_doc_has_an_example_per_area():
 @pytest.mark.parametrize("index", range(len(api_examples())))
 def test_api_doc_examples_run(index):
     exec(compile(api_examples()[index], str(API_DOC), "exec"), {"__name__": "api_doc"})
+
+
+APPLICATION_PREFIXES = (
+    "pure_prune.cli",
+    "pure_prune.run",
+    "pure_prune.grid",
+    "pure_prune.sweep",
+    "pure_prune.data",
+    "pure_prune.experiment",
+    "pure_prune.report",
+    "pure_prune.models",
+    "pure_prune.algorithms",
+    "pure_prune.checkpoint",
+    "pure_prune.distributed",
+    "pure_prune.compact_training",
+    "pure_prune.extras",
+)
+
+
+def test_the_library_imports_no_application_module():
+    """Layering: importing any library module (and its submodules) loads nothing of the application
+    (CLI, runner, sweeps, data sets, reports, the model zoo); the first module that does is named."""
+    code = f"""
+import importlib, pkgutil, sys
+import pure_prune
+prefixes = {APPLICATION_PREFIXES!r}
+for name in pure_prune.LIBRARY_MODULES:
+    module = importlib.import_module("pure_prune." + name)
+    subs = [i.name for i in pkgutil.iter_modules(getattr(module, "__path__", []))]
+    for sub in ["", *subs]:
+        full = module.__name__ + ("." + sub if sub else "")
+        if sub != "plugin":
+            importlib.import_module(full)
+        app = sorted(k for k in sys.modules if k.startswith(prefixes))
+        assert not app, (full, app)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
