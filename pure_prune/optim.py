@@ -11,13 +11,14 @@ An :class:`Optimizer` is a NamedTuple of pure functions::
 ``torch.optim.AdamW`` (no amsgrad) step for step, with one parameter group.
 
 **Who guarantees what.** With ``masks`` (the structure of ``params``; bool tensors or their
-``mask.as_bytes`` views, ``None`` for dense leaves), ``update`` makes the gradient, the weight-decay term, the momentum buffer or Adam
-moments, and the update of every pruned entry ``0.0`` — also when the masks became sparser
-since the last update (stale state at newly pruned entries is zeroed). Masking is a product with
-the mask as ``0.0``/``1.0`` factors (:func:`mask_factors`, one multi-tensor op per list), so a
-pruned entry is ``x * 0.0``: ``0.0`` or ``-0.0`` (equal to ``0.0``) for finite ``x``; a gradient,
-param or state that is ``inf``/``NaN`` at a pruned entry stays ``NaN`` there (``mask.keep``
-selects instead, at about 5x the cost on CPU). So :func:`apply_updates`
+``mask.as_bytes`` views, ``None`` for dense leaves), ``update`` makes the gradient, the
+weight-decay term, the momentum buffer or Adam moments, and the update of every pruned entry
+``0.0`` — also when the masks became sparser since the last update (stale state at newly pruned
+entries is zeroed). Masking is a product with the mask as ``0.0``/``1.0`` factors
+(:func:`mask_factors`, one multi-tensor op per list), so a pruned entry is ``x * 0.0``: ``0.0``
+or ``-0.0`` (equal to ``0.0``) for finite ``x``; a gradient, param or state that is
+``inf``/``NaN`` at a pruned entry stays ``NaN`` there (``mask.keep`` selects instead, at about
+5x the cost on CPU). So :func:`apply_updates`
 leaves a pruned entry that is already ``0.0`` at exactly ``0.0``. The optimizer never rewrites
 ``params`` itself: a pruned entry that is non-zero on entry stays as it was. ``train.make_step``
 re-applies the masks to the params after each update, so there every pruned weight is exactly

@@ -205,7 +205,7 @@ def _leaf_step(
     the batch cut out: the params are flattened once; the masks become ``0.0``/``1.0`` factors
     once (``optim.mask_factors``) and are applied with one multi-tensor multiply in the forward
     pass (``W * M``, as ``torch.nn.utils.prune`` does) and after the update; the gradient comes
-    from ``torch.autograd.grad`` on detached leaves (``torch.func.grad_and_value`` costs ~0.4 ms
+    from ``torch.autograd.grad`` on detached leaves (``torch.func.grad_and_value`` costs ~0.5-0.7 ms
     of wrapping per step on the digits MLP); the optimizer runs over the lists
     (``Optimizer.update_leaves``, ``torch._foreach_*`` kernels). Equal to the ``torch.func`` body
     for finite params and gradients (a pruned entry may come out ``-0.0`` where that gives
