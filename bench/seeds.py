@@ -1,20 +1,30 @@
 """Many seeds at once: one vmapped (and compiled) program against a loop of single-seed runs.
 
 **One step, 32 seeds** of an MLP 64-64-10 (ReLU) on scikit-learn digits / 16, one batch of 64 per
-seed (seed ``i`` draws its own batch), SGD lr 0.05 momentum 0.9, float32, ``torch.set_num_threads(2)``.
+seed (seed ``i`` draws its own batch), SGD lr 0.05 momentum 0.9, float32, ``--threads`` (2).
 Peers, timed interleaved in one process (``bench/_common.py``), medians of ``--reps`` (>= 20)
-after warm-up:
+after warm-up, in ``--blocks`` blocks (``per block``: the median over blocks of the loop's block
+median over the peer's, peers of one block having met the same load):
 
 * ``pure_prune vmap+compile``: ``sweep.make_seed_step(..., per_seed_batches=True)`` (one
   ``torch.compile``d ``vmap`` of ``train.make_step``'s step; eager checks of the stacked trees
-  on every call), dense (``masks=None``) and masked (80% global magnitude per seed);
+  on every call), dense (``masks=None``) and masked (80% global magnitude per seed; the compiled
+  program gets the masks' uint8 views);
+* ``... bool masks in the graph``: the same compiled step fed the bool masks themselves (as
+  ``make_seed_step`` did before; ``sweep.seed_step_of`` without ``bytes_masks``), checked to give
+  the same step;
 * ``pure_prune vmap eager``: the same without ``torch.compile``;
 * ``torch.optim loop``: 32 ``nn.Sequential`` + 32 ``torch.optim.SGD``, one after the other;
 * ``JAX jit(vmap)``: the same dense step in ``jax.numpy``, ``jax.jit(jax.vmap(step))`` (if JAX
   is importable).
 
 All peers start from the same weights and batches; after one step their params are checked to
-agree (max |diff| is printed).
+agree (max |diff| is printed). One thread, load 3.8 (``bench/results/seeds_step_1thread.json``,
+``--threads 1 --blocks 8 --reps 80 --skip-pipeline --skip-runner``): the loop 26.7 ms; compiled
+masked 2.38 ms, 11.2x the loop (per block 11.3x); dense 2.61 ms, 10.2x; bool masks in the graph
+8.1 ms, 3.3x (inductor loads a bool tensor element by element); vmap eager 9.8 ms, 2.7x. At two
+threads with libgomp's spinning threads on the loaded machine the loop's median collapsed (439 ms,
+min 13.6), so its ratios there measure the neighbours.
 
 **Whole pipeline, 8 seeds**: digits MLP ``--sizes`` (default 64-256-256-10, the ``mlp`` preset),
 batch 64, SGD lr 0.05 momentum 0.9; ``--train-epochs`` (5) dense epochs, one-shot global magnitude
@@ -34,7 +44,10 @@ batch 64, SGD lr 0.05 momentum 0.9; knobs in ``RUN_METHODS``): ``runner.run`` wi
 recompile limit, since every run compiles the same step code anew), each variant in a fresh
 process, eager and compiled (fresh inductor cache). Wall seconds from the
 first ``runner.run`` to the end, imports excluded; the final per-seed test accuracies of the two
-must agree (seed ``i`` of the vmapped run is the single run with seed ``i``).
+must agree (seed ``i`` of the vmapped run is the single run with seed ``i``). ``in vmapped
+programs``: the share of the vmapped run's wall time spent inside the vmapped (compiled) programs
+(``sweep.SeedFn._run``, after their eager checks), the first call of each program (its compile)
+left out of both; scikit-learn and dynamo are imported before the clock starts.
 
     python bench/seeds.py [--reps 50] [--train-epochs 5] [--finetune-epochs 3] [--rounds 2]
                           [--sizes 64 256 256 10] [--skip-pipeline]
@@ -356,7 +369,7 @@ RUN_COMMON = {"model": "mlp", "data": "digits", "batch_size": 64, "lr": LR, "mom
               "progress": False, "threads": None}  # fmt: skip
 
 
-def runner_child(method: str, mode: str, compiled: bool, seeds: int) -> dict:
+def runner_child(method: str, mode: str, compiled: bool, seeds: int, threads: int = 2) -> dict:
     """One runner variant in this process: ``runner.run`` with ``seeds`` (``mode="vmap"``) or
     ``seeds`` single-seed runs one after another (``"sequential"``), in a temporary directory."""
     import dataclasses
@@ -364,7 +377,7 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int) -> dict:
     from pure_prune import runner
     from pure_prune.runconfig import RunConfig
 
-    setup_threads()
+    setup_threads(threads)
     cfg = dataclasses.replace(RunConfig(), **RUN_COMMON, **RUN_METHODS[method], compile=compiled)
     quiet = lambda _: None  # noqa: E731
     calls: dict[int, list[float]] = {}  # seconds of every run of each vmapped function (SeedFn._run)
@@ -377,6 +390,9 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int) -> dict:
         return out
 
     sweep.SeedFn._run = timed
+    import torch._dynamo  # noqa: F401 - imports that runner.run would make lazily, inside the clock
+
+    data.load("digits")  # scikit-learn's import (~1.5 s) and the data set
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
         if mode == "vmap":
@@ -404,7 +420,7 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int) -> dict:
     }
 
 
-def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) -> dict:
+def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool, threads: int = 2) -> dict:
     """Per method: vmapped and sequential, eager and compiled (cold cache), each in a fresh process,
     once per round."""
     variants = [("vmap", False), ("sequential", False)]
@@ -421,6 +437,7 @@ def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) 
                 for mode, compiled in variants:
                     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(cache_root) / mode)}
                     cmd = [sys.executable, __file__, "--runner-child", method, "--runner-mode", mode,
+                           "--threads", str(threads),
                            "--compiled", str(int(compiled)), "--runner-seeds", str(seeds)]  # fmt: skip
                     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                     if proc.returncode != 0:
@@ -455,7 +472,7 @@ def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool) 
         )
     )  # fmt: skip
     return {
-        "settings": {"seeds": seeds, "rounds": rounds, "common": RUN_COMMON,
+        "settings": {"seeds": seeds, "rounds": rounds, "threads": threads, "common": RUN_COMMON,
                      "wall": "from the first runner.run to the end, imports excluded, compile included"},
         "methods": out,
         "machine": machine(),
@@ -466,7 +483,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--blocks", type=int, default=1, help="step section: timed in this many blocks")
-    ap.add_argument("--threads", type=int, default=2, help="step section: torch.set_num_threads")
+    ap.add_argument("--threads", type=int, default=2, help="step and runner sections: torch.set_num_threads")
     ap.add_argument("--skip-step", action="store_true", help="leave the one-step section out")
     ap.add_argument("--train-epochs", type=int, default=5)
     ap.add_argument("--finetune-epochs", type=int, default=3)
@@ -490,7 +507,9 @@ def main() -> None:
     ap.add_argument("--runner-mode", choices=["vmap", "sequential"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.runner_child:
-        res = runner_child(args.runner_child, args.runner_mode, bool(args.compiled), args.runner_seeds)
+        res = runner_child(
+            args.runner_child, args.runner_mode, bool(args.compiled), args.runner_seeds, args.threads
+        )
         print(json.dumps(res))
         return
     if args.pipeline_child:
@@ -524,7 +543,7 @@ def main() -> None:
     if not args.skip_runner:
         print("runner variants (each in a fresh process):", flush=True)
         payload["runner"] = bench_runner(
-            args.runner_methods, args.runner_seeds, args.runner_rounds, args.runner_eager_only
+            args.runner_methods, args.runner_seeds, args.runner_rounds, args.runner_eager_only, args.threads
         )
     path = write_json("seeds", payload, args.out)
     print(f"wrote {path}; machine: {machine()['cpu']}, load {machine()['loadavg_1m']}")

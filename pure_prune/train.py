@@ -212,6 +212,7 @@ def _leaf_step(
     ``+0.0``); ``tests/test_train_eager.py`` holds them to it.
     """
 
+    update_leaves = getattr(optimizer, "update_leaves", None)  # None: an optimizer with `update` only
     memo: list[Any] = []  # [(mask leaves, their versions, param dtypes), factors] of the last call
 
     def factors_of(masks: Params | None, p_leaves: list[Tensor]) -> list[Tensor | None]:
@@ -243,8 +244,8 @@ def _leaf_step(
             value = loss(out, *targets)
             grads = list(torch.autograd.grad(value, live, materialize_grads=True))
         out = out.detach()
-        if optimizer.update_leaves is not None:  # the gradient of W * M is already masked
-            updates, new_opt_state = optimizer.update_leaves(
+        if update_leaves is not None:  # the gradient of W * M is already masked
+            updates, new_opt_state = update_leaves(
                 grads, opt_state, p_leaves, factors, grads_masked=not premasked
             )
             new_leaves = list(updates)  # new tensors of this update: u + p in place, = p + u

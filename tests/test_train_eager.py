@@ -140,3 +140,17 @@ def test_leaf_step_matches_prune_hooks_and_torch_optim():
         for k, lay in zip(names, layers)
     }
     assert_trees_close(trees[0], theirs, rtol=1e-5)
+
+
+def test_optimizer_without_update_leaves_takes_the_tree_update():
+    """An optimizer with ``update`` only (as ``rsst.penalized``'s) in the leaf step: the same
+    values as the ``torch.func`` body."""
+    spec, params, state, masks, batch = _case("mlp")
+    inner = OPTS["nesterov_wd"]()
+    tree_only = optim.Optimizer(inner.init, inner.update, inner.current_lr)
+    step = train.make_step(spec, losses.cross_entropy, tree_only, compile=False)
+    start = (mask.apply(params, masks), state, tree_only.init(params))
+    fast = step(*start, masks, batch)
+    slow = step(_tracked(start[0]), *start[1:], masks, batch)
+    for k, (a, b) in enumerate(zip(fast[:3], slow[:3])):
+        assert_equal_trees(a, _untracked(b), f"output {k}")
