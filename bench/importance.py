@@ -31,7 +31,7 @@ drifts with it); its milliseconds are the median, and the ratio of the fastest t
   SNR against pure_prune's, cross-entropy and MSE (when installed).
 
     python bench/importance.py [--reps 20] [--out bench/results/importance.json] [--no-compile]
-                               [--quiet-wait S]
+                               [--quiet-wait S] [--threads 2] [--only REGEX]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import platform
+import re
 import statistics
 import time
 import warnings
@@ -637,9 +638,11 @@ def correctness_checks(
     }
 
 
-def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
+def run(
+    reps: int, compile_: bool, quiet_wait_s: float = 0.0, threads: int = 2, only: str | None = None
+) -> dict:
     load_start = os.getloadavg()[0]
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     s = setup()
     bp, bp_model, why = backpack_cases(s["net"], s["x"], s["y"])
     jx, why_jax = jax_cases(s)
@@ -660,6 +663,8 @@ def run(reps: int, compile_: bool, quiet_wait_s: float = 0.0) -> dict:
     if not compile_:
         notes.append("compiled cases skipped (--no-compile)")
     unit = functools.partial(module_fwd_bwd, s["net"], s["x"], s["y"])
+    if only is not None:
+        groups = {k: v for k, v in groups.items() if k == "unit" or re.search(only, k)}
     cases = time_groups(groups, unit, reps, quiet_wait_s)
     exact = flat(H.ggn_diag(s["loss_fn"], s["params"], (s["x"], s["y"]), fast=taps))
     return {
@@ -781,10 +786,12 @@ def main() -> None:
         metavar="S",
         help="on a shared Linux machine, wait up to S seconds before each group for CPU pressure < 15%%",
     )
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the anchors used 2)")
+    ap.add_argument("--only", default=None, metavar="REGEX", help="time only the groups whose name matches")
     args = ap.parse_args()
     if args.reps < 1:
         raise SystemExit("--reps must be >= 1")
-    res = run(args.reps, not args.no_compile, args.quiet_wait)
+    res = run(args.reps, not args.no_compile, args.quiet_wait, args.threads, args.only)
     report(res)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     tmp = args.out + ".tmp"
