@@ -371,17 +371,22 @@ def mask_factors(masks: Sequence[Tensor | None], params: Sequence[Tensor]) -> li
     """The masks as multiplicative factors: ``1.0`` kept, ``0.0`` pruned, in each param's dtype.
 
     ``masks`` and ``params`` are leaf lists in the same order (``tree.leaves``); a mask is a bool
-    tensor or its ``mask.as_bytes`` view (``None``: dense leaf, ``None`` factor). A bool mask is
-    read through its uint8 view, whose conversion is vectorised (about 5x faster on CPU than the
-    bool load). Returns a list of float tensors of the params' shapes (or ``None``). Not checked:
-    call it on masks that ``mask.validate(..., bytes_ok=True)`` accepts.
+    tensor or its ``mask.as_bytes`` view (``None``: dense leaf, ``None`` factor). In eager code a
+    bool mask is read through its uint8 view, whose conversion is vectorised (about 5x faster on
+    CPU than the bool load); while dynamo traces it is converted directly (the view costs a
+    vmapped compiled step ~2x: pass ``mask.as_bytes`` views into compiled code instead). Returns a
+    list of float tensors of the params' shapes (or ``None``). Not checked: call it on masks that
+    ``mask.validate(..., bytes_ok=True)`` accepts.
     """
+    traced = torch.compiler.is_compiling()
     out: list[Tensor | None] = []
     for m, p in zip(masks, params):
         if m is None:
             out.append(None)
+        elif m.dtype == torch.uint8 or traced:
+            out.append(m.to(p.dtype))
         else:
-            out.append((m if m.dtype == torch.uint8 else m.view(torch.uint8)).to(p.dtype))
+            out.append(m.view(torch.uint8).to(p.dtype))
     return out
 
 
