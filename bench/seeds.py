@@ -19,12 +19,21 @@ median over the peer's, peers of one block having met the same load):
   is importable).
 
 All peers start from the same weights and batches; after one step their params are checked to
-agree (max |diff| is printed). One thread, load 3.8 (``bench/results/seeds_step_1thread.json``,
-``--threads 1 --blocks 8 --reps 80 --skip-pipeline --skip-runner``): the loop 26.7 ms; compiled
-masked 2.38 ms, 11.2x the loop (per block 11.3x); dense 2.61 ms, 10.2x; bool masks in the graph
-8.1 ms, 3.3x (inductor loads a bool tensor element by element); vmap eager 9.8 ms, 2.7x. At two
-threads with libgomp's spinning threads on the loaded machine the loop's median collapsed (439 ms,
-min 13.6), so its ratios there measure the neighbours.
+agree (max |diff| is printed). One thread, load 2.0 (``bench/results/seeds_step_1thread.json``,
+``--threads 1 --blocks 6 --reps 60 --skip-pipeline --skip-runner``): the loop 11.3 ms; compiled
+masked 1.66 ms, 6.8x the loop (per block 6.8x); dense 1.87 ms, 6.1x; bool masks in the graph
+2.18 ms, 5.2x; vmap eager 4.1 ms, 2.7x. The library before this change, timed by this script
+right before (load 1.3): dense 6.1x, masked 5.3x (its ``make_seed_step`` passed the bool masks).
+The compiled step is GEMM-bound: its five ``bmm`` of 32 seeds take ~0.9 of its ~1.3 ms (called
+alone), so 10x the loop is out of reach by trimming its Python; under load 3.8 the loop slowed
+more than the vmapped step (26.7 ms; masked 11.2x). At two threads with libgomp's spinning
+threads on the loaded machine the loop's median collapsed (439 ms, min 13.6), so its ratios there
+measure the neighbours.
+
+**The masked step of ``pure-prune run --seeds 8``** (``mlp`` preset 64-256-256-10, batch 64, 80%
+per seed) against ``bench/end_to_end.py``'s compute limit, 8 single compiled steps (timed taking
+turns, so each finds the others' weights evicted): 4.97 ms, the limit over it 2.07x; with the
+bool masks 6.59 ms, 1.55x (the library before: 7.56 ms, 1.57x).
 
 **Whole pipeline, 8 seeds**: digits MLP ``--sizes`` (default 64-256-256-10, the ``mlp`` preset),
 batch 64, SGD lr 0.05 momentum 0.9; ``--train-epochs`` (5) dense epochs, one-shot global magnitude
