@@ -191,9 +191,7 @@ def all_criteria() -> list[Criterion]:
         Criterion("grasp", _grasp, "element", True, "θ ⊙ Hg (GraSP, Wang et al. 2020; lowest pruned)"),
         Criterion("fisher", _fisher, "element", True, "½ F θ², empirical Fisher (Theis et al. 2018)"),
         Criterion("obd", _obd, "element", True, "½ h θ², Hessian diagonal (OBD, LeCun et al. 1990)"),
-        Criterion(
-            "hessian", _hessian, "element", True, "|h|·|θ|: second derivatives × |w|"
-        ),
+        Criterion("hessian", _hessian, "element", True, "|h|·|θ|: second derivatives × |w|"),
         Criterion("gsnr", _gsnr, "element", True, "per-sample gradient mean² / (variance + ε)"),
         Criterion("hap", _hap, "unit", True, "trace(H_u)·‖θ_u‖²/numel_u (HAP, Yu et al. 2022)"),
         Criterion("taylor_units", _taylor_units, "unit", True, "|Σ_u g·θ| per unit (Molchanov et al. 2019)"),
