@@ -68,7 +68,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 """``pure_prune.experiment.OPTIMIZERS``."""
 
 SWEEP_COMPRESSIONS = (2.0, 4.0, 8.0, 16.0, 32.0)
-"""``pure_prune.grid.COMPRESSIONS``: the default compression ratios of ``pure-prune sweep``."""
+"""The default compression ratios of ``pure-prune sweep`` (``pure_prune.grid.COMPRESSIONS`` is this)."""
 
 SWEEP_CRITERIA = (
     ("random", "global", "element"),
@@ -83,7 +83,7 @@ SWEEP_CRITERIA = (
     ("hap", "layer", "unit"),
     ("enhanced", "layer", "unit"),
 )
-"""``pure_prune.grid.DEFAULT_CRITERIA``: ``(criterion, scope, level)`` of the default sweep."""
+"""``(criterion, scope, level)`` of the default sweep (``pure_prune.grid.DEFAULT_CRITERIA`` is this)."""
 
 SWEEP_DEFAULTS = {
     "model": "mlp",

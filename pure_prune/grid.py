@@ -47,7 +47,18 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from pure_prune import checkpoint, distributed, extras, importance, losses, mask, report, rng, tree
+from pure_prune import (
+    checkpoint,
+    cli_choices,
+    distributed,
+    extras,
+    importance,
+    losses,
+    mask,
+    report,
+    rng,
+    tree,
+)
 from pure_prune import sweep as seeds
 from pure_prune.algorithms import masking
 from pure_prune.experiment import OPTIMIZERS, Experiment
@@ -73,20 +84,8 @@ __all__ = [
 ]
 
 FORMAT = "pure_prune.sweep/1"
-COMPRESSIONS = (2.0, 4.0, 8.0, 16.0, 32.0)
-DEFAULT_CRITERIA: tuple[tuple[str, str, str], ...] = (
-    ("random", "global", "element"),
-    ("magnitude", "global", "element"),
-    ("magnitude", "layer", "element"),
-    ("snip", "global", "element"),
-    ("grasp", "global", "element"),
-    ("taylor", "global", "element"),
-    ("hessian", "global", "element"),
-    ("obd", "global", "element"),
-    ("gsnr", "global", "element"),
-    ("hap", "layer", "unit"),
-    ("enhanced", "layer", "unit"),
-)
+COMPRESSIONS = cli_choices.SWEEP_COMPRESSIONS
+DEFAULT_CRITERIA: tuple[tuple[str, str, str], ...] = cli_choices.SWEEP_CRITERIA
 """``(criterion, scope, level)`` in table order; :func:`default_criteria` keeps those registered
 with that level (element criteria prune weights, unit criteria whole channels)."""
 CSV_COLUMNS = (
