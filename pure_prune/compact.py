@@ -275,9 +275,11 @@ def to_channels_last(params: Params) -> Params:
     convolution of a contiguous (NCHW) input reorders input, weight and output to its blocked
     layout on every call, and NCHW max-pooling is slow for few channels; a channels_last weight
     makes the convolution run NHWC end to end (its output, and the pooling after it, stay
-    channels_last). Those fixed costs weigh most on narrow convolutions: Conv-4 (width 64, batch
-    64, 2 threads) with 75% of its channels removed ran at 0.55 of its FLOP ratio in NCHW and at
-    about 1.0 channels_last (``bench/inference.py``, which also times the dense model both ways).
+    channels_last). Those fixed costs weigh most on narrow convolutions. ``bench/inference.py``,
+    Conv-4 (width 64, batch 64) with 50% / 75% of its channels removed, speed-up over the dense
+    model as a share of the FLOP ratio, on a shared 2-core machine: both NCHW 0.75 / 0.60 (2
+    threads) and 0.95 / 0.60 (1 thread); both channels_last 0.87 / 0.78 and 1.07 / 0.85; compacted
+    channels_last against the dense model as initialised (NCHW) 1.11 / 0.97 and 1.31 / 1.01.
     ``compact`` applies it by default. Returns a new tree.
     """
 
