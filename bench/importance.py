@@ -12,9 +12,8 @@ drifts with it); its milliseconds are the median, and the ratio of the fastest t
 * Hutchinson, K = 64: pure_prune (vmapped forward-over-reverse HVPs), the same with
   ``compile=True`` (its block of HVPs compiled once, from the second call), the HVP under
   ``torch.compile``, and the PyHessian-style loop of double-backward HVPs.
-* Gradient SNR over per-sample gradients: pure_prune (linear taps: one ``make_fx`` graph per shape,
-  run eagerly / generic ``vmap(grad)``), a compiled ``vmap(grad)`` with the reduction in the graph,
-  the per-sample loop, BackPACK ``BatchGrad`` + ``Variance``.
+* Gradient SNR over per-sample gradients: pure_prune (linear taps / generic ``vmap(grad)``), a compiled
+  ``vmap(grad)`` with the reduction in the graph, the per-sample loop, BackPACK ``BatchGrad`` + ``Variance``.
 * FLOPs of the main cases over the unit's (``FlopCounterMode``): the x-unit a case would reach at
   the unit's arithmetic efficiency (SNR 1.36: the moments need a second product per layer;
   Hutchinson K = 64: ~120).

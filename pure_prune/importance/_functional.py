@@ -38,13 +38,11 @@ Per-sample moments (:func:`batch_moments`) have two routes that give the same nu
 
 The default ``fast=True`` takes its trace from :data:`~pure_prune.importance.trace_cache.TRACES`
 (per ``model_fn`` and shapes, bounded), so only a process's first call per shape traces; pass a
-:class:`LinearTaps` to hold a trace yourself. For the per-sample moments the tapped forward, the
-backward to the taps and the products are traced once more into one graph of aten ops
-(:class:`MomentGraph`, memoised the same way) that runs eagerly: the same kernels as the eager
-route, bit-identical on CPU, without its autograd bookkeeping. It is not compiled: on the digits
-MLP of ``bench/importance.py`` inductor's version of that graph ran no faster (both at the
-arithmetic floor, 1.34x one forward+backward on one thread), after a compile of ~30 s on a loaded
-machine. The scores are eager functions; they also run under
+:class:`LinearTaps` to hold a trace yourself. The moments run eagerly on purpose: on the digits MLP
+of ``bench/importance.py`` they cost 1.33x one forward+backward, against 1.36x in FLOPs (a second
+matrix product per layer for ``g²``), and tracing the tapped forward, backward and products into
+one ``make_fx`` graph made the whole ``gradient_snr`` call only ~3% faster; compiling that graph
+with inductor made it no faster, after a compile of 13-36 s. The scores are eager functions; they also run under
 ``torch.compile`` (with graph breaks at the input checks).
 """
 
@@ -69,7 +67,6 @@ __all__ = [
     "LinearLayer",
     "LinearTaps",
     "LossFn",
-    "MomentGraph",
     "Problem",
     "Units",
     "auto_chunk",
@@ -80,7 +77,6 @@ __all__ = [
     "check_finite",
     "check_result",
     "check_same_tree",
-    "cached_moment_graph",
     "cached_taps",
     "checked_outputs",
     "fast_layers",
@@ -92,7 +88,6 @@ __all__ = [
     "mask_leaves",
     "mean_grad",
     "merge",
-    "moment_leaves",
     "need_model",
     "per_sample_chunks",
     "prepare",
@@ -100,7 +95,6 @@ __all__ = [
     "rows_of",
     "split_leaves",
     "to_tree",
-    "traced_moments",
     "unit_sum",
 ]
 
@@ -743,151 +737,27 @@ def _layer_moments_into(
     layer: LinearLayer,
     g: torch.Tensor,
     a: torch.Tensor,
-    w_out: dict[str, torch.Tensor | None] | None,
-    b_out: dict[str, torch.Tensor | None] | None,
-) -> list[torch.Tensor]:
-    """``sum_n f(g_n ⊗ a_n)`` (the weight's moments) and ``sum_n f(g_n)`` (the bias's) for one
-    linear layer, from its output gradients ``g`` ``(n, out)`` and inputs ``a`` ``(n, in)``; each
-    transform of ``g`` and ``a`` is computed once. ``w_out``/``b_out`` are ``None`` when that leaf
-    is not scored, else ``{stat: buffer}`` to write into (a ``None`` buffer: a fresh tensor).
-    Returns the results, per stat the weight's then the bias's (those scored)."""
+    w_out: dict[str, torch.Tensor] | None,
+    b_out: dict[str, torch.Tensor] | None,
+) -> None:
+    """Write ``sum_n f(g_n ⊗ a_n)`` (the weight's moments) into ``w_out[stat]`` and ``sum_n f(g_n)``
+    (the bias's) into ``b_out[stat]`` for one linear layer, from its output gradients ``g``
+    ``(n, out)`` and inputs ``a`` ``(n, in)``; each transform of ``g`` and ``a`` is computed once.
+    ``w_out``/``b_out`` are ``None`` when that leaf is not scored."""
     gc: dict[str, Any] = {}
     ac: dict[str, Any] = {}
-    res = []
     for stat in stats:
         gt = _transform(stat, g, gc)
         if w_out is not None:
             at, w = _transform(stat, a, ac), w_out[stat]
             if stat == "pos":
-                w = layer.outer_sum(gt[0], at[0], out=w).add_(layer.outer_sum(gt[1], at[1]))
+                layer.outer_sum(gt[0], at[0], out=w).add_(layer.outer_sum(gt[1], at[1]))
             elif stat == "neg":
-                w = layer.outer_sum(gt[0], at[1], out=w).add_(layer.outer_sum(gt[1], at[0]))
+                layer.outer_sum(gt[0], at[1], out=w).add_(layer.outer_sum(gt[1], at[0]))
             else:
-                w = layer.outer_sum(gt, at, out=w)
-            res.append(w)
+                layer.outer_sum(gt, at, out=w)
         if b_out is not None:
-            bt = gt[0] if stat == "pos" else gt[1] if stat == "neg" else gt
-            res.append(bt.sum(0) if b_out[stat] is None else torch.sum(bt, 0, out=b_out[stat]))
-    return res
-
-
-class MomentGraph(NamedTuple):
-    """The fast path of :func:`batch_moments` for one batch shape, as one traced graph.
-
-    ``fn(*theta, x, y, *buffers)`` writes into ``buffers``, per tapped layer in order and per
-    statistic, the weight's then the bias's moments (the leaves scored; :func:`moment_buffers`
-    lists them in this order); ``outputs`` is the shape and dtype of the model's output (to check
-    the targets against without running the model again).
-    """
-
-    fn: Callable[..., list[torch.Tensor]]
-    outputs: tuple[tuple[int, ...], torch.dtype]
-
-
-def _moment_graph(
-    where: str,
-    problem: Problem,
-    taps: LinearTaps,
-    batch: Any,
-    stats: tuple[str, ...],
-    layers: Sequence[tuple[int, LinearLayer]],
-) -> MomentGraph:
-    """Trace (``make_fx``) the fast path of :func:`batch_moments` for ``batch``'s shapes: the tapped
-    forward, the backward to the taps and the moments, as one graph of aten ops without autograd.
-
-    Run eagerly, the graph computes what the eager route computes, op for op (the same kernels on
-    the same operands: bit-identical on CPU), without its per-call cost of recording an autograd
-    graph and of the Python between the ops: on the digits MLP of ``bench/importance.py`` that
-    overhead was as large as the arithmetic. The model output is checked against the targets
-    first (the eager route's error for outputs that do not fit the loss).
-    """
-    model = problem.model
-    x, y = model.split(batch)
-    ks = [k for k, _ in layers]
-    scored = set(problem.scored)
-    n_leaves = len(problem.theta)
-
-    def zeros(xx: torch.Tensor) -> list[torch.Tensor]:
-        return [
-            torch.zeros(xx.shape[0], lay.out, dtype=problem.theta[lay.weight].dtype, requires_grad=True)
-            for lay in taps.layers
-        ]
-
-    with torch.no_grad():
-        out = taps.fn(*problem.theta, x, *zeros(x))[0]
-    model.check(where, out, y)
-
-    def moments(*args: torch.Tensor) -> None:
-        theta, xx, yy = args[:n_leaves], args[n_leaves], args[n_leaves + 1]
-        buffers = iter(args[n_leaves + 2 :])
-        taps_in = zeros(xx)
-        outs = taps.fn(*theta, xx, *taps_in)
-        gs = torch.autograd.grad(model.loss(outs[0], yy, reduction="sum"), [taps_in[k] for k in ks])
-        for (k, layer), g in zip(layers, gs):
-            w_out = {st: None for st in stats} if layer.weight in scored else None
-            b_out = {st: None for st in stats} if layer.bias in scored else None
-            for st in stats:  # the order of moment_buffers: per stat, weight then bias
-                for slot in (w_out, b_out):
-                    if slot is not None:
-                        slot[st] = next(buffers)
-            _layer_moments_into(stats, layer, g, outs[1 + k].detach(), w_out, b_out)
-
-    example = [
-        torch.empty(problem.theta[leaf].shape, dtype=problem.theta[leaf].dtype)
-        for _, leaf in moment_leaves(problem, layers, stats)
-    ]
-    with torch.enable_grad():
-        gm = make_fx(moments)(*problem.theta, x, y, *example)
-    return MomentGraph(gm.forward, (tuple(out.shape), out.dtype))
-
-
-def moment_leaves(
-    problem: Problem, layers: Sequence[tuple[int, LinearLayer]], stats: Sequence[str]
-) -> list[tuple[str, int]]:
-    """``(stat, leaf index into theta)`` of each buffer of a :class:`MomentGraph`, in order: per
-    tapped layer, per statistic, the weight then the bias (those scored)."""
-    scored = set(problem.scored)
-    return [
-        (st, leaf)
-        for _, layer in layers
-        for st in stats
-        for leaf in (layer.weight, layer.bias)
-        if leaf is not None and leaf in scored
-    ]
-
-
-def traced_moments(problem: Problem, taps: LinearTaps | None, batch: Any) -> bool:
-    """Whether :func:`batch_moments` takes its fast path from a traced graph (:class:`MomentGraph`):
-    tapped layers, a ``ModelLoss`` with a built-in output loss (``"cross_entropy"``/``"mse"``:
-    their code has no data-dependent branch; a callable output loss runs eagerly) and a tensor
-    model input."""
-    return bool(fast_layers(problem, taps)) and problem.model.output_loss in ("cross_entropy", "mse")
-
-
-def cached_moment_graph(
-    where: str,
-    problem: Problem,
-    taps: LinearTaps,
-    batch: Any,
-    stats: Sequence[str],
-    layers: Sequence[tuple[int, LinearLayer]],
-) -> MomentGraph:
-    """:func:`_moment_graph` memoised in :data:`TRACES`, per model function, traced shapes and
-    layers (``taps.signature``, ``taps.layers``), statistics, scored leaves, output loss and the
-    targets' shape and dtype."""
-    y = problem.model.split(batch)[1]
-    key = (
-        "moments",
-        taps.signature,
-        taps.layers,
-        tuple(stats),
-        problem.scored,
-        problem.model.output_loss,
-        tuple(y.shape),
-        y.dtype,
-    )
-    build = lambda: _moment_graph(where, problem, taps, batch, tuple(stats), layers)  # noqa: E731
-    return TRACES.get(problem.model.model_fn, key, build)
+            torch.sum(gt[0] if stat == "pos" else gt[1] if stat == "neg" else gt, 0, out=b_out[stat])
 
 
 def _sample_moment(stat: str, g: torch.Tensor) -> torch.Tensor:
@@ -928,7 +798,6 @@ def batch_moments(
     batch: Any,
     stats: Sequence[str],
     chunk_size: int | None,
-    traced: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Sums over the samples of one batch of functions of per-sample gradients.
 
@@ -937,10 +806,7 @@ def batch_moments(
     Returns ``{stat: (D,)}``, flat over the scored leaves (:func:`split_leaves` gives them leaf by
     leaf): results are written in place into these fresh buffers, which saves a copy per
     statistic. Tapped linear layers are reduced with matrix products; the other leaves with
-    chunked ``vmap(grad)``. With ``traced`` (and where :func:`traced_moments` allows) the tapped
-    layers run as one graph traced once per shape (:func:`cached_moment_graph`: the same ops,
-    bit-identical on CPU, at about half the cost on small models); ``traced=False`` runs them
-    eagerly (autograd to the taps, then the products).
+    chunked ``vmap(grad)``.
     """
     leaves = [problem.theta[i] for i in problem.scored]
     dtype = leaves[0].dtype
@@ -950,15 +816,7 @@ def batch_moments(
     done: set[int] = set()
     layers = fast_layers(problem, taps)
     where = "per-sample gradients"
-    if layers and traced and traced_moments(problem, taps, batch):
-        graph = cached_moment_graph(where, problem, taps, batch, stats, layers)
-        x, y = problem.model.split(batch)
-        problem.model.check(where, torch.zeros(graph.outputs[0], dtype=graph.outputs[1]), y)
-        order = moment_leaves(problem, layers, stats)
-        with torch.no_grad():
-            graph.fn(*problem.theta, x, y, *(slots[st][pos_of[leaf]] for st, leaf in order))
-        done.update(pos_of[leaf] for _, leaf in order)
-    elif layers:
+    if layers:
         inputs, gs, _ = linear_grads(where, problem, taps, batch, [k for k, _ in layers], False)
         for (_, layer), a, g in zip(layers, inputs, gs):
             jw, jb = pos_of.get(layer.weight), pos_of.get(layer.bias)
