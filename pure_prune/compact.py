@@ -8,7 +8,9 @@ does. Speed comes only when the form of the computation changes:
   BatchNorm params and ``"state."`` running statistics, the consumer's input slice). The smaller
   params run through the *same* ``apply`` and give the masked model's outputs; :func:`expand` puts
   them back at full size (zeros at removed units) so a compacted model can be trained and
-  re-expanded. Cost scales with the kept units: about the FLOP ratio (``bench/inference.py``).
+  re-expanded. Cost scales with the kept units: about the FLOP ratio (``bench/inference.py``);
+  convolution weights come out channels_last (:func:`to_channels_last`), the layout in which
+  narrow convolutions keep up with that ratio on CPU.
 * :func:`to_csr` stores very sparse 2-D weights as sparse CSR tensors and :func:`csr_apply` runs a
   model with them, computing ``F.linear(x, W)`` as ``W @ xᵀ`` with the sparse weight on the
   left (``torch.addmm``). ``F.linear`` accepts a CSR weight as it is, but on CPU that is the slow
