@@ -1,14 +1,14 @@
 """The context of a single-seed run: the experiment, its compiled steps, its keys and scoring batches.
 
-:func:`setup_eager` builds the experiment (model, data, optimizer) from a config; :func:`_setup`
+:func:`setup_eager` builds the experiment (model, data, optimizer) from a config; :func:`setup_run`
 adds the learning-rate schedule, the steps per epoch and the compile backend (counting its graphs
-with :func:`compile_counter` when ``compile`` is on); :func:`_context` adds the compiled train and
+with :func:`compile_counter` when ``compile`` is on); :func:`build_context` adds the compiled train and
 eval steps (one static graph per form for compact runs), the method's extra steps, the keys split
 from ``seed`` (``rng.split(seed, 3)`` into init, method and scoring keys), the prunable groups and
-the scoring batches. The several-seed engine (``pure_prune.runner_seeds``) reuses :func:`_setup` and
-:func:`_check_groups`.
+the scoring batches. The several-seed engine (``pure_prune.runner_seeds``) reuses :func:`setup_run` and
+:func:`check_method_groups`.
 
-:func:`_setup` ends with :func:`check_fit`, so that every run (one seed or several) refuses a model
+:func:`setup_run` ends with :func:`check_fit`, so that every run (one seed or several) refuses a model
 that cannot be built from ``model_cfg``, a model that cannot read the data or has too few classes
 for its labels, ``exclude`` globs that match no prunable leaf or leave nothing to prune, and an
 ``nm`` pattern that does not divide a pruned axis, before the runner writes anything.
@@ -56,7 +56,7 @@ def compile_counter(inner: str = "inductor") -> tuple[Callable, dict[str, float]
 # ----------------------------------------------------------------------------- the experiment
 
 
-class _Ctx(NamedTuple):
+class RunCtx(NamedTuple):
     cfg: RunConfig
     exp: Experiment
     init: Callable[[int], tuple[Any, Any]]
@@ -69,7 +69,7 @@ class _Ctx(NamedTuple):
     steps: dict[str, Any]
 
 
-class _Setup(NamedTuple):
+class RunSetup(NamedTuple):
     """The seed-independent part of a run's context: the experiment (its optimizer with the
     learning-rate schedule, eager single-seed steps), init, steps per epoch and the compile backend."""
 
@@ -99,7 +99,7 @@ def setup_eager(cfg: Any) -> tuple[Experiment, Callable[[int], tuple[Any, Any]]]
     )
 
 
-def _setup(cfg: RunConfig) -> _Setup:
+def setup_run(cfg: RunConfig) -> RunSetup:
     exp, init = setup_eager(cfg)
     spe = data.num_batches(len(exp.dataset.y_train), cfg.batch_size)
     lr = (
@@ -112,7 +112,7 @@ def _setup(cfg: RunConfig) -> _Setup:
         compile_counter(cfg.backend) if cfg.compile else (cfg.backend, {"graphs": 0, "seconds": 0.0})
     )
     check_fit(cfg, exp, init)
-    return _Setup(exp._replace(optimizer=opt), init, spe, backend, stats)
+    return RunSetup(exp._replace(optimizer=opt), init, spe, backend, stats)
 
 
 def check_fit(cfg: RunConfig, exp: Experiment, init: Callable[[int], tuple[Any, Any]]) -> None:
@@ -184,8 +184,8 @@ def check_fit(cfg: RunConfig, exp: Experiment, init: Callable[[int], tuple[Any, 
             raise ValueError(f"nm {cfg.nm!r} does not fit model {cfg.model!r}: {e}") from e
 
 
-def _context(cfg: RunConfig) -> _Ctx:
-    su = _setup(cfg)
+def build_context(cfg: RunConfig) -> RunCtx:
+    su = setup_run(cfg)
     exp, init, backend = su.exp, su.init, su.backend
     ds = exp.dataset
     # compact runs: one static graph per form (shape), counted per stage
@@ -207,14 +207,16 @@ def _context(cfg: RunConfig) -> _Ctx:
     k_init, k_method, k_score = rng.split(cfg.seed, 3)
     params, _ = init(k_init)
     groups = masking.active_groups(exp.model.groups(params), cfg.exclude)
-    _check_groups(cfg, groups)
+    check_method_groups(cfg, groups)
     score = tuple(
         itertools.islice(data.batches(ds.x_train, ds.y_train, cfg.batch_size, key=k_score), cfg.score_batches)
     )
-    return _Ctx(cfg, exp, init, groups, su.spe, k_method, k_init, score, su.stats, _steps(cfg, exp, backend))
+    return RunCtx(
+        cfg, exp, init, groups, su.spe, k_method, k_init, score, su.stats, _steps(cfg, exp, backend)
+    )
 
 
-def _check_groups(cfg: RunConfig, groups: tuple) -> None:
+def check_method_groups(cfg: RunConfig, groups: tuple) -> None:
     """Refuse a channel method (``rsst``, ``refill``) on a model without a prunable channel group."""
     if cfg.method in ("rsst", "refill") and not any(g.prunable for g in groups):
         raise ValueError(

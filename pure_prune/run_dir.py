@@ -56,7 +56,7 @@ except ImportError:  # Windows: the lock is an O_EXCL file (module docstring)
 from pure_prune import checkpoint
 from pure_prune.algorithms.base import Carry
 from pure_prune.experiment import Experiment
-from pure_prune.run_rows import _SUMMARY_COLUMNS
+from pure_prune.run_rows import ROUND_COLUMNS
 from pure_prune.runconfig import NOT_HASHED, RunConfig, config_hash, from_mapping
 
 __all__ = ["FORMAT", "LOCK", "claim", "holder", "read_info", "refuse_if_in_use", "remove_partials"]
@@ -300,7 +300,7 @@ def _write_info(save: Path, cfg: RunConfig, digest: str, extra: dict[str, Any], 
     )
 
 
-def _model_info(exp: Experiment) -> dict[str, Any]:
+def model_info(exp: Experiment) -> dict[str, Any]:
     return {
         "input_shape": list(exp.model.input_shape),
         "input_dtype": str(exp.model.input_dtype).removeprefix("torch."),
@@ -353,9 +353,7 @@ def _save(
     checkpoint.save(save / _CKPT_DIR / f"round_{r:04d}.safetensors", trees, meta)
 
 
-def _write_tables(
-    save: Path, rounds: list[dict[str, Any]], columns: tuple[str, ...] = _SUMMARY_COLUMNS
-) -> None:
+def _write_tables(save: Path, rounds: list[dict[str, Any]], columns: tuple[str, ...] = ROUND_COLUMNS) -> None:
     """``rounds.jsonl`` and ``summary.csv`` (``columns``) from the metrics (rewritten whole: they are derived)."""
     _write_text(save / "rounds.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
     buf = io.StringIO()

@@ -3,7 +3,7 @@
 Each method of ``pure_prune.algorithms`` is driven by one round function ``(ctx, _Round) ->
 RoundOut`` (:data:`_ROUNDS`): round 0 starts from the context's init and masks, later rounds take
 the previous round's carry. The settings builders (``_imp_settings`` ...) and
-:func:`_gradual_schedule` are shared with the several-seed engine (``pure_prune.runner_seeds``).
+:func:`gradual_schedule` are shared with the several-seed engine (``pure_prune.runner_seeds``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from tqdm import tqdm
 from pure_prune import importance, losses
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, one_shot, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
-from pure_prune.run_context import _Ctx
+from pure_prune.run_context import RunCtx
 from pure_prune.runconfig import RunConfig, parse_nm
 from pure_prune.schedule import linear, linear_steps, polynomial
 
 __all__ = ["n_rounds"]
 
 
-def _gradual_schedule(cfg: RunConfig) -> Callable[[int], float]:
+def gradual_schedule(cfg: RunConfig) -> Callable[[int], float]:
     if cfg.schedule == "linear_steps":
         return linear_steps(
             cfg.sparsity, steps=cfg.gradual_steps, start=cfg.gradual_start, every=cfg.gradual_every
@@ -47,11 +47,11 @@ def n_rounds(cfg: RunConfig) -> int:
     if c.method == "one_shot":
         return 2
     if c.method == "gradual":
-        return len(gradual.segments(_gradual_schedule(c), c.epochs))
+        return len(gradual.segments(gradual_schedule(c), c.epochs))
     return c.epochs
 
 
-def _score_fn(ctx: _Ctx) -> tuple[base.ScoreFn, str]:
+def _score_fn(ctx: RunCtx) -> tuple[base.ScoreFn, str]:
     crit = ctx.cfg.importance
     level = importance.get(crit).level
     apply = ctx.exp.model.apply
@@ -64,7 +64,7 @@ def _score_fn(ctx: _Ctx) -> tuple[base.ScoreFn, str]:
     return fn, level
 
 
-def _start(ctx: _Ctx) -> tuple[Any, Any, Any]:
+def _start(ctx: RunCtx) -> tuple[Any, Any, Any]:
     cfg = ctx.cfg
     params, state = ctx.init(ctx.k_init)
     return params, state, masking.initial(params, cfg.struct, ctx.groups, exclude=cfg.exclude)
@@ -95,7 +95,7 @@ def _imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
     ).check()
 
 
-def _imp_round(ctx: _Ctx, a: _Round) -> RoundOut:
+def _imp_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
     s = _imp_settings(cfg, ctx.spe)
     kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
@@ -119,7 +119,7 @@ def _imp_round(ctx: _Ctx, a: _Round) -> RoundOut:
     )
 
 
-def _one_shot_round(ctx: _Ctx, a: _Round) -> RoundOut:
+def _one_shot_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
     kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
@@ -138,9 +138,9 @@ def _one_shot_round(ctx: _Ctx, a: _Round) -> RoundOut:
     )
 
 
-def _gradual_round(ctx: _Ctx, a: _Round) -> RoundOut:
+def _gradual_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
-    segs = gradual.segments(_gradual_schedule(cfg), cfg.epochs)
+    segs = gradual.segments(gradual_schedule(cfg), cfg.epochs)
     kw = dict(
         train_fn=a.train_fn,
         score_fn=a.score_fn,
@@ -170,7 +170,7 @@ def _rsst_settings(cfg: RunConfig) -> rsst.Settings:
     )
 
 
-def _rsst_round(ctx: _Ctx, a: _Round) -> RoundOut:
+def _rsst_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg, exp = ctx.cfg, ctx.exp
     s = _rsst_settings(cfg)
     kw = dict(optimizer=exp.optimizer, train_fn=a.train_fn, key=ctx.key)
@@ -209,7 +209,7 @@ def _distill_settings(cfg: RunConfig) -> distill.Settings:
     )
 
 
-def _distill_round(ctx: _Ctx, a: _Round) -> RoundOut:
+def _distill_round(ctx: RunCtx, a: _Round) -> RoundOut:
     s = _distill_settings(ctx.cfg)
     kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
@@ -241,7 +241,7 @@ def _dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
     )
 
 
-def _dst_round(ctx: _Ctx, a: _Round) -> RoundOut:
+def _dst_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg, exp = ctx.cfg, ctx.exp
     s = _dst_settings(cfg, ctx.spe)
     carry = dst.start(*_start(ctx), s, optimizer=exp.optimizer, key=ctx.key) if a.r == 0 else a.carry
@@ -260,7 +260,7 @@ def _dst_round(ctx: _Ctx, a: _Round) -> RoundOut:
     )
 
 
-_ROUNDS: dict[str, Callable[[_Ctx, _Round], RoundOut]] = {
+_ROUNDS: dict[str, Callable[[RunCtx, _Round], RoundOut]] = {
     "imp": _imp_round,
     "refill": _imp_round,
     "one_shot": _one_shot_round,
@@ -271,7 +271,7 @@ _ROUNDS: dict[str, Callable[[_Ctx, _Round], RoundOut]] = {
 }
 
 
-def _round(ctx: _Ctx, carry: Carry | None, r: int, train_fn: base.TrainFn) -> RoundOut:
+def run_round(ctx: RunCtx, carry: Carry | None, r: int, train_fn: base.TrainFn) -> RoundOut:
     """Round ``r`` of the configured method (``carry`` is ``None`` at round 0)."""
     score_fn, level = _score_fn(ctx)
     return _ROUNDS[ctx.cfg.method](ctx, _Round(carry, r, train_fn, score_fn, level))

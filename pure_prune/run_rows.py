@@ -17,7 +17,7 @@ from typing import Any
 
 from pure_prune import mask
 from pure_prune.algorithms import gradual, imp
-from pure_prune.run_rounds import _gradual_schedule
+from pure_prune.run_rounds import gradual_schedule
 from pure_prune.runconfig import RunConfig, parse_nm
 
 __all__ = ["SEED_METRICS"]
@@ -33,7 +33,7 @@ SEED_METRICS = (
     "train_loss",
 )
 """Round metrics that differ between seeds: a several-seed row holds their mean, ``_std`` and values."""
-_TIMES = (
+TIME_COLUMNS = (
     "prune_seconds",
     "train_seconds",
     "round_seconds",
@@ -41,7 +41,7 @@ _TIMES = (
     "compiled_graphs",
     "compile_seconds",
 )
-_SUMMARY_COLUMNS = (
+ROUND_COLUMNS = (
     "round",
     "pruned",
     "target",
@@ -55,11 +55,11 @@ _SUMMARY_COLUMNS = (
     "train_accuracy",
     "train_loss",
     "epochs",
-    *_TIMES,
+    *TIME_COLUMNS,
 )
 
 
-def _row(
+def round_row(
     cfg: RunConfig,
     r: int,
     masks: Any,
@@ -105,13 +105,13 @@ def _target(cfg: RunConfig, r: int) -> float | None:
     if cfg.method in ("imp", "refill", "rsst", "distill"):
         return imp.target(min(r, cfg.pruning_times), cfg.rate, cfg.schedule)
     if cfg.method == "gradual":
-        return gradual.segments(_gradual_schedule(cfg), cfg.epochs)[r][2]
+        return gradual.segments(gradual_schedule(cfg), cfg.epochs)[r][2]
     if cfg.method == "one_shot":
         return 1.0 - parse_nm(cfg.nm)[0] / parse_nm(cfg.nm)[1] if cfg.struct == "nm" else cfg.sparsity
     return None
 
 
-def _pct(row: dict[str, Any], key: str, *, complement: bool = False) -> str:
+def pct_text(row: dict[str, Any], key: str, *, complement: bool = False) -> str:
     """``row[key]`` in percent (``1 - row[key]`` with ``complement``), with ``± std`` when the row has one."""
     v = row[key]
     text = f"{100 * (1 - v if complement else v):.2f}%"

@@ -67,22 +67,22 @@ from tqdm import tqdm
 from pure_prune import compact_training, mask
 from pure_prune.algorithms import base
 from pure_prune.algorithms.base import Carry, RoundOut, Trained
-from pure_prune.run_context import _context, _Ctx, compile_counter, setup_eager
+from pure_prune.run_context import RunCtx, build_context, compile_counter, setup_eager
 from pure_prune.run_dir import (
     FORMAT,
     _checkpoints,
     _load,
-    _model_info,
     _prepare,
     _save,
     _write_info,
     _write_tables,
     claim,
+    model_info,
     refuse_if_in_use,
     remove_partials,
 )
-from pure_prune.run_rounds import _round, n_rounds
-from pure_prune.run_rows import _SUMMARY_COLUMNS, SEED_METRICS, _pct, _row
+from pure_prune.run_rounds import n_rounds, run_round
+from pure_prune.run_rows import ROUND_COLUMNS, SEED_METRICS, pct_text, round_row
 from pure_prune.runconfig import RunConfig, config_hash
 
 __all__ = [
@@ -246,10 +246,10 @@ def _marked(row: dict[str, Any], d: Diverged) -> dict[str, Any]:
     return {**clean(row), "diverged": f"{d.metric} {d.value} in round {d.round}{where}"}
 
 
-def _metrics(ctx: _Ctx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
+def _metrics(ctx: RunCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
     carry = out.carry
     test = ctx.exp.evaluate(carry.params, carry.state, carry.masks)
-    return _row(ctx.cfg, r, carry.masks, carry.params, out.history, test, out.prune_seconds, timing)
+    return round_row(ctx.cfg, r, carry.masks, carry.params, out.history, test, out.prune_seconds, timing)
 
 
 def _stderr(msg: str) -> None:
@@ -259,7 +259,7 @@ def _stderr(msg: str) -> None:
 # ----------------------------------------------------------------------------- the round loop
 
 
-class _Engine(NamedTuple):
+class Engine(NamedTuple):
     """What the round loop needs from a run: ``round(carry, r) -> RoundOut`` (``carry`` ``None`` at
     round 0), ``metrics(r, out, timing) -> row``, the live compile counters, the ``run.json`` extras,
     the header log line and the summary columns."""
@@ -274,8 +274,8 @@ class _Engine(NamedTuple):
     """Called with the saved rows when a run resumes (restores what the engine keeps between rounds)."""
 
 
-def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
-    ctx = _context(cfg)
+def _single_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
+    ctx = build_context(cfg)
     forms: dict[int, dict[str, Any]] = {}  # compact runs: the form each round trained
     memo: dict[str, Any] = {}
     all_groups = ctx.exp.model.groups(ctx.init(ctx.k_init)[0]) if cfg.compact else ()
@@ -309,7 +309,7 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
                 on_form=on_form,
                 memo=memo,
             )
-        return _round(ctx, carry, r, _attaching(train_fn))
+        return run_round(ctx, carry, r, _attaching(train_fn))
 
     def metrics(r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
         return {**_metrics(ctx, r, out, timing), **forms.get(r, {})}
@@ -320,25 +320,25 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
         if rows and "form_memo" in rows[-1]:
             memo.update(compact_training.memo_from_json(rows[-1]["form_memo"]))
 
-    return _Engine(
+    return Engine(
         round_fn,
         metrics,
         ctx.stats,
-        _model_info(ctx.exp),
+        model_info(ctx.exp),
         header,
-        _SUMMARY_COLUMNS,
+        ROUND_COLUMNS,
         resume,
     )
 
 
-def _seed_engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
+def _seed_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
     """The engine of a several-seed run (``pure_prune.runner_seeds``, which builds on this module)."""
     from pure_prune import runner_seeds
 
     return runner_seeds.engine(cfg, digest, total)
 
 
-def _timing(engine: _Engine, t0: float, graphs0: float, seconds0: float, elapsed: float) -> dict[str, Any]:
+def _timing(engine: Engine, t0: float, graphs0: float, seconds0: float, elapsed: float) -> dict[str, Any]:
     """The round's timing so far: ``t_round``, new ``graphs``, ``compile_seconds``, ``elapsed`` (run)."""
     t_round = time.perf_counter() - t0
     return {
@@ -349,7 +349,7 @@ def _timing(engine: _Engine, t0: float, graphs0: float, seconds0: float, elapsed
     }
 
 
-def _check_finite(r: int, out: RoundOut, metrics: dict[str, Any] | None) -> None:
+def check_finite(r: int, out: RoundOut, metrics: dict[str, Any] | None) -> None:
     """Raise :class:`Diverged` when an epoch's loss of round ``r`` is not finite (carrying the
     round's final trees), or, given the round's ``metrics`` row, its train or test loss (carrying
     the row)."""
@@ -369,7 +369,7 @@ def _check_finite(r: int, out: RoundOut, metrics: dict[str, Any] | None) -> None
 
 
 def _loop(
-    cfg: RunConfig, engine: _Engine, digest: str, total: int, save: Path, say: Callable[[str], None]
+    cfg: RunConfig, engine: Engine, digest: str, total: int, save: Path, say: Callable[[str], None]
 ) -> RunResult:
     """Rounds ``first .. total - 1`` (after the newest checkpoint), each checkpointed and logged."""
     carry: Carry | None = None
@@ -395,9 +395,9 @@ def _loop(
         try:
             out = engine.round(carry, r)
             timing = _timing(engine, t0, graphs0, seconds0, elapsed)
-            _check_finite(r, out, None)
+            check_finite(r, out, None)
             metrics = engine.metrics(r, out, timing)
-            _check_finite(r, out, metrics)
+            check_finite(r, out, metrics)
         except Diverged as d:
             row = (
                 d.row
@@ -420,7 +420,7 @@ def _loop(
         _write_tables(save, rounds, engine.columns)
         tag = f"round {r}/{total - 1}"
         if out.prune_seconds is not None:
-            say(f"{tag} prune: step {r}, sparsity {_pct(metrics, 'sparsity')}, {out.prune_seconds:.3f} s")
+            say(f"{tag} prune: step {r}, sparsity {pct_text(metrics, 'sparsity')}, {out.prune_seconds:.3f} s")
         if "form_units" in metrics:
             what = "new form" if metrics["form_made"] else "kept form"
             say(f"{tag} compact: {what} of {metrics['form_units']} units ({metrics['form_reason']})")
@@ -433,8 +433,8 @@ def _loop(
         else:
             say(f"{tag} step: reused compiled step (0 new graphs), train {metrics['train_seconds']:.2f} s")
         say(
-            f"{tag}: test acc {_pct(metrics, 'test_accuracy')} (best {_pct(metrics, 'best_test_accuracy')}), "
-            f"weights kept {_pct(metrics, 'sparsity', complement=True)}, {t_round:.2f} s"
+            f"{tag}: test acc {pct_text(metrics, 'test_accuracy')} (best {pct_text(metrics, 'best_test_accuracy')}), "
+            f"weights kept {pct_text(metrics, 'sparsity', complement=True)}, {t_round:.2f} s"
         )
     if first >= total:
         say(f"run already complete ({total} rounds)")

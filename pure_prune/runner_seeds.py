@@ -34,18 +34,18 @@ from pure_prune import data, importance, losses, mask, rng, sweep, tree
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.experiment import Experiment
-from pure_prune.run_context import _check_groups, _setup
-from pure_prune.run_dir import _model_info
+from pure_prune.run_context import check_method_groups, setup_run
+from pure_prune.run_dir import model_info
 from pure_prune.run_rounds import (
     _distill_settings,
     _dst_settings,
-    _gradual_schedule,
     _imp_settings,
     _rsst_settings,
+    gradual_schedule,
 )
-from pure_prune.run_rows import _TIMES, SEED_METRICS, _row
+from pure_prune.run_rows import SEED_METRICS, TIME_COLUMNS, round_row
 from pure_prune.runconfig import RunConfig, parse_nm
-from pure_prune.runner import _Engine
+from pure_prune.runner import Engine
 
 __all__ = ["SUMMARY_COLUMNS", "aggregate", "engine"]
 
@@ -57,14 +57,14 @@ SUMMARY_COLUMNS = (
     *itertools.chain.from_iterable((m, f"{m}_std") for m in SEED_METRICS),
     "params_total",
     "epochs",
-    *_TIMES,
+    *TIME_COLUMNS,
 )
 """The ``summary.csv`` columns of a several-seed run: means and ``_std`` of :data:`run_rows.SEED_METRICS`."""
 
 
 class _SeedCtx(NamedTuple):
     """The context of a vmapped several-seed run: per-seed keys (``k_*[i]`` from ``rng.split(keys[i], 3)``,
-    as ``run_context._context`` splits one seed), per-seed scoring batches ``((x (S, B, ...), y (S, B)), ...)``,
+    as ``run_context.build_context`` splits one seed), per-seed scoring batches ``((x (S, B, ...), y (S, B)), ...)``,
     the vmapped steps (train: one batch per seed; eval: the shared test batches) and the method's
     extra seed functions (:func:`_method_steps`)."""
 
@@ -116,14 +116,14 @@ def _method_steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> d
 
 
 def _seed_context(cfg: RunConfig) -> _SeedCtx:
-    """The :class:`_SeedCtx` of ``cfg`` (``seeds > 1``); raises ``ValueError`` as ``run_context._context``."""
-    su = _setup(cfg)
+    """The :class:`_SeedCtx` of ``cfg`` (``seeds > 1``); raises ``ValueError`` as ``run_context.build_context``."""
+    su = setup_run(cfg)
     exp = su.exp
     keys = tuple(cfg.seed_keys())
     k_init, k_method, k_score = (tuple(k) for k in zip(*(rng.split(k, 3) for k in keys)))
     params, _ = su.init(k_init[0])
     groups = masking.active_groups(exp.model.groups(params), cfg.exclude)
-    _check_groups(cfg, groups)
+    check_method_groups(cfg, groups)
     ds = exp.dataset
     per_seed = [
         list(itertools.islice(data.batches(ds.x_train, ds.y_train, cfg.batch_size, key=k), cfg.score_batches))
@@ -389,7 +389,7 @@ def _imp_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainF
 def _gradual_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainFn) -> RoundOut:
     """``gradual.first_round`` / ``next_round`` (segment ``r``) for stacked seeds."""
     keys = ctx.k_method
-    start, stop, target = gradual.segments(_gradual_schedule(ctx.cfg), ctx.cfg.epochs)[r]
+    start, stop, target = gradual.segments(gradual_schedule(ctx.cfg), ctx.cfg.epochs)[r]
     if r == 0:
         params, state, masks = _seed_start(ctx)
         params = mask.apply(params, masks)
@@ -614,13 +614,13 @@ def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
     out["layer_sparsity"] = {
         p: math.fsum(r["layer_sparsity"][p] for r in rows) / len(rows) for p in first["layer_sparsity"]
     }
-    out.update({k: first[k] for k in _TIMES})
+    out.update({k: first[k] for k in TIME_COLUMNS})
     out["last_epoch_seconds"] = first.get("last_epoch_seconds")  # the one program's, shared by the seeds
     return out
 
 
 def _metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
-    """The round's row: every seed's single-seed row (``run_rows._row``), aggregated."""
+    """The round's row: every seed's single-seed row (``run_rows.round_row``), aggregated."""
     carry, n = out.carry, len(ctx.keys)
     test = sweep.evaluate_seeds(
         ctx.steps.eval, carry.params, carry.state, carry.masks, ctx.exp.test_batches()
@@ -629,7 +629,7 @@ def _metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> di
     for i in range(n):
         history = [{k: v[i] if isinstance(v, list) else v for k, v in h.items()} for h in out.history]
         rows.append(
-            _row(
+            round_row(
                 ctx.cfg,
                 r,
                 sweep.seed_slice(carry.masks, i),
@@ -643,8 +643,8 @@ def _metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> di
     return aggregate(rows, list(ctx.keys))
 
 
-def engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
-    """The round loop's engine (``runner._Engine``) for ``cfg.seeds > 1``: seeded rounds, aggregated
+def engine(cfg: RunConfig, digest: str, total: int) -> Engine:
+    """The round loop's engine (``runner.Engine``) for ``cfg.seeds > 1``: seeded rounds, aggregated
     rows, ``run.json`` extras ``seeds = {"keys", "mode": "vmap", "dirs": []}``."""
     if cfg.method not in _ROUNDS:
         raise ValueError(f"method {cfg.method!r} has no seeded rounds; known: {', '.join(_ROUNDS)}")
@@ -658,11 +658,11 @@ def engine(cfg: RunConfig, digest: str, total: int) -> _Engine:
         f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, {len(keys)} seeds (keys {keys[0]}..{keys[-1]}) "
         f"as one vmapped program, config {digest[:12]}, save dir {cfg.save_dir}"
     )
-    return _Engine(
+    return Engine(
         round_fn,
         lambda r, out, timing: _metrics(ctx, r, out, timing),
         ctx.stats,
-        {**_model_info(ctx.exp), "seeds": {"keys": keys, "mode": "vmap", "dirs": []}},
+        {**model_info(ctx.exp), "seeds": {"keys": keys, "mode": "vmap", "dirs": []}},
         header,
         SUMMARY_COLUMNS,
     )

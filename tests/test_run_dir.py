@@ -222,10 +222,10 @@ def test_a_loss_that_turns_nan_stops_the_run_with_a_marked_row(tmp_path):
     # the row check: non-finite training or test loss of a finished round (several-seed runs)
     out = runner.RoundOut(None, [{"epoch": 3.0, "loss": 0.5}], None)
     with pytest.raises(runner.Diverged, match="test_loss is inf in round 4;") as info:
-        runner._check_finite(4, out, {"train_loss": 0.5, "test_loss": float("inf")})
+        runner.check_finite(4, out, {"train_loss": 0.5, "test_loss": float("inf")})
     assert info.value.row == {"train_loss": 0.5, "test_loss": float("inf")}
     with pytest.raises(runner.Diverged, match="train_loss is nan in round 1;"):
-        runner._check_finite(1, out, {"train_loss": 0.5, "per_seed": {"train_loss": [0.5, float("nan")]}})
+        runner.check_finite(1, out, {"train_loss": 0.5, "per_seed": {"train_loss": [0.5, float("nan")]}})
 
 
 def test_several_seeds_that_diverge_stop_after_the_round(tmp_path):
