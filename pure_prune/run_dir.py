@@ -10,10 +10,10 @@
 ``run.log``                       the log lines (also printed)
 ================================  ===================================================================
 
-Refusals (``ValueError`` before anything is written, :func:`_prepare`): a save directory that holds
+Refusals (``ValueError`` before anything is written, :func:`prepare_dir`): a save directory that holds
 another run (different config hash; the differing knobs are named), one that holds this run without
 ``resume`` (its results are never overwritten), a non-empty directory without ``run.json``, and (on
-resume, :func:`_load`) a corrupt or truncated checkpoint. (Runs saved by versions that ran the seeds
+resume, :func:`load_round`) a corrupt or truncated checkpoint. (Runs saved by versions that ran the seeds
 of ``rsst``, ``refill``, ``distill`` and ``dst`` one after another, in ``<save_dir>/seed_<k>/``,
 are refused with a message naming those directories: each is a single-seed run of its own.)
 A ``run.json`` that is truncated, not JSON, not a run record, or whose config no longer matches its
@@ -240,7 +240,7 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
-def _checkpoints(save: Path) -> dict[int, Path]:
+def list_checkpoints(save: Path) -> dict[int, Path]:
     folder = save / _CKPT_DIR
     if not folder.is_dir():
         return {}
@@ -252,7 +252,7 @@ def _checkpoints(save: Path) -> dict[int, Path]:
     return found
 
 
-def _prepare(save: Path, cfg: RunConfig, digest: str, resume: bool, total: int) -> None:
+def prepare_dir(save: Path, cfg: RunConfig, digest: str, resume: bool, total: int) -> None:
     info = save / "run.json"
     if info.is_file():
         stored = read_info(info)
@@ -271,7 +271,7 @@ def _prepare(save: Path, cfg: RunConfig, digest: str, resume: bool, total: int) 
                 "another --save-dir to run the seeds as one vmapped program"
             )
         if not resume:
-            done = max(_checkpoints(save), default=-1) + 1
+            done = max(list_checkpoints(save), default=-1) + 1
             state = "finished" if done >= total else f"unfinished ({done}/{total} rounds)"
             raise ValueError(
                 f"save dir {str(save)!r} already holds this run, {state}; pass --resume to continue it, or "
@@ -284,7 +284,7 @@ def _prepare(save: Path, cfg: RunConfig, digest: str, resume: bool, total: int) 
         )
 
 
-def _write_info(save: Path, cfg: RunConfig, digest: str, extra: dict[str, Any], total: int) -> None:
+def write_info(save: Path, cfg: RunConfig, digest: str, extra: dict[str, Any], total: int) -> None:
     """``run.json``: format, config, hash, round count, torch version and ``extra`` (the model's input
     shape and dtype; for several seeds, ``seeds = {"keys", "mode", "dirs"}``)."""
     checkpoint.save_json_atomic(
@@ -307,7 +307,7 @@ def model_info(exp: Experiment) -> dict[str, Any]:
     }
 
 
-def _load(path: Path, digest: str, r: int) -> tuple[Carry, dict[str, Any]]:
+def load_round(path: Path, digest: str, r: int) -> tuple[Carry, dict[str, Any]]:
     try:
         trees, meta = checkpoint.load(path)
     except checkpoint.CorruptCheckpointError as e:
@@ -328,7 +328,7 @@ def _load(path: Path, digest: str, r: int) -> tuple[Carry, dict[str, Any]]:
     return carry, meta
 
 
-def _save(
+def save_round(
     save: Path, r: int, total: int, carry: Carry, digest: str, cfg: RunConfig, rounds: list[dict]
 ) -> None:
     trees = {
@@ -353,7 +353,7 @@ def _save(
     checkpoint.save(save / _CKPT_DIR / f"round_{r:04d}.safetensors", trees, meta)
 
 
-def _write_tables(save: Path, rounds: list[dict[str, Any]], columns: tuple[str, ...] = ROUND_COLUMNS) -> None:
+def write_tables(save: Path, rounds: list[dict[str, Any]], columns: tuple[str, ...] = ROUND_COLUMNS) -> None:
     """``rounds.jsonl`` and ``summary.csv`` (``columns``) from the metrics (rewritten whole: they are derived)."""
     _write_text(save / "rounds.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
     buf = io.StringIO()

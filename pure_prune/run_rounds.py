@@ -2,7 +2,7 @@
 
 Each method of ``pure_prune.algorithms`` is driven by one round function ``(ctx, _Round) ->
 RoundOut`` (:data:`_ROUNDS`): round 0 starts from the context's init and masks, later rounds take
-the previous round's carry. The settings builders (``_imp_settings`` ...) and
+the previous round's carry. The settings builders (``imp_settings`` ...) and
 :func:`gradual_schedule` are shared with the several-seed engine (``pure_prune.runner_seeds``).
 """
 
@@ -81,7 +81,7 @@ class _Round(NamedTuple):
     level: str
 
 
-def _imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
+def imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
     return imp.Settings(
         rate=cfg.rate,
         rounds=cfg.pruning_times,
@@ -97,7 +97,7 @@ def _imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
 
 def _imp_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
-    s = _imp_settings(cfg, ctx.spe)
+    s = imp_settings(cfg, ctx.spe)
     kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
         return imp.first_round(*_start(ctx), s, **kw)
@@ -155,7 +155,7 @@ def _gradual_round(ctx: RunCtx, a: _Round) -> RoundOut:
     return gradual.next_round(a.carry, a.r, segs, **kw)
 
 
-def _rsst_settings(cfg: RunConfig) -> rsst.Settings:
+def rsst_settings(cfg: RunConfig) -> rsst.Settings:
     return rsst.Settings(
         rate=cfg.rate,
         rounds=cfg.pruning_times,
@@ -172,7 +172,7 @@ def _rsst_settings(cfg: RunConfig) -> rsst.Settings:
 
 def _rsst_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg, exp = ctx.cfg, ctx.exp
-    s = _rsst_settings(cfg)
+    s = rsst_settings(cfg)
     kw = dict(optimizer=exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
         return rsst.first_round(*_start(ctx), s, **kw)
@@ -195,7 +195,7 @@ def _rsst_round(ctx: RunCtx, a: _Round) -> RoundOut:
     )
 
 
-def _distill_settings(cfg: RunConfig) -> distill.Settings:
+def distill_settings(cfg: RunConfig) -> distill.Settings:
     return distill.Settings(
         rate=cfg.rate,
         rounds=cfg.pruning_times,
@@ -210,7 +210,7 @@ def _distill_settings(cfg: RunConfig) -> distill.Settings:
 
 
 def _distill_round(ctx: RunCtx, a: _Round) -> RoundOut:
-    s = _distill_settings(ctx.cfg)
+    s = distill_settings(ctx.cfg)
     kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
         return distill.first_round(*_start(ctx), s, **kw)
@@ -227,7 +227,7 @@ def _distill_round(ctx: RunCtx, a: _Round) -> RoundOut:
     )
 
 
-def _dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
+def dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
     return dst.Settings(
         kind=cfg.dst,
         sparsity=cfg.sparsity,
@@ -243,7 +243,7 @@ def _dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
 
 def _dst_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg, exp = ctx.cfg, ctx.exp
-    s = _dst_settings(cfg, ctx.spe)
+    s = dst_settings(cfg, ctx.spe)
     carry = dst.start(*_start(ctx), s, optimizer=exp.optimizer, key=ctx.key) if a.r == 0 else a.carry
     batches = exp.train_batches(ctx.key)(a.r)
     if cfg.progress:

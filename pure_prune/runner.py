@@ -70,16 +70,16 @@ from pure_prune.algorithms.base import Carry, RoundOut, Trained
 from pure_prune.run_context import RunCtx, build_context, compile_counter, setup_eager
 from pure_prune.run_dir import (
     FORMAT,
-    _checkpoints,
-    _load,
-    _prepare,
-    _save,
-    _write_info,
-    _write_tables,
     claim,
+    list_checkpoints,
+    load_round,
     model_info,
+    prepare_dir,
     refuse_if_in_use,
     remove_partials,
+    save_round,
+    write_info,
+    write_tables,
 )
 from pure_prune.run_rounds import n_rounds, run_round
 from pure_prune.run_rows import ROUND_COLUMNS, SEED_METRICS, pct_text, round_row
@@ -375,19 +375,19 @@ def _loop(
     carry: Carry | None = None
     rounds: list[dict[str, Any]] = []
     first = 0
-    found = _checkpoints(save)
+    found = list_checkpoints(save)
     if not (save / "run.json").is_file():
-        _write_info(save, cfg, digest, engine.info, total)
+        write_info(save, cfg, digest, engine.info, total)
         say(engine.header)
     elif found:
         last = max(found)
-        carry, meta = _load(found[last], digest, last)
+        carry, meta = load_round(found[last], digest, last)
         rounds, first = list(meta.get("metrics", [])), last + 1
         engine.resume(rounds)
         say(f"resume: loaded round {last} from {found[last].name}; {total - first} rounds left")
     else:
         say("resume: no checkpoint yet; starting from round 0")
-    _write_tables(save, rounds, engine.columns)
+    write_tables(save, rounds, engine.columns)
     elapsed = rounds[-1]["elapsed_seconds"] if rounds else 0.0
     for r in range(first, total):
         t0 = time.perf_counter()
@@ -405,7 +405,7 @@ def _loop(
                 else _diverged_row(cfg, d, _timing(engine, t0, graphs0, seconds0, elapsed))
             )
             rounds.append(_marked(row, d))
-            _write_tables(save, rounds, (*engine.columns, "diverged"))
+            write_tables(save, rounds, (*engine.columns, "diverged"))
             say(f"round {r}/{total - 1}: stopped, {d}")
             raise
         t_round, graphs, c_seconds, elapsed = (
@@ -416,8 +416,8 @@ def _loop(
         )
         carry = out.carry
         rounds.append(metrics)
-        _save(save, r, total, carry, digest, cfg, rounds)
-        _write_tables(save, rounds, engine.columns)
+        save_round(save, r, total, carry, digest, cfg, rounds)
+        write_tables(save, rounds, engine.columns)
         tag = f"round {r}/{total - 1}"
         if out.prune_seconds is not None:
             say(f"{tag} prune: step {r}, sparsity {pct_text(metrics, 'sparsity')}, {out.prune_seconds:.3f} s")
@@ -458,7 +458,7 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = _s
     total = n_rounds(cfg)
     save = Path(cfg.save_dir)
     refuse_if_in_use(save)
-    _prepare(save, cfg, digest, resume, total)
+    prepare_dir(save, cfg, digest, resume, total)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -469,7 +469,7 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = _s
 
     engine = (_single_engine if cfg.seeds == 1 else _seed_engine)(cfg, digest, total)
     with claim(save):
-        _prepare(save, cfg, digest, resume, total)  # again, under the lock: a run may have begun meanwhile
+        prepare_dir(save, cfg, digest, resume, total)  # again, under the lock: a run may have begun meanwhile
         for partial in remove_partials(save):
             say(f"removed {partial.relative_to(save)}: a partial write left by a run that was killed")
         return _loop(cfg, engine, digest, total, save, say)

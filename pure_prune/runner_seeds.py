@@ -37,11 +37,11 @@ from pure_prune.experiment import Experiment
 from pure_prune.run_context import check_method_groups, setup_run
 from pure_prune.run_dir import model_info
 from pure_prune.run_rounds import (
-    _distill_settings,
-    _dst_settings,
-    _imp_settings,
-    _rsst_settings,
+    distill_settings,
+    dst_settings,
     gradual_schedule,
+    imp_settings,
+    rsst_settings,
 )
 from pure_prune.run_rows import SEED_METRICS, TIME_COLUMNS, round_row
 from pure_prune.runconfig import RunConfig, parse_nm
@@ -324,7 +324,7 @@ def _imp_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainF
     stacked seeds; for ``refill`` each seed's selected masks are refilled (``refill.mask_fn``) as
     ``imp.next_round``'s ``mask_fn`` does."""
     cfg, keys = ctx.cfg, ctx.k_method
-    s = _imp_settings(cfg, ctx.spe)
+    s = imp_settings(cfg, ctx.spe)
     if r == 0:
         params, state, masks = _seed_start(ctx)
         params = mask.apply(params, masks)
@@ -411,7 +411,7 @@ def _rsst_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrain
     """``rsst.first_round`` / ``next_round`` for stacked seeds: each seed's ``rsst.plan_round`` (its
     own units, by its own weights and scoring batches, and its own penalty), then one vmapped
     training of the stacked plans with the penalized seed step."""
-    s, keys = _rsst_settings(ctx.cfg), ctx.k_method
+    s, keys = rsst_settings(ctx.cfg), ctx.k_method
     if r == 0:
         out, masks = _seed_first_round(ctx, s.check().epochs, rsst._TRAIN, train_fn)
         return base.carry_out(out, masks, extra={"target": None})
@@ -455,7 +455,7 @@ def _distill_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTr
     """``distill.first_round`` / ``next_round`` for stacked seeds: seed ``i`` distils from its own
     dense teacher (round 0's trees, stacked in ``extra["teacher"]``), whose logits for seed ``i``'s
     batch come from one vmapped eval-mode forward without autograd."""
-    s, keys = _distill_settings(ctx.cfg).check(), ctx.k_method
+    s, keys = distill_settings(ctx.cfg).check(), ctx.k_method
     if r == 0:
         out, masks = _seed_first_round(ctx, s.epochs, distill._TRAIN, train_fn)
         return base.carry_out(out, masks, extra={"teacher": {"params": out.params, "state": out.state}})
@@ -525,7 +525,7 @@ def _dst_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainF
     step per batch (seed ``i`` on its own batch), then each seed's due mask update. DST trains inside
     the round (the masks move between steps), so ``train_fn`` is not used."""
     cfg, exp = ctx.cfg, ctx.exp
-    s = _dst_settings(cfg, ctx.spe).check()
+    s = dst_settings(cfg, ctx.spe).check()
     keys, n = ctx.k_method, len(ctx.keys)
     if r == 0:
         params, state, masks = _seed_start(ctx)
