@@ -13,7 +13,7 @@ import pure_prune.models as models
 from pure_prune import tree
 from pure_prune.importance import gradient as G
 from pure_prune.importance import hessian as H
-from pure_prune.importance._functional import linear_taps
+from pure_prune.importance.problem import linear_taps
 from pure_prune.importance.registry import ScoreInput, get
 from pure_prune.losses import sample_cross_entropy as cross_entropy
 from pure_prune.losses import softmax_factor

@@ -1,7 +1,7 @@
 """First-order scores and per-sample gradient statistics.
 
 Conventions (``loss_fn(params, batch)``, inputs, masks, the ``fast`` linear-layer route) are those
-of :mod:`pure_prune.importance._functional`; every score here needs only ``loss_fn`` (a
+of :mod:`pure_prune.importance.problem`; every score here needs only ``loss_fn`` (a
 :class:`~pure_prune.losses.ModelLoss` adds the linear-layer fast path). Let ``g_n`` be the gradient
 of sample ``n``'s loss (``loss_fn`` of row ``n`` of the batch, as a batch of one) w.r.t.
 ``theta = W * M`` and ``N`` the number of samples in all batches (for token-level cross-entropy,
@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 
 from pure_prune import tree
-from pure_prune.importance._functional import (
+from pure_prune.importance.problem import (
     Batch,
     Batches,
     LinearTaps,

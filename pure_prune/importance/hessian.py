@@ -1,7 +1,7 @@
 """Second-order scores: Hessian-vector products, the Hessian diagonal, OBD, HAP and GraSP.
 
 Conventions (``loss_fn(params, batch)``, inputs, masks, the ``fast`` linear-layer route) are those
-of :mod:`pure_prune.importance._functional`; ``L`` is the loss, ``H`` its Hessian w.r.t. the scored
+of :mod:`pure_prune.importance.problem`; ``L`` is the loss, ``H`` its Hessian w.r.t. the scored
 leaves of ``theta = W * M`` (the other leaves are held fixed). HVPs, the Hutchinson and exact
 diagonals and GraSP need only ``loss_fn``; the GGN, the Monte-Carlo Fisher and the exactness check
 need a :class:`~pure_prune.losses.ModelLoss` (``losses.model_loss(model_fn, output_loss)``).
@@ -42,7 +42,7 @@ from torch.func import grad, jvp, vjp, vmap
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pure_prune import rng, tree
-from pure_prune.importance._functional import (
+from pure_prune.importance.problem import (
     Batches,
     LinearTaps,
     LossFn,
