@@ -26,6 +26,7 @@ import torch
 
 from pure_prune import data, losses, mask, optim, rng, select, stage, train, tree
 from pure_prune.algorithms import distill, dst, masking, rsst
+from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.experiment import Experiment, make_optimizer, setup
 from pure_prune.runconfig import RunConfig, parse_nm
 
@@ -237,3 +238,18 @@ def _steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> dict[str
     if cfg.method == "dst" and cfg.dst == "ste":
         return {"ste": dst.make_ste_step(exp.model, losses.cross_entropy, exp.optimizer, **kw)}
     return {}
+
+
+class Engine(NamedTuple):
+    """What the round loop needs from a run: ``round(carry, r) -> RoundOut`` (``carry`` ``None`` at
+    round 0), ``metrics(r, out, timing) -> row``, the live compile counters, the ``run.json`` extras,
+    the header log line and the summary columns."""
+
+    round: Callable[[Carry | None, int], RoundOut]
+    metrics: Callable[[int, RoundOut, dict[str, Any]], dict[str, Any]]
+    stats: dict[str, float]
+    info: dict[str, Any]
+    header: str
+    columns: tuple[str, ...]
+    resume: Callable[[list[dict[str, Any]]], None] = lambda rows: None
+    """Called with the saved rows when a run resumes (restores what the engine keeps between rounds)."""

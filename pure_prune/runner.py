@@ -67,7 +67,7 @@ from tqdm import tqdm
 from pure_prune import compact_training, mask
 from pure_prune.algorithms import base
 from pure_prune.algorithms.base import Carry, RoundOut, Trained
-from pure_prune.run_context import RunCtx, build_context, compile_counter, setup_eager
+from pure_prune.run_context import Engine, RunCtx, build_context, compile_counter, setup_eager
 from pure_prune.run_dir import (
     FORMAT,
     claim,
@@ -257,21 +257,6 @@ def _stderr(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the round loop
-
-
-class Engine(NamedTuple):
-    """What the round loop needs from a run: ``round(carry, r) -> RoundOut`` (``carry`` ``None`` at
-    round 0), ``metrics(r, out, timing) -> row``, the live compile counters, the ``run.json`` extras,
-    the header log line and the summary columns."""
-
-    round: Callable[[Carry | None, int], RoundOut]
-    metrics: Callable[[int, RoundOut, dict[str, Any]], dict[str, Any]]
-    stats: dict[str, float]
-    info: dict[str, Any]
-    header: str
-    columns: tuple[str, ...]
-    resume: Callable[[list[dict[str, Any]]], None] = lambda rows: None
-    """Called with the saved rows when a run resumes (restores what the engine keeps between rounds)."""
 
 
 def _single_engine(cfg: RunConfig, digest: str, total: int) -> Engine:

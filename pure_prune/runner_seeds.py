@@ -34,7 +34,7 @@ from pure_prune import data, importance, losses, mask, rng, sweep, tree
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.experiment import Experiment
-from pure_prune.run_context import check_method_groups, setup_run
+from pure_prune.run_context import Engine, check_method_groups, setup_run
 from pure_prune.run_dir import model_info
 from pure_prune.run_rounds import (
     distill_settings,
@@ -45,7 +45,6 @@ from pure_prune.run_rounds import (
 )
 from pure_prune.run_rows import SEED_METRICS, TIME_COLUMNS, round_row
 from pure_prune.runconfig import RunConfig, parse_nm
-from pure_prune.runner import Engine
 
 __all__ = ["SUMMARY_COLUMNS", "aggregate", "engine"]
 
@@ -644,7 +643,7 @@ def _metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> di
 
 
 def engine(cfg: RunConfig, digest: str, total: int) -> Engine:
-    """The round loop's engine (``runner.Engine``) for ``cfg.seeds > 1``: seeded rounds, aggregated
+    """The round loop's engine (``run_context.Engine``) for ``cfg.seeds > 1``: seeded rounds, aggregated
     rows, ``run.json`` extras ``seeds = {"keys", "mode": "vmap", "dirs": []}``."""
     if cfg.method not in _ROUNDS:
         raise ValueError(f"method {cfg.method!r} has no seeded rounds; known: {', '.join(_ROUNDS)}")

@@ -1,5 +1,5 @@
 """The criteria behind :mod:`pure_prune.importance.registry`, each a thin adapter from
-:class:`~pure_prune.importance.registry.ScoreInput` to one scoring function.
+:class:`~pure_prune.importance.criterion_types.ScoreInput` to one scoring function.
 
 Element-level (a score per weight; lowest pruned first):
 
@@ -39,7 +39,7 @@ import torch
 
 from pure_prune import losses, tree
 from pure_prune.importance import activation, fusion, gradient, hessian, magnitude, weights
-from pure_prune.importance.registry import Criterion, ScoreInput
+from pure_prune.importance.criterion_types import Criterion, ScoreInput
 
 __all__ = ["all_criteria", "hessian_diagonal"]
 
