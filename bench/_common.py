@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from pure_prune import machine as machine_lib
+
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
 
@@ -37,14 +39,8 @@ def setup_threads(threads: int = THREADS) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's model name (``pure_prune.machine.cpu_name``)."""
+    return machine_lib.cpu_name()
 
 
 def machine() -> dict[str, Any]:

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pure_prune.machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 TRAIN_SIZE, BATCH = 1437, 64  # the digits train split and the batch size of both programs
 
@@ -142,9 +144,7 @@ def main() -> None:
     width = max(map(len, rows))
     lines = [f"| {'program':<{width}} | wall s | vs peer |", f"|{'-' * (width + 2)}|-------:|--------:|"]
     lines += [f"| {k:<{width}} | {r['wall_s']:6.1f} | {r['wall_s'] / base:7.2f} |" for k, r in rows.items()]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
-    machine = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "threads": 1}
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "threads": 1}
     import torch  # the version only, after every timed run
 
     machine["torch"] = torch.__version__
@@ -152,7 +152,7 @@ def main() -> None:
         f"\n{args.rounds} rounds x {args.epochs} epochs, {steps} steps per seed, one step {1e3 * step:.2f} ms"
     )
     print("\n".join(lines))
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
+    print(f"machine: {machine['cpu']}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
           f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

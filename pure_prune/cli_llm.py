@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from pure_prune.cli_llm_parser import DEFAULT_SEQLEN, add_parser
 from pure_prune.llm import blocks, calibrate, magnitude, owl, perplexity, sparsegpt, wanda
 from pure_prune.llm.blocks import subtree
 from pure_prune.llm.pattern import parse
+from pure_prune.machine import cpu_name
 
 __all__ = ["DTYPES", "METHODS", "add_parser", "run"]
 
@@ -261,17 +261,6 @@ def _progress(label: str):
     return show
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else the platform's machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -306,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     _check_fits(bm, params, args.sparsity, method, args.calib * seqlen)
     data_free = args.method == "magnitude" and not args.owl
     seeds = [0] if data_free else list(range(args.seeds))
-    machine = f"{_cpu_name()}, {torch.get_num_threads()} threads"
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads"
     if device.type == "cuda":
         machine += f", {torch.cuda.get_device_name(device)}"
 
