@@ -2,7 +2,7 @@
 # The newcomer's path, checked: build the wheel, install it into a fresh virtual environment
 # WITHOUT the dev extras, and run what a user runs first. `make test` calls it (target wheel-check).
 #   1. `pure-prune --help` and `pure-prune demo --help` work with the core dependencies only;
-#   2. without the `data` extra, `pure-prune demo` and `pure_prune.data.load("digits")` name it in
+#   2. without the `data` extra, `pure-prune demo` and `pure_prune.app.data.load("digits")` name it in
 #      one line (exit 2, no traceback; the library raises extras.MissingExtraError);
 #   3. a short `pure-prune run` on an .npz file works with the core dependencies only, and
 #      `pure-prune report` on it names the `plots` extra (exit 2) while `--no-plots` writes the table;
@@ -57,7 +57,7 @@ cd "$work"  # run outside the checkout, so that the installed package is the one
 step "missing data extra: the CLI and the library name it"
 expect_extra data "$bin/pure-prune" demo --no-progress
 "$bin/python" - <<'PY'
-from pure_prune import data, extras
+from pure_prune.app import data, extras
 
 try:
     data.load("digits")

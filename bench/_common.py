@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pure_prune import machine as machine_lib
+from pure_prune.app import machine as machine_lib
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
@@ -39,7 +39,7 @@ def setup_threads(threads: int = THREADS) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``pure_prune.machine.cpu_name``)."""
+    """The CPU's model name (``pure_prune.app.machine.cpu_name``)."""
     return machine_lib.cpu_name()
 
 

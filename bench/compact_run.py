@@ -1,6 +1,6 @@
 """A structured IMP run end to end: every stage trained masked-dense vs compacted (``--compact``).
 
-Both runs are ``pure_prune.runner.run`` with the same config (channel pruning, layer scope, 30% of
+Both runs are ``pure_prune.app.runner.run`` with the same config (channel pruning, layer scope, 30% of
 the remaining units per round, compiled steps), one with ``compact=True``
 (``pure_prune.compact_training``: each round trains the model with its pruned units removed; a
 new form compiles once) and one without (masks as inputs: one compile for the whole run). Per

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import pure_prune.models as models  # noqa: E402
-from pure_prune import data, importance, losses, mask, optim, select, train  # noqa: E402
+from pure_prune import importance, losses, mask, optim, select, train
+from pure_prune.app import data
 from pure_prune.importance.registry import ScoreInput  # noqa: E402
 
 RATES = (0.1, 0.3, 0.5, 0.7)

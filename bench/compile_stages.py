@@ -41,8 +41,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, setup_threads, table, time_interleaved, write_json  # noqa: E402
 
-from pure_prune import compact, data, losses, mask, optim, select, stage, train, tree  # noqa: E402
+from pure_prune import compact, losses, mask, optim, select, stage, train, tree
 from pure_prune import models as model_registry  # noqa: E402
+from pure_prune.app import data
 
 SCHEDULE = (0.08, 0.16, 0.24, 0.32, 0.40)
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pure_prune.machine import cpu_name
+from pure_prune.app.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 TRAIN_SIZE, BATCH = 1437, 64  # the digits train split and the batch size of both programs
@@ -58,7 +58,7 @@ def _step_time(reps: int, backend: str) -> None:
     import torch
 
     from pure_prune import mask
-    from pure_prune.experiment import setup
+    from pure_prune.app.experiment import setup
 
     torch.set_num_threads(1)
     exp, init = setup("mlp", "digits", batch_size=BATCH, compile=backend != "eager")

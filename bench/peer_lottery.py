@@ -4,7 +4,7 @@ run written the usual way, ``nn.Module`` + ``torch.nn.utils.prune`` hooks + ``to
 IMP (Frankle & Carbin, 2019, "The Lottery Ticket Hypothesis"): train, prune ``--rate`` of the
 remaining weights by global magnitude, rewind the survivors to their initial values, repeat for
 ``--rounds`` pruning rounds (``rounds + 1`` trainings). Same MLP 64-256-256-10 (biases never
-pruned), digits split (``pure_prune.data.load("digits")``: 1437 train / 360 test), full batches of
+pruned), digits split (``pure_prune.app.data.load("digits")``: 1437 train / 360 test), full batches of
 ``--batch-size``, SGD lr 0.05 momentum 0.9 (a fresh optimizer per round), test accuracy after every
 epoch as the run does. Threads: ``OMP_NUM_THREADS``. Prints the final accuracy and wall time.
 """
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from pure_prune import data
+from pure_prune.app import data
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--rounds", type=int, default=20, help="pruning rounds (default: %(default)s)")

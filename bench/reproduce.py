@@ -10,10 +10,10 @@ CSVs) and the PNGs it links. Sections:
    2019) on a LeNet-300-100-style MLP (digits, MNIST-1D; MNIST with ``--mnist-root``), against
    the two controls of that paper: the same masks with a fresh initialisation (``reinit``) and
    random masks of the same per-layer sparsity (``random_masks``). All seeds as one vmapped program
-   (``pure_prune.runner.run`` with ``seeds``).
+   (``pure_prune.app.runner.run`` with ``seeds``).
 2. **criteria** — a ShrinkBench-style grid (Blalock et al. 2020): every registered criterion pruned
    one-shot from the trained dense models to compression 2–32×, before and after fine-tuning, on
-   the digits MLP and the MNIST-1D 1-D CNN (``pure_prune.grid.run``).
+   the digits MLP and the MNIST-1D 1-D CNN (``pure_prune.app.sweep.run``).
 2b. **init** — SNIP, GraSP, magnitude and random applied where SNIP and GraSP are meant to be: to
    the untrained nets of section 2, which then train with their masks fixed (``grid.run_point``).
 3. **hessian** — Hutchinson's diagonal against the exact one (basis-vector HVPs on a small MLP, the

@@ -6,12 +6,12 @@ Peers, timed interleaved in one process (``bench/_common.py``), medians of ``--r
 after warm-up, in ``--blocks`` blocks (``per block``: the median over blocks of the loop's block
 median over the peer's, peers of one block having met the same load):
 
-* ``pure_prune vmap+compile``: ``sweep.make_seed_step(..., per_seed_batches=True)`` (one
+* ``pure_prune vmap+compile``: ``seeds.make_seed_step(..., per_seed_batches=True)`` (one
   ``torch.compile``d ``vmap`` of ``train.make_step``'s step; eager checks of the stacked trees
   on every call), dense (``masks=None``) and masked (80% global magnitude per seed; the compiled
   program gets the masks' uint8 views);
 * ``... bool masks in the graph``: the same compiled step fed the bool masks themselves (as
-  ``make_seed_step`` did before; ``sweep.seed_step_of`` without ``bytes_masks``), checked to give
+  ``make_seed_step`` did before; ``seeds.seed_step_of`` without ``bytes_masks``), checked to give
   the same step;
 * ``pure_prune vmap eager``: the same without ``torch.compile``;
 * ``torch.optim loop``: 32 ``nn.Sequential`` + 32 ``torch.optim.SGD``, one after the other;
@@ -38,7 +38,7 @@ bool masks 6.59 ms, 1.55x (the library before: 7.56 ms, 1.57x).
 **Whole pipeline, 8 seeds**: digits MLP ``--sizes`` (default 64-256-256-10, the ``mlp`` preset),
 batch 64, SGD lr 0.05 momentum 0.9; ``--train-epochs`` (5) dense epochs, one-shot global magnitude
 pruning to 80% per seed, ``--finetune-epochs`` (3) epochs of fine-tuning (fresh momentum), test
-accuracy after each phase. ``sweep.run_seeds`` (one vmapped program) against 8 sequential
+accuracy after each phase. ``seeds.run_seeds`` (one vmapped program) against 8 sequential
 single-seed runs of the same pipeline written with ``experiment``/``train``/``select`` (the same
 sub-keys, so the results must agree). Each variant runs in a fresh process; wall seconds from
 ``experiment.setup`` to the last evaluation (imports excluded, compile included): compiled with a
@@ -55,7 +55,7 @@ process, eager and compiled (fresh inductor cache). Wall seconds from the
 first ``runner.run`` to the end, imports excluded; the final per-seed test accuracies of the two
 must agree (seed ``i`` of the vmapped run is the single run with seed ``i``). ``in vmapped
 programs``: the share of the vmapped run's wall time spent inside the vmapped (compiled) programs
-(``sweep.SeedFn._run``, after their eager checks), the first call of each program (its compile)
+(``seeds.SeedFn._run``, after their eager checks), the first call of each program (its compile)
 left out of both; scikit-learn and dynamo are imported before the clock starts.
 
     python bench/seeds.py [--reps 50] [--train-epochs 5] [--finetune-epochs 3] [--rounds 2]
@@ -87,7 +87,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, setup_threads, table, time_interleaved, write_json  # noqa: E402
 
-from pure_prune import data, experiment, losses, mask, optim, rng, select, sweep, train, tree  # noqa: E402
+from pure_prune import losses, mask, optim, rng, seeds, select, train, tree
+from pure_prune.app import data, experiment
 from pure_prune.importance import magnitude  # noqa: E402
 from pure_prune.models import mlp  # noqa: E402
 
@@ -100,10 +101,10 @@ def step_setup() -> dict:
     """Stacked params ``(32, ...)``, per-seed digits batches ``x (32, 64, 64)``, ``y (32, 64)``."""
     ds = data.load("digits")
     keys = rng.split(0, SEEDS)
-    params, state = sweep.init_seeds(lambda k: mlp.init(k, sizes=SIZES), keys)
-    x, y = next(sweep.seed_batches(ds, BATCH, keys, 0))
-    masks = sweep.masks_like_seeds(params)
-    masks = sweep.select_seeds(magnitude.magnitude(params, masks), 0.8, masks=masks)
+    params, state = seeds.init_seeds(lambda k: mlp.init(k, sizes=SIZES), keys)
+    x, y = next(seeds.seed_batches(ds, BATCH, keys, 0))
+    masks = seeds.masks_like_seeds(params)
+    masks = seeds.select_seeds(magnitude.magnitude(params, masks), 0.8, masks=masks)
     return {"params": params, "state": state, "masks": masks, "x": x.contiguous(), "y": y.contiguous()}
 
 
@@ -169,13 +170,13 @@ def jax_step(setup: dict):
 def bench_step(reps: int, blocks: int = 1) -> dict:
     setup = step_setup()
     opt = optim.sgd(LR, momentum=MOMENTUM)
-    opt_state = sweep.init_opt_seeds(opt, setup["params"])
+    opt_state = seeds.init_opt_seeds(opt, setup["params"])
     args = (setup["params"], setup["state"], opt_state)
     batch = (setup["x"], setup["y"])
-    compiled = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=True)
-    eager = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    compiled = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=True)
+    eager = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
     # the same compiled step fed the bool masks themselves (make_seed_step passes their uint8 views)
-    bool_masks = sweep.seed_step_of(
+    bool_masks = seeds.seed_step_of(
         train.make_step(mlp, losses.cross_entropy, opt, compile=False), per_seed_batches=True, compile=True
     )
     t0 = time.perf_counter()
@@ -285,16 +286,16 @@ def bench_limit(reps: int, blocks: int, seeds: int = PIPE_SEEDS) -> dict:
     single = (mask.apply(params, masks), state)
     single_opt = exp.optimizer.init(single[0])
     x, y = next(exp.train_batches(0)(0))
-    ps, ss = sweep.init_seeds(init, rng.split(0, seeds))
-    ms = sweep.masks_like_seeds(ps)
-    ms = sweep.select_seeds(magnitude.magnitude(ps, ms), PIPE_SPARSITY, masks=ms)
+    ps, ss = seeds.init_seeds(init, rng.split(0, seeds))
+    ms = seeds.masks_like_seeds(ps)
+    ms = seeds.select_seeds(magnitude.magnitude(ps, ms), PIPE_SPARSITY, masks=ms)
     ps = mask.apply(ps, ms)
-    opt_s = sweep.init_opt_seeds(exp.optimizer, ps)
+    opt_s = seeds.init_opt_seeds(exp.optimizer, ps)
     xs = x[None].expand(seeds, *x.shape).contiguous()
     ys = y[None].expand(seeds, *y.shape).contiguous()
     loss = losses.cross_entropy
-    vmapped = sweep.make_seed_step(exp.model, loss, exp.optimizer, per_seed_batches=True, compile=True)
-    with_bool = sweep.seed_step_of(
+    vmapped = seeds.make_seed_step(exp.model, loss, exp.optimizer, per_seed_batches=True, compile=True)
+    with_bool = seeds.seed_step_of(
         train.make_step(exp.model, loss, exp.optimizer, compile=False), per_seed_batches=True, compile=True
     )
     one, many, many_bool = "1 compiled step", f"{seeds}-seed step", f"{seeds}-seed step, bool masks"
@@ -340,7 +341,7 @@ def pipeline_child(
         "mlp", "digits", batch_size=64, lr=LR, momentum=MOMENTUM, compile=compiled, model_cfg={"sizes": sizes}
     )
     if mode == "vmap":
-        res = sweep.run_seeds(
+        res = seeds.run_seeds(
             exp, init, keys, sparsity=PIPE_SPARSITY, train_epochs=train_epochs, finetune_epochs=finetune_epochs,
             compile=compiled,
         )  # fmt: skip
@@ -348,7 +349,7 @@ def pipeline_child(
     else:
         metrics = {"dense_accuracy": [], "accuracy": [], "sparsity": []}
         for k in keys:
-            sub = sweep.seed_subkeys(k)
+            sub = seeds.seed_subkeys(k)
             p, s = init(sub["init"])
             m = mask.ones_like(p)
             fit = train.fit(exp.step, p, s, exp.optimizer.init(p), m, exp.train_batches(sub["train"]), train_epochs,
@@ -397,8 +398,8 @@ def bench_pipeline(train_epochs: int, finetune_epochs: int, sizes: tuple[int, ..
     rows = []
     for name, w in walls.items():
         acc, dense = (
-            sweep.summarize(metrics[name]["accuracy"]),
-            sweep.summarize(metrics[name]["dense_accuracy"]),
+            seeds.summarize(metrics[name]["accuracy"]),
+            seeds.summarize(metrics[name]["dense_accuracy"]),
         )
         rows.append([name, min(w), statistics.median(w), f"{dense['mean']:.4f} ± {dense['std']:.4f}",
                      f"{acc['mean']:.4f} ± {acc['std']:.4f}"])  # fmt: skip
@@ -438,14 +439,14 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int, threads: in
     ``seeds`` single-seed runs one after another (``"sequential"``), in a temporary directory."""
     import dataclasses
 
-    from pure_prune import runner
-    from pure_prune.runconfig import RunConfig
+    from pure_prune.app import runner
+    from pure_prune.app.runconfig import RunConfig
 
     setup_threads(threads)
     cfg = dataclasses.replace(RunConfig(), **RUN_COMMON, **RUN_METHODS[method], compile=compiled)
     quiet = lambda _: None  # noqa: E731
     calls: dict[int, list[float]] = {}  # seconds of every run of each vmapped function (SeedFn._run)
-    run_seeds = sweep.SeedFn._run
+    run_seeds = seeds.SeedFn._run
 
     def timed(self, args, n):  # the vmapped (compiled) program itself, after the eager checks
         t = time.perf_counter()
@@ -453,7 +454,7 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int, threads: in
         calls.setdefault(id(self), []).append(time.perf_counter() - t)
         return out
 
-    sweep.SeedFn._run = timed
+    seeds.SeedFn._run = timed
     import torch._dynamo  # noqa: F401 - imports that runner.run would make lazily, inside the clock
 
     data.load("digits")  # scikit-learn's import (~1.5 s) and the data set
@@ -471,7 +472,7 @@ def runner_child(method: str, mode: str, compiled: bool, seeds: int, threads: in
                 res = runner.run(dataclasses.replace(cfg, seed=k, save_dir=f"{root}/s{k}"), log=quiet)
                 acc.append(res.rounds[-1]["test_accuracy"])
         wall = time.perf_counter() - t0
-    sweep.SeedFn._run = run_seeds
+    seeds.SeedFn._run = run_seeds
     first = sum(c[0] for c in calls.values())  # compiles, for compiled runs
     inside = sum(sum(c) for c in calls.values())
     return {
@@ -518,7 +519,7 @@ def bench_runner(methods: list[str], seeds: int, rounds: int, eager_only: bool, 
         for compiled in sorted({c for _, c in variants}):
             kind = "compiled (cold cache)" if compiled else "eager"
             v, q = f"{seeds} seeds vmapped, {kind}", f"{seeds} seeds sequential, {kind}"
-            acc = sweep.summarize(accs[v])
+            acc = seeds.summarize(accs[v])
             diff = max(abs(a - b) for a, b in zip(accs[v], accs[q]))
             share = statistics.median(shares[v]) if v in shares else float("nan")
             rows.append([method, kind, statistics.median(walls[v]), statistics.median(walls[q]),

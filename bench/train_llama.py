@@ -2,7 +2,7 @@
 
 Corpus: ``pydoc_data.topics.topics`` (shipped with CPython; the same text as ``pure-prune``'s
 ``text`` data), its values joined in sorted key order and encoded as UTF-8 bytes (vocab 256; about
-466 KB for Python 3.11). Split by position as ``pure_prune.data.text_corpus``: train = the first
+466 KB for Python 3.11). Split by position as ``pure_prune.app.data.text_corpus``: train = the first
 90%, valid = the next 5%, test = the last 5%. The corpus SHA-256 is recorded, because the text
 changes with the Python version.
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "bytes": len(raw),
             "sha256": hashlib.sha256(raw).hexdigest(),
-            "split": "by position: train first 90%, valid next 5%, test last 5% (as pure_prune.data.text_corpus)",
+            "split": "by position: train first 90%, valid next 5%, test last 5% (as pure_prune.app.data.text_corpus)",
             "tokens": {k: len(v) for k, v in splits.items()},
         },
         "training": {

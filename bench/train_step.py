@@ -99,8 +99,9 @@ from torch.nn.utils import prune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import setup_threads, table, time_interleaved, write_json  # noqa: E402
 
-from pure_prune import data, losses, mask, optim, select, train, tree  # noqa: E402
+from pure_prune import losses, mask, optim, select, train, tree
 from pure_prune import models as model_registry  # noqa: E402
+from pure_prune.app import data
 
 LR, MOMENTUM, SPARSITY = 0.05, 0.9, 0.8
 

@@ -8,7 +8,7 @@ import torch
 
 from pure_prune import losses, mask, optim, train, tree
 from pure_prune.algorithms import base, distill, masking
-from pure_prune.experiment import setup
+from pure_prune.app.experiment import setup
 from pure_prune.importance import magnitude
 from pure_prune.testing import close
 

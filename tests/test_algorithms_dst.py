@@ -9,7 +9,7 @@ import torch
 
 from pure_prune import allocate, losses, mask, models, optim, rng, tree
 from pure_prune.algorithms import base, dst, masking
-from pure_prune.experiment import setup
+from pure_prune.app.experiment import setup
 
 SPEC = models.get("mlp")
 SIZES = (64, 16, 16, 10)

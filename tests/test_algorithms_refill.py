@@ -7,7 +7,7 @@ import torch
 
 from pure_prune import mask, models, tree
 from pure_prune.algorithms import base, imp, masking, refill
-from pure_prune.experiment import setup
+from pure_prune.app.experiment import setup
 from pure_prune.importance import magnitude
 
 SPEC = models.get("mlp")

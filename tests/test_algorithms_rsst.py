@@ -8,7 +8,7 @@ import torch
 from pure_prune import losses, mask, optim, train, tree
 from pure_prune import schedule as schedules
 from pure_prune.algorithms import base, masking, rsst, unit_criteria
-from pure_prune.experiment import setup
+from pure_prune.app.experiment import setup
 from pure_prune.testing import invariants
 
 SIZES = (64, 16, 16, 10)

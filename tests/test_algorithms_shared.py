@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from pure_prune import mask, optim, runconfig
+from pure_prune import mask, optim
 from pure_prune import models as model_registry
 from pure_prune.algorithms import base, imp
+from pure_prune.app import runconfig
+from pure_prune.app.runner import setup_eager
 from pure_prune.importance import magnitude
 from pure_prune.models import conv
-from pure_prune.runner import setup_eager
 
 
 def _tiny():

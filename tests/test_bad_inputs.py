@@ -30,22 +30,8 @@ import numpy as np
 import pytest
 import torch
 
-from pure_prune import (
-    allocate,
-    checkpoint,
-    data,
-    groups,
-    kth,
-    losses,
-    mask,
-    models,
-    optim,
-    rng,
-    schedule,
-    select,
-    train,
-    tree,
-)
+from pure_prune import allocate, groups, kth, losses, mask, models, optim, rng, schedule, select, train, tree
+from pure_prune.app import checkpoint, data
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad_inputs.md"

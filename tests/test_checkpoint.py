@@ -1,4 +1,4 @@
-"""Tests for pure_prune.checkpoint: exact round trips, atomic writes, corruption, resume lookup."""
+"""Tests for pure_prune.app.checkpoint: exact round trips, atomic writes, corruption, resume lookup."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from pure_prune import checkpoint, tree
+from pure_prune import tree
+from pure_prune.app import checkpoint
 
 _DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.bool, torch.int64]
 

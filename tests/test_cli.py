@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pure_prune import cli, cli_parser, cli_run
-from pure_prune.experiment import eval_batch_size, make_optimizer, setup
+from pure_prune.app import cli, cli_parser, cli_run
+from pure_prune.app.experiment import eval_batch_size, make_optimizer, setup
 
 FAST = ["--epochs", "2", "--eager", "--no-progress", "--batch-size", "128"]
 

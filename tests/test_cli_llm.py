@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from pure_prune import cli, rng
+from pure_prune import rng
+from pure_prune.app import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

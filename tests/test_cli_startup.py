@@ -1,6 +1,6 @@
 """Start-up of the ``pure-prune`` command: ``--help`` without torch, ``run``'s first line before it.
 
-The parser lists names copied into :mod:`pure_prune.cli_choices` (so that it need not import the
+The parser lists names copied into :mod:`pure_prune.app.cli_choices` (so that it need not import the
 registries, which import torch); each copy is compared with its registry here, so they cannot
 drift. Timing is measured by ``bench/end_to_end.py`` and reported in the README, not tested.
 """
@@ -13,10 +13,12 @@ import sys
 
 import pytest
 
-from pure_prune import cli_choices, cli_llm, data, grid, importance
+from pure_prune import importance
 from pure_prune import models as model_registry
 from pure_prune.algorithms import dst, imp, masking, refill, rsst, unit_criteria
-from pure_prune.experiment import OPTIMIZERS
+from pure_prune.app import cli_choices, cli_llm, data
+from pure_prune.app import sweep as grid
+from pure_prune.app.experiment import OPTIMIZERS
 
 
 def test_the_choices_equal_their_registries():
@@ -54,11 +56,11 @@ def _env() -> dict[str, str]:
 def test_help_imports_neither_torch_nor_the_commands(command):
     argv = [*command, "--help"]
     code = (
-        f"import sys\nfrom pure_prune import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit as e:\n"
+        f"import sys\nfrom pure_prune.app import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
-        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('pure_prune.cli_commands', "
-        "'pure_prune.cli_llm.', 'pure_prune.runner', 'pure_prune.data', 'pure_prune.grid')) "
-        "or m == 'pure_prune.cli_llm')\nprint('HEAVY', heavy)"
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('pure_prune.app.cli_commands', "
+        "'pure_prune.app.cli_llm.', 'pure_prune.app.runner', 'pure_prune.app.data', 'pure_prune.app.sweep')) "
+        "or m == 'pure_prune.app.cli_llm')\nprint('HEAVY', heavy)"
     )
     done = _python(code)
     assert done.returncode == 0, done.stderr
@@ -76,7 +78,7 @@ class Stop:
             print("IMPORTING TORCH", flush=True)
             raise SystemExit(0)
 sys.meta_path.insert(0, Stop())
-from pure_prune import cli
+from pure_prune.app import cli
 cli.main(["run", "--method", "imp", "--model", "mlp", "--data", "digits", "--save-dir", {str(save)!r}])
 """
     done = _python(code)
@@ -89,7 +91,7 @@ cli.main(["run", "--method", "imp", "--model", "mlp", "--data", "digits", "--sav
 
 
 def test_run_first_line_then_the_error_of_a_refused_config(tmp_path, capsys):
-    from pure_prune import cli, cli_parser, cli_run
+    from pure_prune.app import cli, cli_parser, cli_run
 
     toml = tmp_path / "bad.toml"
     toml.write_text("nope = 1\n")

@@ -1,4 +1,4 @@
-"""Tests for pure_prune.data: offline datasets, file formats, the restricted unpickler, batching."""
+"""Tests for pure_prune.app.data: offline datasets, file formats, the restricted unpickler, batching."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_prune import data, rng
+from pure_prune import rng
+from pure_prune.app import data
 
 # ------------------------------------------------------------------------------------------ helpers
 

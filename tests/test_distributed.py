@@ -1,4 +1,4 @@
-"""pure_prune.distributed: deterministic shards, per-point atomic results, resume, config checks.
+"""pure_prune.app.distributed: deterministic shards, per-point atomic results, resume, config checks.
 
 The ``torchrun`` tests start 2 CPU processes (gloo) on a tiny grid: every point is present on rank
 0; after one result is deleted a second run recomputes only that point; ranks with different
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_prune import distributed
+from pure_prune.app import distributed
 
 
 # ---------------------------------------------------------------------------------- shards
@@ -129,7 +129,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     from pathlib import Path
-    from pure_prune import distributed
+    from pure_prune.app import distributed
 
     out, mode = Path(sys.argv[1]), sys.argv[2]
     rank = int(os.environ["RANK"])

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pure_prune import cli_llm, importance, runconfig
+from pure_prune import importance
 from pure_prune.algorithms import dst
+from pure_prune.app import cli_llm, runconfig
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS_DOC = ROOT / "docs" / "methods.md"

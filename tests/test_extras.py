@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pure_prune import cli, data, extras, report
+from pure_prune.app import cli, data, extras, report
 
 
 def _hide(monkeypatch, *modules: str) -> None:

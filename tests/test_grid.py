@@ -1,5 +1,5 @@
-"""pure-prune sweep (pure_prune.grid): compression by hand, criteria lists, the grid's files, resume
-of missing points, the dense cache, equality with sweep.run_seeds, channel pruning by unit scores,
+"""pure-prune sweep (pure_prune.app.sweep): compression by hand, criteria lists, the grid's files, resume
+of missing points, the dense cache, equality with seeds.run_seeds, channel pruning by unit scores,
 torchrun, and clear errors for bad input."""
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import sys
 import pytest
 import torch
 
-from pure_prune import cli, grid, importance, losses, select, sweep, tree
+from pure_prune import importance, losses, seeds, select, tree
 from pure_prune.algorithms import masking
-from pure_prune.experiment import setup
+from pure_prune.app import cli
+from pure_prune.app import sweep as grid
+from pure_prune.app.experiment import setup
 from pure_prune.importance import magnitude
 from pure_prune.importance.registry import Criterion, ScoreInput
 
@@ -238,7 +240,7 @@ def test_resume_computes_only_missing_points_and_reuses_the_dense_cache(swept):
 
 def test_a_point_equals_run_seeds_trained_from_scratch():
     exp, init = setup("mlp", "digits", batch_size=128, compile=False, model_cfg=TINY)
-    steps = sweep.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
+    steps = seeds.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
     keys = [7, 8]
     params, state, dense = grid.train_dense(exp, init, keys, 2, steps)
     point = grid.run_point(
@@ -251,7 +253,7 @@ def test_a_point_equals_run_seeds_trained_from_scratch():
         finetune_epochs=1,
         steps=steps,
     )
-    whole = sweep.run_seeds(
+    whole = seeds.run_seeds(
         exp, init, keys, sparsity=0.75, train_epochs=2, finetune_epochs=1, scope="layer", steps=steps
     )
     assert point.metrics["dense_accuracy"] == pytest.approx(dense["accuracy"])
@@ -272,7 +274,7 @@ def _unit_l1(inp: ScoreInput):
 
 def test_a_unit_level_criterion_removes_whole_channels_per_seed():
     exp, init = setup("mlp", "digits", batch_size=128, compile=False, model_cfg=TINY)
-    steps = sweep.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
+    steps = seeds.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
     keys = [1, 2]
     params, state, _ = grid.train_dense(exp, init, keys, 1, steps)
     crit = Criterion("unit_l1", _unit_l1, "unit", False, "test: unit L1 norms")
@@ -286,15 +288,15 @@ def test_a_unit_level_criterion_removes_whole_channels_per_seed():
         finetune_epochs=1,
         steps=steps,
     )
-    groups = exp.model.groups(sweep.seed_slice(params, 0))
+    groups = exp.model.groups(seeds.seed_slice(params, 0))
     for i in range(2):
-        m, p = sweep.seed_slice(res.masks, i), sweep.seed_slice(res.params, i)
+        m, p = seeds.seed_slice(res.masks, i), seeds.seed_slice(res.params, i)
         for layer in ("fc1", "fc2"):  # the hidden groups: 8 of 16 units removed in each
             dead = ~m[layer]["weight"].any(dim=1)
             assert int(dead.sum()) == 8
             assert not bool(m[layer]["bias"][dead].any()) and not bool(p[layer]["weight"][dead].any())
-        ones = masking.initial(sweep.seed_slice(params, i), "channels", groups)
-        inp = ScoreInput(exp.model.apply, sweep.seed_slice(params, i), {}, ones, (), 0, groups)
+        ones = masking.initial(seeds.seed_slice(params, i), "channels", groups)
+        inp = ScoreInput(exp.model.apply, seeds.seed_slice(params, i), {}, ones, (), 0, groups)
         expected = masking.prune_to(
             crit(inp), 0.5, struct="channels", masks=ones, groups=groups, scope="layer", level="unit"
         )

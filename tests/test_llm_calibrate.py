@@ -229,7 +229,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch
-    from pure_prune import distributed
+    from pure_prune.app import distributed
     from pure_prune.llm import calibrate, owl, sparsegpt, wanda
     sys.path.insert(0, sys.argv[2])
     from test_llm_calibrate import tiny, tiny_params, tokens

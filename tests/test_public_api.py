@@ -32,7 +32,7 @@ def test_import_is_lazy_and_imports_no_application_module():
         "assert 'pure_prune.select' not in sys.modules; "
         "pp.select.unstructured; "
         "assert 'pure_prune.select' in sys.modules; "
-        "app = [m for m in ('pure_prune.cli', 'pure_prune.runner', 'pure_prune.data', 'pure_prune.models') if m in sys.modules]; "
+        "app = [m for m in ('pure_prune.app.cli', 'pure_prune.app.runner', 'pure_prune.app.data', 'pure_prune.models') if m in sys.modules]; "
         "assert not app, app"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -64,19 +64,19 @@ def test_api_doc_examples_run(index):
 
 
 APPLICATION_PREFIXES = (
-    "pure_prune.cli",
+    "pure_prune.app.cli",
     "pure_prune.run",
-    "pure_prune.grid",
-    "pure_prune.sweep",
-    "pure_prune.data",
-    "pure_prune.experiment",
-    "pure_prune.report",
+    "pure_prune.app.sweep",
+    "pure_prune.seeds",
+    "pure_prune.app.data",
+    "pure_prune.app.experiment",
+    "pure_prune.app.report",
     "pure_prune.models",
     "pure_prune.algorithms",
-    "pure_prune.checkpoint",
-    "pure_prune.distributed",
+    "pure_prune.app.checkpoint",
+    "pure_prune.app.distributed",
     "pure_prune.compact_training",
-    "pure_prune.extras",
+    "pure_prune.app.extras",
 )
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pure_prune import cli, report, runner
-from pure_prune.runconfig import RunConfig
+from pure_prune.app import cli, report, runner
+from pure_prune.app.runconfig import RunConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -206,7 +206,7 @@ def test_several_seeds_give_mean_std_rows_bands_and_pictures(seed_runs, runs, tm
 
 
 def test_csv_text_writes_the_header_and_rows_in_column_order():
-    from pure_prune import report as report_mod
+    from pure_prune.app import report as report_mod
 
     text = report_mod.csv_text([{"b": 2, "a": 1}], columns=("a", "b"))
     assert text.splitlines() == ["a,b", "1,2"]
@@ -290,7 +290,7 @@ def test_mask_pictures_have_a_legend_axis_labels_and_layer_titles(drawn, tmp_pat
 
 
 def test_plain_log_axis_reads_100_10_1():
-    from pure_prune import extras
+    from pure_prune.app import extras
 
     plt = extras.pyplot()
     fig, (wide, narrow) = plt.subplots(1, 2)

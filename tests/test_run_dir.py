@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from pure_prune import checkpoint, cli, report, run_dir, runconfig, runner, tree
-from pure_prune.runconfig import RunConfig
+from pure_prune import tree
+from pure_prune.app import checkpoint, cli, report, run_dir, runconfig, runner
+from pure_prune.app.runconfig import RunConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pure_prune import checkpoint, cli, runconfig, runner, tree
-from pure_prune.runconfig import RunConfig
+from pure_prune import tree
+from pure_prune.app import checkpoint, cli, runconfig, runner
+from pure_prune.app.runconfig import RunConfig
 
 TINY = {"sizes": (64, 16, 16, 10)}
 

@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from pure_prune import checkpoint, cli, runconfig, runner, sweep, tree
-from pure_prune.runconfig import RunConfig
+from pure_prune import seeds, tree
+from pure_prune.app import checkpoint, cli, runconfig, runner
+from pure_prune.app.runconfig import RunConfig
 from pure_prune.testing import close
 
 TINY = {"sizes": (64, 16, 16, 10)}
@@ -36,7 +37,7 @@ def quiet(_: str) -> None:
 def assert_seed_equals_single(multi: runner.RunResult, i: int, single: runner.RunResult) -> None:
     """Seed ``i`` of the several-seed run equals the single-seed run: params, masks, per-round metrics."""
     for name in ("params", "masks", "opt_state"):
-        a, b = sweep.seed_slice(getattr(multi.carry, name), i), getattr(single.carry, name)
+        a, b = seeds.seed_slice(getattr(multi.carry, name), i), getattr(single.carry, name)
         pairs = list(zip(tree.leaves(a), tree.leaves(b), strict=True))
         assert pairs
         for x, y in pairs:
@@ -82,7 +83,7 @@ def test_vmapped_seeds_equal_single_seed_runs(tmp_path, method, knobs):
     for i, key in enumerate((3, 4)):
         single = runner.run(tiny(tmp_path, f"s{key}", method=method, seed=key, **knobs), log=quiet)
         assert_seed_equals_single(multi, i, single)
-    a, b = (sweep.seed_slice(multi.carry.params, i) for i in (0, 1))
+    a, b = (seeds.seed_slice(multi.carry.params, i) for i in (0, 1))
     assert not torch.equal(a["fc1"]["weight"], b["fc1"]["weight"])  # the seeds differ
     if method == "dst":  # every epoch moved the masks (so the equal masks above are per-seed regrowth)
         assert all(r["pruned"] for r in multi.rounds)

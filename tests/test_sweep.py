@@ -1,4 +1,4 @@
-"""pure_prune.sweep: stacked seeds under vmap equal the loop over single seeds.
+"""pure_prune.seeds: stacked seeds under vmap equal the loop over single seeds.
 
 The central property (issue "vmap'd multi-seed sweeps"): for 4 seeds over 50 steps of a conv +
 BatchNorm model with a pruning step in between, the vmapped run equals the loop of single-seed
@@ -18,7 +18,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_prune import data, experiment, losses, mask, optim, rng, select, sweep, train, tree
+from pure_prune import losses, mask, optim, rng, seeds, select, train, tree
+from pure_prune.app import data, experiment
 from pure_prune.importance import magnitude, registry
 from pure_prune.models import layers, mlp
 from pure_prune.testing import close, exact_sparsity, vmapped_equals_loop
@@ -71,9 +72,9 @@ def assert_tree_close(a, b, rtol: float = 1e-5, per_leaf: bool = True) -> None:
 def assert_seed_equals(stacked, singles, **tol) -> None:
     """Seed ``i`` of ``stacked`` is close to ``singles[i]`` for every ``i``."""
     if any(x is not None for x in tree.leaves(stacked)):
-        assert sweep.num_seeds(stacked) == len(singles)
+        assert seeds.num_seeds(stacked) == len(singles)
     for i, single in enumerate(singles):
-        assert_tree_close(sweep.seed_slice(stacked, i), single, **tol)
+        assert_tree_close(seeds.seed_slice(stacked, i), single, **tol)
 
 
 # -------------------------------------------------------------------- the central property
@@ -88,17 +89,17 @@ def test_vmapped_run_equals_loop_with_batchnorm_and_pruning(keys, sparsity):
     def epochs(batches_of_epoch):
         return (b for e in range(7) for b in batches_of_epoch(e))
 
-    step = sweep.make_seed_step(TINY, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
-    params, state = sweep.init_seeds(tiny_init, keys)
-    masks = sweep.masks_like_seeds(params)
-    opt_state = sweep.init_opt_seeds(opt, params)
-    it = epochs(lambda e: sweep.seed_batches((x, y), 16, keys, e))
+    step = seeds.make_seed_step(TINY, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    params, state = seeds.init_seeds(tiny_init, keys)
+    masks = seeds.masks_like_seeds(params)
+    opt_state = seeds.init_opt_seeds(opt, params)
+    it = epochs(lambda e: seeds.seed_batches((x, y), 16, keys, e))
     for _ in range(25):
         params, state, opt_state, _ = step(params, state, opt_state, masks, next(it))
-    scores = sweep.score_seeds("magnitude", TINY, params, state, masks, keys=keys)
-    masks = sweep.select_seeds(scores, sparsity, masks=masks)
+    scores = seeds.score_seeds("magnitude", TINY, params, state, masks, keys=keys)
+    masks = seeds.select_seeds(scores, sparsity, masks=masks)
     params = mask.apply(params, masks)
-    opt_state = sweep.init_opt_seeds(opt, params)
+    opt_state = seeds.init_opt_seeds(opt, params)
     for _ in range(25):
         params, state, opt_state, metrics = step(params, state, opt_state, masks, next(it))
 
@@ -123,86 +124,86 @@ def test_vmapped_run_equals_loop_with_batchnorm_and_pruning(keys, sparsity):
     assert_seed_equals(opt_state, [o for *_, o, _ in loop], rtol=1e-4, per_leaf=False)
     assert metrics["loss"].shape == (4,)
     for i in range(4):
-        exact_sparsity(sweep.seed_slice(masks, i), sparsity)
+        exact_sparsity(seeds.seed_slice(masks, i), sparsity)
 
 
 # ------------------------------------------------------------------------- stacked trees
 def test_init_seeds_equals_single_inits_exactly():
     keys = [3, 1, 4]
-    params, state = sweep.init_seeds(tiny_init, keys)
+    params, state = seeds.init_seeds(tiny_init, keys)
     assert params["conv"]["weight"].shape == (3, 4, 1, 3, 3)
     assert state["bn"]["running_var"].shape == (3, 4)
     for i, k in enumerate(keys):
         p, s = tiny_init(k)
-        for a, b in zip(tree.leaves(sweep.seed_slice(params, i)), tree.leaves(p)):
+        for a, b in zip(tree.leaves(seeds.seed_slice(params, i)), tree.leaves(p)):
             assert torch.equal(a, b)
-        for a, b in zip(tree.leaves(sweep.seed_slice(state, i)), tree.leaves(s)):
+        for a, b in zip(tree.leaves(seeds.seed_slice(state, i)), tree.leaves(s)):
             assert torch.equal(a, b)
-    p_mlp, s_mlp = sweep.init_seeds(mlp_init, [7, 8])
-    assert s_mlp == {} and sweep.num_seeds(p_mlp) == 2
+    p_mlp, s_mlp = seeds.init_seeds(mlp_init, [7, 8])
+    assert s_mlp == {} and seeds.num_seeds(p_mlp) == 2
     assert not torch.equal(p_mlp["fc1"]["weight"][0], p_mlp["fc1"]["weight"][1])  # keys differ, values differ
 
 
 def test_init_seeds_rejects_bad_input():
     with pytest.raises(ValueError, match="non-empty sequence"):
-        sweep.init_seeds(tiny_init, [])
+        seeds.init_seeds(tiny_init, [])
     with pytest.raises(ValueError, match=r"keys\[1\]"):
-        sweep.init_seeds(tiny_init, [1, -2])
+        seeds.init_seeds(tiny_init, [1, -2])
     with pytest.raises(TypeError, match=r"keys\[0\]"):
-        sweep.init_seeds(tiny_init, [1.5])
+        seeds.init_seeds(tiny_init, [1.5])
     with pytest.raises(TypeError, match="must return"):
-        sweep.init_seeds(lambda k: {"w": torch.zeros(2)}, [1])
+        seeds.init_seeds(lambda k: {"w": torch.zeros(2)}, [1])
 
 
 def test_stack_and_unstack_are_the_tree_helpers():
-    assert sweep.stack is tree.stack and sweep.unstack is tree.unstack
+    assert seeds.stack is tree.stack and seeds.unstack is tree.unstack
     a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 4.0])}
-    stacked = sweep.stack([a, b])
+    stacked = seeds.stack([a, b])
     assert torch.equal(stacked["w"], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-    assert torch.equal(sweep.unstack(stacked)[1]["w"], b["w"])
+    assert torch.equal(seeds.unstack(stacked)[1]["w"], b["w"])
 
 
 def test_num_seeds_and_seed_slice_name_the_bad_leaf():
     t = {"a": torch.zeros(3, 2), "b": None, "c": torch.zeros(3)}
-    assert sweep.num_seeds(t) == 3
-    assert torch.equal(sweep.seed_slice(t, -1)["a"], torch.zeros(2)) and sweep.seed_slice(t, 0)["b"] is None
+    assert seeds.num_seeds(t) == 3
+    assert torch.equal(seeds.seed_slice(t, -1)["a"], torch.zeros(2)) and seeds.seed_slice(t, 0)["b"] is None
     with pytest.raises(ValueError, match="'c' has 2 seeds on axis 0, but 'a' has 3"):
-        sweep.num_seeds({"a": torch.zeros(3, 2), "c": torch.zeros(2)})
+        seeds.num_seeds({"a": torch.zeros(3, 2), "c": torch.zeros(2)})
     with pytest.raises(ValueError, match="'s' is 0-d"):
-        sweep.num_seeds({"s": torch.zeros(())})
+        seeds.num_seeds({"s": torch.zeros(())})
     with pytest.raises(ValueError, match="no tensor leaf"):
-        sweep.num_seeds({"a": None})
+        seeds.num_seeds({"a": None})
     with pytest.raises(ValueError, match="seed index"):
-        sweep.seed_slice(t, 3)
+        seeds.seed_slice(t, 3)
 
 
 def test_masks_like_seeds_decides_prunability_per_seed():
-    params, _ = sweep.init_seeds(mlp_init, [1, 2])
-    masks = sweep.masks_like_seeds(params)
+    params, _ = seeds.init_seeds(mlp_init, [1, 2])
+    masks = seeds.masks_like_seeds(params)
     single = mask.ones_like(mlp_init(1)[0])
     for leaf, one in zip(tree.leaves(masks), tree.leaves(single)):
         assert (leaf is None) == (one is None)  # biases (2, out) are still dense leaves
         if leaf is not None:
             assert leaf.shape == (2, *one.shape) and leaf.dtype == torch.bool and bool(leaf.all())
-    excluded = sweep.masks_like_seeds(params, exclude_paths=("fc2.*",))
+    excluded = seeds.masks_like_seeds(params, exclude_paths=("fc2.*",))
     assert excluded["fc2"]["weight"] is None and excluded["fc1"]["weight"] is not None
 
 
 def test_init_opt_seeds_equals_single_inits():
-    params, _ = sweep.init_seeds(mlp_init, [1, 2])
+    params, _ = seeds.init_seeds(mlp_init, [1, 2])
     for opt in (optim.sgd(0.1, momentum=0.9), optim.adam(1e-3)):
-        stacked = sweep.init_opt_seeds(opt, params)
+        stacked = seeds.init_opt_seeds(opt, params)
         assert stacked["count"].shape == (2,)
         assert_seed_equals(stacked, [opt.init(p) for p in tree.unstack(params)], rtol=0)
     with pytest.raises(TypeError, match="optim.Optimizer"):
-        sweep.init_opt_seeds(object(), params)
+        seeds.init_opt_seeds(object(), params)
 
 
 def test_seed_batches_equal_single_seed_batches():
     x, y = mlp_data(5, n=26)
     keys = [4, 9, 2]
     for epoch in (0, 3):
-        got = list(sweep.seed_batches((x, y), 8, keys, epoch))
+        got = list(seeds.seed_batches((x, y), 8, keys, epoch))
         assert len(got) == 3  # 26 // 8 full batches
         for i, k in enumerate(keys):
             want = list(data.batches(x, y, 8, key=data.epoch_key(k, epoch)))
@@ -210,23 +211,23 @@ def test_seed_batches_equal_single_seed_batches():
                 assert xs.shape == (3, 8, MLP_SIZES[0]) and ys.shape == (3, 8)
                 assert torch.equal(xs[i], xw) and torch.equal(ys[i], yw)
     ds = data.load("digits")
-    xb, yb = next(sweep.seed_batches(ds, 4, [1], 0))
+    xb, yb = next(seeds.seed_batches(ds, 4, [1], 0))
     assert xb.shape == (1, 4, 64)
     with pytest.raises(ValueError, match="batch_size"):
-        sweep.seed_batches((x, y), 0, keys, 0)
+        seeds.seed_batches((x, y), 0, keys, 0)
     with pytest.raises(ValueError, match="epoch"):
-        sweep.seed_batches((x, y), 8, keys, -1)
+        seeds.seed_batches((x, y), 8, keys, -1)
     with pytest.raises(TypeError, match="Dataset or a pair"):
-        sweep.seed_batches([x, y], 8, keys, 0)
+        seeds.seed_batches([x, y], 8, keys, 0)
 
 
 # ------------------------------------------------------------------------- steps and chunks
 def _mlp_setup(n_seeds: int = 5):
     keys = list(range(10, 10 + n_seeds))
-    params, state = sweep.init_seeds(mlp_init, keys)
-    masks = sweep.masks_like_seeds(params)
+    params, state = seeds.init_seeds(mlp_init, keys)
+    masks = seeds.masks_like_seeds(params)
     scores = magnitude.magnitude(params, masks)
-    masks = sweep.select_seeds(scores, 0.5, masks=masks)
+    masks = seeds.select_seeds(scores, 0.5, masks=masks)
     params = mask.apply(params, masks)
     return keys, params, state, masks
 
@@ -234,11 +235,11 @@ def _mlp_setup(n_seeds: int = 5):
 def test_step_shared_and_per_seed_batches_equal_single_steps():
     opt = optim.sgd(0.05, momentum=0.9, weight_decay=1e-3)
     keys, params, state, masks = _mlp_setup(3)
-    opt_state = sweep.init_opt_seeds(opt, params)
+    opt_state = seeds.init_opt_seeds(opt, params)
     x, y = mlp_data(1)
     single = train.make_step(mlp.apply, losses.cross_entropy, opt, compile=False)
-    shared = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=False, compile=False)
-    per_seed = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    shared = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=False, compile=False)
+    per_seed = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
     assert not shared.per_seed_batches and per_seed.per_seed_batches
     xs, ys = torch.stack([x, x.flip(0), 2 * x]), torch.stack([y, y.flip(0), y])
     for step, batch, batch_of in (
@@ -248,10 +249,10 @@ def test_step_shared_and_per_seed_batches_equal_single_steps():
         out = step(params, state, opt_state, masks, batch)
         want = [
             single(
-                sweep.seed_slice(params, i),
+                seeds.seed_slice(params, i),
                 {},
-                sweep.seed_slice(opt_state, i),
-                sweep.seed_slice(masks, i),
+                seeds.seed_slice(opt_state, i),
+                seeds.seed_slice(masks, i),
                 batch_of(i),
             )
             for i in range(3)
@@ -270,9 +271,9 @@ def test_seed_step_of_maps_any_single_step_over_the_seeds():
     x, y = mlp_data(2)
     xs, ys = torch.stack([x, x.flip(0), 2 * x]), torch.stack([y, y.flip(0), y])
     pen = rsst.penalized(optim.sgd(0.05, momentum=0.9))
-    chosen = [tree.map(lambda m: None if m is None else ~m, sweep.seed_slice(masks, i)) for i in range(3)]
+    chosen = [tree.map(lambda m: None if m is None else ~m, seeds.seed_slice(masks, i)) for i in range(3)]
     pen_states = [
-        rsst.set_penalty(pen.init(sweep.seed_slice(params, i)), chosen[i], lambda t, i=i: 0.1 * (t + i), 4)
+        rsst.set_penalty(pen.init(seeds.seed_slice(params, i)), chosen[i], lambda t, i=i: 0.1 * (t + i), 4)
         for i in range(3)
     ]
     ste_opt = optim.sgd(0.05, momentum=0.9)
@@ -281,48 +282,48 @@ def test_seed_step_of_maps_any_single_step_over_the_seeds():
         (train.make_step(mlp, losses.cross_entropy, pen, compile=False), pen_states),
     )  # fmt: skip
     for single, states in cases:
-        step = sweep.seed_step_of(single, per_seed_batches=True, compile=False)
+        step = seeds.seed_step_of(single, per_seed_batches=True, compile=False)
         opt_state = tree.stack(states)
         out = step(params, state, opt_state, masks, (xs, ys))
         for _ in range(2):  # a second step reads the stepped states (penalty table, momentum)
             out = step(out[0], out[1], out[2], masks, (xs, ys))
         for i in range(3):
-            p, s, o, m = sweep.seed_slice(params, i), {}, states[i], sweep.seed_slice(masks, i)
+            p, s, o, m = seeds.seed_slice(params, i), {}, states[i], seeds.seed_slice(masks, i)
             for _ in range(3):
                 p, s, o, _ = single(p, s, o, m, (xs[i], ys[i]))
-            assert_tree_close(sweep.seed_slice(out[0], i), p)
-            assert_tree_close(sweep.seed_slice(out[2], i), o)
+            assert_tree_close(seeds.seed_slice(out[0], i), p)
+            assert_tree_close(seeds.seed_slice(out[2], i), o)
     with pytest.raises(TypeError, match="step must be a train step function"):
-        sweep.seed_step_of(None, per_seed_batches=True)
+        seeds.seed_step_of(None, per_seed_batches=True)
     with pytest.raises(TypeError, match="per_seed_batches must be True or False"):
-        sweep.seed_step_of(cases[0][0], per_seed_batches=1)
+        seeds.seed_step_of(cases[0][0], per_seed_batches=1)
 
 
 def test_step_rejects_inconsistent_input():
     opt = optim.sgd(0.05)
     _, params, state, masks = _mlp_setup(3)
-    opt_state = sweep.init_opt_seeds(opt, params)
+    opt_state = seeds.init_opt_seeds(opt, params)
     x, y = mlp_data(1)
-    per_seed = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    per_seed = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
     with pytest.raises(ValueError, match=r"per-seed batch\[0\] must have the 3 seeds"):
         per_seed(params, state, opt_state, masks, (x, y))
-    other = sweep.init_opt_seeds(opt, tree.map(lambda p: p[:2], params))
+    other = seeds.init_opt_seeds(opt, tree.map(lambda p: p[:2], params))
     with pytest.raises(ValueError, match="opt_state has 2 seeds but params has 3"):
         per_seed(params, state, other, masks, (x[None].expand(3, -1, -1), y[None].expand(3, -1)))
     with pytest.raises(TypeError, match="per_seed_batches must be True or False"):
-        sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=None, compile=False)
+        seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=None, compile=False)
     with pytest.raises(ValueError, match="chunk_size"):
-        sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, chunk_size=0)
+        seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, chunk_size=0)
 
 
 def test_chunked_step_equals_unchunked():
     opt = optim.adam(1e-2)
     _, params, state, masks = _mlp_setup(5)
-    opt_state = sweep.init_opt_seeds(opt, params)
+    opt_state = seeds.init_opt_seeds(opt, params)
     x, y = mlp_data(3)
     batch = (x[None].expand(5, -1, -1), y[None].expand(5, -1))
-    whole = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
-    chunked = sweep.make_seed_step(
+    whole = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    chunked = seeds.make_seed_step(
         mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False, chunk_size=2
     )
     a, b = whole(params, state, opt_state, masks, batch), chunked(params, state, opt_state, masks, batch)
@@ -346,10 +347,10 @@ def test_run_chunked_halves_on_out_of_memory_and_keeps_the_smaller_chunk():
     x, shared = torch.arange(10.0).reshape(5, 2), torch.tensor([2.0, 3.0])
     calls: list[int] = []
     with pytest.warns(RuntimeWarning, match="out of memory with a chunk of 5 seeds.*chunks of 2"):
-        out, size = sweep.run_chunked(_fake_allocating_fn(2, calls), (x, shared), (True, False), None)
+        out, size = seeds.run_chunked(_fake_allocating_fn(2, calls), (x, shared), (True, False), None)
     assert torch.equal(out["y"], x * shared) and out["none"] is None
     assert size == 2 and calls == [5, 2, 2, 1]
-    fn = sweep.SeedFn(_fake_allocating_fn(3, []), (True, False), chunk_size=4)
+    fn = seeds.SeedFn(_fake_allocating_fn(3, []), (True, False), chunk_size=4)
     with pytest.warns(RuntimeWarning, match="chunk of 4 seeds"):
         assert torch.equal(fn(x, shared)["y"], x * shared)
     assert fn.chunk_size == 2
@@ -361,13 +362,13 @@ def test_run_chunked_halves_on_out_of_memory_and_keeps_the_smaller_chunk():
 def test_run_chunked_reraises_other_errors_and_oom_at_one_seed():
     x, shared = torch.ones(4, 2), torch.ones(2)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        sweep.run_chunked(_fake_allocating_fn(0, [], "shape mismatch"), (x, shared), (True, False), None)
+        seeds.run_chunked(_fake_allocating_fn(0, [], "shape mismatch"), (x, shared), (True, False), None)
     with pytest.raises(RuntimeError, match="can't allocate"), pytest.warns(RuntimeWarning):
-        sweep.run_chunked(_fake_allocating_fn(0, []), (x, shared), (True, False), None)
+        seeds.run_chunked(_fake_allocating_fn(0, []), (x, shared), (True, False), None)
     with pytest.raises(ValueError, match="seeded has 1 entries for 2 args"):
-        sweep.run_chunked(_fake_allocating_fn(9, []), (x, shared), (True,), None)
+        seeds.run_chunked(_fake_allocating_fn(9, []), (x, shared), (True,), None)
     with pytest.raises(ValueError, match="args\\[1\\] has 3 seeds but args\\[0\\] has 4"):
-        sweep.run_chunked(_fake_allocating_fn(9, []), (x, torch.ones(3, 2)), (True, True), None)
+        seeds.run_chunked(_fake_allocating_fn(9, []), (x, torch.ones(3, 2)), (True, True), None)
 
 
 def test_over_seeds_passes_none_leaves_and_shared_arguments():
@@ -375,34 +376,34 @@ def test_over_seeds_passes_none_leaves_and_shared_arguments():
         return {"a": p["w"].sum() * scale, "b": None, "c": p["w"] + 1}
 
     stacked = {"w": torch.arange(6.0).reshape(3, 2)}
-    out = sweep.over_seeds(fn, (True, False), chunk_size=2)(stacked, torch.tensor(2.0))
+    out = seeds.over_seeds(fn, (True, False), chunk_size=2)(stacked, torch.tensor(2.0))
     assert torch.equal(out["a"], torch.tensor([2.0, 10.0, 18.0])) and out["b"] is None
     assert torch.equal(out["c"], stacked["w"] + 1)
     with pytest.raises(TypeError, match="expected 2 arguments"):
-        sweep.over_seeds(fn, (True, False))(stacked)
+        seeds.over_seeds(fn, (True, False))(stacked)
 
 
 def test_evaluate_and_fit_equal_single_seed_versions():
     opt = optim.sgd(0.05, momentum=0.9)
     keys, params, state, masks = _mlp_setup(2)
     x, y = mlp_data(4)
-    step = sweep.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
-    res = sweep.fit_seeds(
-        step, params, state, sweep.init_opt_seeds(opt, params), masks,
-        lambda e: sweep.seed_batches((x, y), 8, keys, e), 2,
+    step = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    res = seeds.fit_seeds(
+        step, params, state, seeds.init_opt_seeds(opt, params), masks,
+        lambda e: seeds.seed_batches((x, y), 8, keys, e), 2,
     )  # fmt: skip
     single = train.make_step(mlp.apply, losses.cross_entropy, opt, compile=False)
     eval_single = train.make_eval_step(mlp.apply, losses.cross_entropy, compile=False)
-    eval_seeds = sweep.make_seed_eval_step(mlp, losses.cross_entropy, per_seed_batches=False, compile=False)
-    got = sweep.evaluate_seeds(eval_seeds, res.params, res.state, masks, [(x[:10], y[:10]), (x[10:], y[10:])])
+    eval_seeds = seeds.make_seed_eval_step(mlp, losses.cross_entropy, per_seed_batches=False, compile=False)
+    got = seeds.evaluate_seeds(eval_seeds, res.params, res.state, masks, [(x[:10], y[:10]), (x[10:], y[10:])])
     assert got["count"] == 24
     for i, k in enumerate(keys):
-        p, m = sweep.seed_slice(params, i), sweep.seed_slice(masks, i)
+        p, m = seeds.seed_slice(params, i), seeds.seed_slice(masks, i)
         fit = train.fit(
             single, p, {}, opt.init(p), m, lambda e, k=k: data.batches(x, y, 8, key=data.epoch_key(k, e)), 2,
             progress=False,
         )  # fmt: skip
-        assert_tree_close(sweep.seed_slice(res.params, i), fit.params)
+        assert_tree_close(seeds.seed_slice(res.params, i), fit.params)
         for e in range(2):
             for name in ("accuracy", "loss"):
                 assert math.isclose(res.history[e][name][i], fit.history[e][name], rel_tol=1e-5, abs_tol=1e-6)
@@ -410,9 +411,9 @@ def test_evaluate_and_fit_equal_single_seed_versions():
         assert math.isclose(got["accuracy"][i], want["accuracy"], abs_tol=1e-9)
         assert math.isclose(got["loss"][i], want["loss"], rel_tol=1e-5)
     with pytest.raises(ValueError, match="empty"):
-        sweep.evaluate_seeds(eval_seeds, res.params, res.state, masks, [])
+        seeds.evaluate_seeds(eval_seeds, res.params, res.state, masks, [])
     with pytest.raises(TypeError, match="make_seed_step"):
-        sweep.fit_seeds(eval_seeds, params, state, {}, masks, lambda e: [], 1)
+        seeds.fit_seeds(eval_seeds, params, state, {}, masks, lambda e: [], 1)
 
 
 @pytest.fixture(scope="module")
@@ -427,7 +428,7 @@ def compiled_step():
         return compile_fx(gm, example_inputs)
 
     opt = optim.sgd(0.05, momentum=0.9)
-    step = sweep.make_seed_step(
+    step = seeds.make_seed_step(
         mlp, losses.cross_entropy, opt, per_seed_batches=False, compile=True, backend=counting_inductor
     )
     return opt, step, graphs
@@ -436,18 +437,18 @@ def compiled_step():
 def test_compiled_step_equals_eager_loop_and_does_not_recompile_for_new_masks(compiled_step):
     opt, step, graphs = compiled_step
     keys, params, state, masks = _mlp_setup(3)
-    opt_state = sweep.init_opt_seeds(opt, params)
+    opt_state = seeds.init_opt_seeds(opt, params)
     x, y = mlp_data(6)
     single = train.make_step(mlp.apply, losses.cross_entropy, opt, compile=False)
     for sparsity in (0.5, 0.7):  # new mask values: same compiled graph
-        masks = sweep.select_seeds(magnitude.magnitude(params, masks), sparsity, masks=masks)
+        masks = seeds.select_seeds(magnitude.magnitude(params, masks), sparsity, masks=masks)
         out = step(params, state, opt_state, masks, (x, y))
         want = [
             single(
-                sweep.seed_slice(params, i),
+                seeds.seed_slice(params, i),
                 {},
-                sweep.seed_slice(opt_state, i),
-                sweep.seed_slice(masks, i),
+                seeds.seed_slice(opt_state, i),
+                seeds.seed_slice(masks, i),
                 (x, y),
             )
             for i in range(3)
@@ -479,15 +480,15 @@ def test_select_seeds_equals_per_seed_select_exactly(data_, n_seeds, sparsity, s
             for _ in range(n_seeds)
         ]
     )
-    new = sweep.select_seeds(scores, sparsity, scope=scope, masks=old)
+    new = seeds.select_seeds(scores, sparsity, scope=scope, masks=old)
     for i in range(n_seeds):
         want = select.unstructured(
-            sweep.seed_slice(scores, i), sparsity, scope=scope, masks=sweep.seed_slice(old, i)
+            seeds.seed_slice(scores, i), sparsity, scope=scope, masks=seeds.seed_slice(old, i)
         )
-        assert_tree_close(sweep.seed_slice(new, i), want)
-        kept, total = mask.count(sweep.seed_slice(old, i))
+        assert_tree_close(seeds.seed_slice(new, i), want)
+        kept, total = mask.count(seeds.seed_slice(old, i))
         if scope == "global" and total and sparsity >= 1 - kept / total:
-            exact_sparsity(sweep.seed_slice(new, i), sparsity)  # nothing revived, exactly round(s·N)
+            exact_sparsity(seeds.seed_slice(new, i), sparsity)  # nothing revived, exactly round(s·N)
 
 
 def test_lowest_k_under_vmap_takes_the_kthvalue_path_and_equals_eager():
@@ -507,11 +508,11 @@ def test_select_seeds_rejects_non_finite_scores_naming_seed_and_path():
     scores = {"w": torch.zeros(3, 2, 2)}
     scores["w"][2, 1, 0] = float("nan")
     with pytest.raises(ValueError, match=r"score 'w' of seed 2 is not finite at index \(1, 0\)"):
-        sweep.select_seeds(scores, 0.5)
+        seeds.select_seeds(scores, 0.5)
     with pytest.raises(TypeError, match="floating-point"):
-        sweep.select_seeds({"w": torch.zeros(3, 2, 2, dtype=torch.int64)}, 0.5)
+        seeds.select_seeds({"w": torch.zeros(3, 2, 2, dtype=torch.int64)}, 0.5)
     with pytest.raises(ValueError, match="masks have 2 seeds but scores have 3"):
-        sweep.select_seeds(
+        seeds.select_seeds(
             {"w": torch.zeros(3, 2, 2)}, 0.5, masks={"w": torch.ones(2, 2, 2, dtype=torch.bool)}
         )
 
@@ -520,20 +521,20 @@ def test_score_seeds_vmap_equals_loop_and_random_runs_per_seed_keys():
     _, params, state, masks = _mlp_setup(3)
     keys = [5, 6, 7]
     for name in ("magnitude", "l2"):
-        a = sweep.score_seeds(name, mlp, params, state, masks, keys=keys)
-        b = sweep.score_seeds(name, mlp, params, state, masks, keys=keys, vmap=False)
+        a = seeds.score_seeds(name, mlp, params, state, masks, keys=keys)
+        b = seeds.score_seeds(name, mlp, params, state, masks, keys=keys, vmap=False)
         assert_tree_close(a, b, rtol=0)
         assert a["fc1"]["bias"] is None
-    rand = sweep.score_seeds("random", mlp, params, state, masks, keys=keys)  # reads the key: loops
+    rand = seeds.score_seeds("random", mlp, params, state, masks, keys=keys)  # reads the key: loops
     for i, k in enumerate(keys):
-        assert_tree_close(sweep.seed_slice(rand, i), magnitude.random(sweep.seed_slice(masks, i), k), rtol=0)
+        assert_tree_close(seeds.seed_slice(rand, i), magnitude.random(seeds.seed_slice(masks, i), k), rtol=0)
     assert not torch.equal(rand["fc1"]["weight"][0], rand["fc1"]["weight"][1])
     with pytest.raises(ValueError, match="reads the random key"):
-        sweep.score_seeds("random", mlp, params, state, masks, keys=keys, vmap=True)
+        seeds.score_seeds("random", mlp, params, state, masks, keys=keys, vmap=True)
     with pytest.raises(ValueError, match="got 2 keys for 3 seeds"):
-        sweep.score_seeds("magnitude", mlp, params, state, masks, keys=[1, 2])
+        seeds.score_seeds("magnitude", mlp, params, state, masks, keys=[1, 2])
     with pytest.raises(ValueError, match="unknown criterion"):
-        sweep.score_seeds("nope", mlp, params, state, masks, keys=keys)
+        seeds.score_seeds("nope", mlp, params, state, masks, keys=keys)
 
 
 def test_score_seeds_falls_back_to_a_loop_when_vmap_cannot_trace():
@@ -550,33 +551,33 @@ def test_score_seeds_falls_back_to_a_loop_when_vmap_cannot_trace():
     crit = registry.Criterion("data_dependent", data_dependent, "element", True, "test")
     batch = (torch.stack([x, x]), torch.stack([y, y]))
     with pytest.warns(RuntimeWarning, match="cannot run under vmap"):
-        got = sweep.score_seeds(
+        got = seeds.score_seeds(
             crit, mlp, params, state, masks, keys=[1, 2], batches=[batch], per_seed_batches=True
         )
-    want = sweep.score_seeds("magnitude", mlp, params, state, masks, keys=[1, 2])
+    want = seeds.score_seeds("magnitude", mlp, params, state, masks, keys=[1, 2])
     assert_tree_close(got, tree.map(lambda s: None if s is None else 4 * s, want))
 
     def units(inp: registry.ScoreInput) -> dict:
         return {"fc1": inp.params["fc1"]["weight"].abs().sum(1)}
 
     unit_crit = registry.Criterion("unit_norm", units, "unit", False, "test")
-    scored = sweep.score_seeds(unit_crit, mlp, params, state, masks, keys=[1, 2])
+    scored = seeds.score_seeds(unit_crit, mlp, params, state, masks, keys=[1, 2])
     assert scored["fc1"].shape == (2, MLP_SIZES[1])
     assert torch.equal(scored["fc1"], params["fc1"]["weight"].abs().sum(2))
 
 
 # -------------------------------------------------------------------------------- summaries
 def test_summarize_by_hand():
-    s = sweep.summarize([1.0, 2.0, 4.0])
+    s = seeds.summarize([1.0, 2.0, 4.0])
     assert s["n"] == 3 and math.isclose(s["mean"], 7 / 3)
     assert math.isclose(s["std"], math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
-    assert sweep.summarize(torch.tensor([0.5])) == {"mean": 0.5, "std": 0.0, "n": 1}
+    assert seeds.summarize(torch.tensor([0.5])) == {"mean": 0.5, "std": 0.0, "n": 1}
     with pytest.raises(ValueError, match="no values"):
-        sweep.summarize([])
+        seeds.summarize([])
     with pytest.raises(ValueError, match=r"values\[1\] = nan"):
-        sweep.summarize([1.0, float("nan")])
+        seeds.summarize([1.0, float("nan")])
     with pytest.raises(ValueError, match="1-D"):
-        sweep.summarize(torch.zeros(2, 2))
+        seeds.summarize(torch.zeros(2, 2))
 
 
 # --------------------------------------------------------------------------------- pipeline
@@ -585,16 +586,16 @@ def test_run_seeds_equals_the_loop_of_single_seed_pipelines():
         "mlp", "digits", batch_size=128, lr=0.05, compile=False, model_cfg={"sizes": (64, 12, 10)}
     )
     keys = [21, 22]
-    res = sweep.run_seeds(exp, init, keys, sparsity=0.75, train_epochs=1, finetune_epochs=1, compile=False)
+    res = seeds.run_seeds(exp, init, keys, sparsity=0.75, train_epochs=1, finetune_epochs=1, compile=False)
     assert set(res.metrics) == {
         "dense_accuracy", "dense_loss", "pruned_accuracy", "pruned_loss", "accuracy", "loss", "sparsity",
     }  # fmt: skip
-    assert res.summary["accuracy"] == sweep.summarize(res.metrics["accuracy"])
+    assert res.summary["accuracy"] == seeds.summarize(res.metrics["accuracy"])
     record = json.loads(json.dumps(res.as_json(), allow_nan=False))
     assert record["keys"] == keys and record["metrics"] == res.metrics and record["summary"] == res.summary
     assert len(res.history["train"]) == 1 and len(res.history["finetune"][0]["loss"]) == 2
     for i, k in enumerate(keys):
-        sub = sweep.seed_subkeys(k)
+        sub = seeds.seed_subkeys(k)
         p, s = init(sub["init"])
         m = mask.ones_like(p)
         fit = train.fit(
@@ -617,11 +618,11 @@ def test_run_seeds_equals_the_loop_of_single_seed_pipelines():
             progress=False,
         )
         final = exp.evaluate(tuned.params, tuned.state, m)
-        assert_tree_close(sweep.seed_slice(res.masks, i), m)
-        assert_tree_close(sweep.seed_slice(res.params, i), tuned.params)
+        assert_tree_close(seeds.seed_slice(res.masks, i), m)
+        assert_tree_close(seeds.seed_slice(res.params, i), tuned.params)
         assert math.isclose(res.metrics["dense_accuracy"][i], dense["accuracy"], abs_tol=1e-9)
         assert math.isclose(res.metrics["accuracy"][i], final["accuracy"], abs_tol=1e-9)
         assert math.isclose(res.metrics["loss"][i], final["loss"], rel_tol=1e-4)
         assert math.isclose(res.metrics["sparsity"][i], mask.sparsity(m))
     with pytest.raises(ValueError, match="sparsity must be a number in"):
-        sweep.run_seeds(exp, init, keys, sparsity=1.5, train_epochs=1, finetune_epochs=1, compile=False)
+        seeds.run_seeds(exp, init, keys, sparsity=1.5, train_epochs=1, finetune_epochs=1, compile=False)

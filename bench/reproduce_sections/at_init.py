@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pure_prune import grid, runner
+from pure_prune.app import runner
+from pure_prune.app import sweep as grid
 
 from .common import (
     Checks,
@@ -36,7 +37,7 @@ def runs(cfg: dict[str, Any], ccfg: dict[str, Any], seeds: int) -> dict[str, Any
     ``cfg["criteria"]`` scores the *untrained* net (``grid.run_point`` with the model's own init),
     the masks are fixed and the net trains for the dense epochs of ``ccfg``'s net."""
     from pure_prune import losses
-    from pure_prune import sweep as seeds_mod
+    from pure_prune import seeds as seeds_mod
 
     out = {}
     for name, n in ccfg["nets"].items():

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pure_prune import grid
+from pure_prune.app import sweep as grid
 
 from .common import (
     Checks,
@@ -46,7 +46,7 @@ def sweep_config(n: dict[str, Any], seeds: int, eager: bool, **more: Any) -> gri
 
 
 def runs(cfg: dict[str, Any], seeds: int, work: Path) -> dict[str, Any]:
-    """``pure_prune.grid.run`` for every net of ``cfg["nets"]``; the rows of each sweep."""
+    """``pure_prune.app.sweep.run`` for every net of ``cfg["nets"]``; the rows of each sweep."""
     out = {}
     crits = tuple(grid.parse_criteria(cfg["criteria"])) if cfg["criteria"] else ()
     for name, n in cfg["nets"].items():

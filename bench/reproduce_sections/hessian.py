@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from pure_prune import data, losses
-from pure_prune import sweep as seed_sweep
-from pure_prune.experiment import setup
+from pure_prune import losses
+from pure_prune import seeds as seed_sweep
+from pure_prune.app import data
+from pure_prune.app.experiment import setup
+from pure_prune.app.report import plain_log_axis
 from pure_prune.importance import hessian as H
 from pure_prune.models import mlp
-from pure_prune.report import plain_log_axis
 
 from .common import Checks, Context, cached, dashed, finish_axes, md_table, mean_std, pm, pyplot, save_figure
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pure_prune import runner
-from pure_prune.report import plain_log_axis
-from pure_prune.runconfig import RunConfig, config_hash
+from pure_prune.app import runner
+from pure_prune.app.report import plain_log_axis
+from pure_prune.app.runconfig import RunConfig, config_hash
 
 from .common import (
     Checks,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pure_prune.report import plain_log_axis
+from pure_prune.app.report import plain_log_axis
 
 from .common import ROOT, Checks, Context, cached, fmt_s, machine_line, md_table, pyplot, save_figure
 

@@ -8,7 +8,7 @@ arguments, so a runner can checkpoint the carry after any round and resume with 
 Training is injected: ``train_fn(params, state, opt_state, masks, *, start, stop, key, step=None,
 batch_map=None) -> Trained`` trains epochs ``start .. stop-1`` (the data order of epoch ``e`` comes
 from ``key`` and ``e``). :func:`fit_trainer` builds one from an
-:class:`~pure_prune.experiment.Experiment`; :func:`no_training` returns its inputs (for property
+:class:`~pure_prune.app.experiment.Experiment`; :func:`no_training` returns its inputs (for property
 tests of the mask logic, which then run in milliseconds).
 """
 
@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pure_prune import mask, train
-from pure_prune.experiment import Experiment
+from pure_prune.app.experiment import Experiment
 from pure_prune.optim import Optimizer
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from pure_prune import mask, rng, train
 from pure_prune.algorithms import masking
 from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out, train_fresh
-from pure_prune.experiment import Experiment
+from pure_prune.app.experiment import Experiment
 from pure_prune.groups import ChannelGroup
 from pure_prune.optim import Optimizer
 

@@ -1055,7 +1055,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "shard-contiguous",
         "shard hands out ceil(n/world) contiguous points per rank",
-        "pure_prune.distributed:shard",
+        "pure_prune.app.distributed:shard",
         _shard_contiguous,
         ("tests/test_distributed.py::test_shards_are_disjoint_complete_and_deterministic",),
     ),
@@ -1086,21 +1086,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "batches-with-replacement",
         "data.batches samples indices with replacement",
-        "pure_prune.data:batches",
+        "pure_prune.app.data:batches",
         _batches_with_replacement,
         ("tests/test_data.py::test_batches_properties",),
     ),
     Mutant(
         "batches-ignore-key",
         "data.batches shuffles with key 0 whatever the key",
-        "pure_prune.data:batches",
+        "pure_prune.app.data:batches",
         _batches_ignore_key,
         ("tests/test_data.py::test_batches_different_keys_give_different_orders",),
     ),
     Mutant(
         "checkpoint-loses-negative-zero",
         "checkpoint.save normalises float tensors with + 0.0 (-0.0 becomes +0.0)",
-        "pure_prune.checkpoint:save",
+        "pure_prune.app.checkpoint:save",
         _checkpoint_positive_zero,
         ("tests/test_checkpoint.py::test_round_trip_is_bit_exact",),
     ),
@@ -1160,7 +1160,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "select-seeds-seed0-scores",
         "select_seeds ranks every seed by seed 0's scores",
-        "pure_prune.sweep:select_seeds",
+        "pure_prune.seeds:select_seeds",
         _select_seeds_seed0,
         (
             "tests/test_sweep.py::test_select_seeds_equals_per_seed_select_exactly",

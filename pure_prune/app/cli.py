@@ -4,11 +4,11 @@ pure-prune demo                       dense training, one-shot 80% global magnit
                                       fine-tuning on sklearn's digits; prints a before/after table
 pure-prune train --model mlp --data digits [--epochs 30 --lr 0.05 ...]
 pure-prune run [--config run.toml] --method imp --rate 0.2 --pruning-times 20 ... [--resume]
-                                      a pruning experiment, checkpointed per round (pure_prune.runner);
+                                      a pruning experiment, checkpointed per round (pure_prune.app.runner);
                                       --seeds N runs N seeds and reports mean ± std
 pure-prune sweep --model mlp --data digits --criteria magnitude,random --compression 2,4,8 --seeds 5
                                       accuracy vs compression ratio for many criteria, each point over
-                                      all seeds (pure_prune.grid); also under torchrun
+                                      all seeds (pure_prune.app.sweep); also under torchrun
 pure-prune report DIR... [--out report]
                                       table and plots of finished or running experiments
 pure-prune llm --model shipped --method wanda --sparsity 0.5|2:4 [--owl] [--calib 32 --seeds 5]
@@ -21,16 +21,16 @@ Ctrl-C ends it with status 130 and one line. The exception classes taken as inpu
 (:data:`USER_ERRORS`) are those the checks raise: ``ValueError`` (``json``/TOML decode errors and
 a diverged run included), ``TypeError``, ``OSError`` (a file that is missing, exists, or cannot be
 written), ``pickle.UnpicklingError`` (a refused data pickle), ``zipfile.BadZipFile`` and
-``EOFError`` (a damaged ``.npz``) and :class:`~pure_prune.extras.MissingExtraError`. Anything else
+``EOFError`` (a damaged ``.npz``) and :class:`~pure_prune.app.extras.MissingExtraError`. Anything else
 (``AssertionError``, ``RuntimeError``, ``KeyError``, ``IndexError``, ...) is a bug of pure_prune,
 or of torch, and keeps its traceback. ``--debug`` (on every subcommand) shows the traceback of an
 input mistake too.
 
-Start-up. The parser (:mod:`pure_prune.cli_parser`) imports neither torch nor the application, so
+Start-up. The parser (:mod:`pure_prune.app.cli_parser`) imports neither torch nor the application, so
 ``--help`` prints at once; each command imports what it uses when it runs: ``run`` in
-:mod:`pure_prune.cli_run` (which prints its first line before importing torch), ``demo``,
-``train``, ``report`` and ``sweep`` in :mod:`pure_prune.cli_commands`, ``llm`` in
-:mod:`pure_prune.cli_llm`.
+:mod:`pure_prune.app.cli_run` (which prints its first line before importing torch), ``demo``,
+``train``, ``report`` and ``sweep`` in :mod:`pure_prune.app.cli_commands`, ``llm`` in
+:mod:`pure_prune.app.cli_llm`.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ import traceback
 import zipfile
 from collections.abc import Sequence
 
-from pure_prune import extras
-from pure_prune.cli_parser import parser
-from pure_prune.cli_run import config as _run_config  # noqa: F401  (the name tests/test_runner.py uses)
+from pure_prune.app import extras
+from pure_prune.app.cli_parser import parser
+from pure_prune.app.cli_run import config as _run_config  # noqa: F401  (the name tests/test_runner.py uses)
 
 __all__ = ["USER_ERRORS", "main"]
 
@@ -90,14 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the command ``args.command``, importing only its own module (and what that uses)."""
     if args.command == "run":
-        from pure_prune import cli_run
+        from pure_prune.app import cli_run
 
         return cli_run.run(args)
     if args.command == "llm":
-        from pure_prune import cli_llm
+        from pure_prune.app import cli_llm
 
         return cli_llm.run(args)
-    from pure_prune import cli_commands
+    from pure_prune.app import cli_commands
 
     return cli_commands.COMMANDS[args.command](args)
 

@@ -1,10 +1,10 @@
 """The ``demo``, ``train``, ``report`` and ``sweep`` commands of ``pure-prune`` (its parser:
-:mod:`pure_prune.cli_parser`). Imported only once one of them runs, since it imports torch.
+:mod:`pure_prune.app.cli_parser`). Imported only once one of them runs, since it imports torch.
 
 ``demo`` trains densely, prunes 80% by global magnitude and fine-tunes; ``train`` trains densely;
 both print a table whose sparsity and "weights kept" count the prunable weights and whose "params
 kept" counts every parameter. ``report`` tabulates (and plots) run directories; ``sweep`` runs the
-accuracy-vs-compression grid of :mod:`pure_prune.grid`.
+accuracy-vs-compression grid of :mod:`pure_prune.app.sweep`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from pure_prune import checkpoint, extras, mask, rng, run_context, runconfig
+from pure_prune import mask, rng
 from pure_prune.algorithms import one_shot
-from pure_prune.experiment import setup
+from pure_prune.app import checkpoint, extras, run_context, runconfig
+from pure_prune.app.experiment import setup
 from pure_prune.importance import magnitude
 
 __all__ = ["COMMANDS", "report", "sweep", "table"]
@@ -34,7 +35,7 @@ def _float_list(text: str, name: str) -> tuple[float, ...]:
 
 def sweep(args: argparse.Namespace) -> int:
     """``pure-prune sweep``: settings and model/data fit checked, then the grid of points; prints its table."""
-    from pure_prune import grid
+    from pure_prune.app import sweep as grid
 
     if not args.no_plots:
         extras.pyplot("pure-prune sweep's plot (--no-plots leaves it out)")
@@ -75,7 +76,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     """``pure-prune report``: the table (and plots) of run directories."""
-    from pure_prune import report as reports
+    from pure_prune.app import report as reports
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -13,7 +13,7 @@ does not use. :func:`config_hash` identifies a run's results (every knob that ca
 
 ``seeds`` (default 1) runs the seeds with keys ``seed, seed + 1, ..., seed + seeds - 1``
 (:meth:`RunConfig.seed_keys`) in one run; seed ``i`` is the run ``seed = seed + i`` (see
-``pure_prune.runner``).
+``pure_prune.app.runner``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The flags of ``pure-prune llm`` (what they do: :mod:`pure_prune.cli_llm`), built without torch.
+"""The flags of ``pure-prune llm`` (what they do: :mod:`pure_prune.app.cli_llm`), built without torch.
 
 :func:`add_parser` registers the sub-command on ``pure-prune``'s parser; it imports neither torch
 nor the LLM code, so ``pure-prune --help`` and ``pure-prune llm --help`` print at once.
@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from pure_prune.cli_choices import LLM_DTYPES, LLM_METHODS
+from pure_prune.app.cli_choices import LLM_DTYPES, LLM_METHODS
 
 __all__ = ["DEFAULT_SEQLEN", "add_parser"]
 

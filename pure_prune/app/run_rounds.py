@@ -3,7 +3,7 @@
 Each method of ``pure_prune.algorithms`` is driven by one round function ``(ctx, _Round) ->
 RoundOut`` (:data:`_ROUNDS`): round 0 starts from the context's init and masks, later rounds take
 the previous round's carry. The settings builders (``imp_settings`` ...) and
-:func:`gradual_schedule` are shared with the several-seed engine (``pure_prune.runner_seeds``).
+:func:`gradual_schedule` are shared with the several-seed engine (``pure_prune.app.runner_seeds``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from tqdm import tqdm
 from pure_prune import importance, losses
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, one_shot, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
-from pure_prune.run_context import RunCtx
-from pure_prune.runconfig import RunConfig, parse_nm
+from pure_prune.app.run_context import RunCtx
+from pure_prune.app.runconfig import RunConfig, parse_nm
 from pure_prune.schedule import linear, linear_steps, polynomial
 
 __all__ = ["n_rounds"]

@@ -1,10 +1,10 @@
 """``pure-prune run``: one pruning experiment, round by round, checkpointed and resumable.
 
 A run is a sequence of rounds of one method (``pure_prune.algorithms``); the method's round
-functions do the work, called by ``pure_prune.run_rounds`` on the context that
-``pure_prune.run_context`` builds. This module holds the round loop around them: every round is
-checkpointed in the save directory (``pure_prune.run_dir``: its layout and refusals), its metrics
-row (``pure_prune.run_rows``) is appended to ``rounds.jsonl`` and ``summary.csv``, and its log
+functions do the work, called by ``pure_prune.app.run_rounds`` on the context that
+``pure_prune.app.run_context`` builds. This module holds the round loop around them: every round is
+checkpointed in the save directory (``pure_prune.app.run_dir``: its layout and refusals), its metrics
+row (``pure_prune.app.run_rows``) is appended to ``rounds.jsonl`` and ``summary.csv``, and its log
 lines to ``run.log``.
 
 Resuming (``resume=True``) reloads the newest checkpoint and runs the remaining rounds. Every
@@ -14,8 +14,8 @@ compiled-or-eager choice is part of the config. So on CPU, with the same thread 
 resumed run ends bit-identical to an uninterrupted one.
 
 **Several seeds** (``seeds = S > 1``; keys ``k_i = seed + i``, :meth:`RunConfig.seed_keys`). Every
-method runs the ``S`` seeds as one vmapped program (``pure_prune.runner_seeds``, built on
-``pure_prune.sweep``), and seed ``i`` is, to float tolerance, the single-seed run with
+method runs the ``S`` seeds as one vmapped program (``pure_prune.app.runner_seeds``, built on
+``pure_prune.seeds``), and seed ``i`` is, to float tolerance, the single-seed run with
 ``seed = k_i``: same init, data order, scores, masks and controls, all derived from ``k_i`` as that
 run derives them. Every tree is stacked with a leading seed axis, the train and eval steps (and
 RSST's penalized step, distillation's step and teacher forward, STE's step, RigL's dense gradient)
@@ -23,7 +23,7 @@ are ``torch.func.vmap``-ed and compiled once, each seed's batches come from its 
 seed gets its own masks (chosen seed by seed on the host where the choice is not vmapped: structured
 selection, Refill, RSST's units and penalty, DST's drop-and-grow). Checkpoints hold the stacked
 trees, so resuming works as for one seed; rows hold the seeds' means, ``_std`` and values
-(``pure_prune.run_rows``).
+(``pure_prune.app.run_rows``).
 
 **Compact stages** (``compact = True``; ``struct = "channels"``, methods one_shot, gradual, imp,
 one seed). Each round trains the model with its pruned units removed
@@ -44,8 +44,8 @@ metric, its value, the round and the epoch; non-finite numbers as ``null``) to `
 and ``summary.csv``, writes no checkpoint for the round (so ``--resume`` restarts it from the
 round before), and raises :class:`Diverged` (a ``ValueError``) naming the round and the epoch.
 
-**The directory is claimed** (``pure_prune.run_dir.claim``) after every setting, the model/data
-fit and the files were checked (``pure_prune.run_context.check_fit``): a run that is refused
+**The directory is claimed** (``pure_prune.app.run_dir.claim``) after every setting, the model/data
+fit and the files were checked (``pure_prune.app.run_context.check_fit``): a run that is refused
 leaves no file behind, and a second run on a directory in use is refused before it writes.
 
 The public names of the run's modules are importable from here: :data:`FORMAT`,
@@ -67,8 +67,8 @@ from tqdm import tqdm
 from pure_prune import compact_training, mask
 from pure_prune.algorithms import base
 from pure_prune.algorithms.base import Carry, RoundOut, Trained
-from pure_prune.run_context import Engine, RunCtx, build_context, compile_counter, setup_eager
-from pure_prune.run_dir import (
+from pure_prune.app.run_context import Engine, RunCtx, build_context, compile_counter, setup_eager
+from pure_prune.app.run_dir import (
     FORMAT,
     claim,
     list_checkpoints,
@@ -81,9 +81,9 @@ from pure_prune.run_dir import (
     write_info,
     write_tables,
 )
-from pure_prune.run_rounds import n_rounds, run_round
-from pure_prune.run_rows import ROUND_COLUMNS, SEED_METRICS, pct_text, round_row
-from pure_prune.runconfig import RunConfig, config_hash
+from pure_prune.app.run_rounds import n_rounds, run_round
+from pure_prune.app.run_rows import ROUND_COLUMNS, SEED_METRICS, pct_text, round_row
+from pure_prune.app.runconfig import RunConfig, config_hash
 
 __all__ = [
     "FORMAT",
@@ -98,7 +98,7 @@ __all__ = [
 ]
 
 VMAPPED_METHODS = ("one_shot", "gradual", "imp", "refill", "rsst", "distill", "dst")
-"""Methods whose seeds run as one vmapped program (``pure_prune.runner_seeds``): all of them."""
+"""Methods whose seeds run as one vmapped program (``pure_prune.app.runner_seeds``): all of them."""
 
 
 class RunResult(NamedTuple):
@@ -317,8 +317,8 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
 
 
 def _seed_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
-    """The engine of a several-seed run (``pure_prune.runner_seeds``, which builds on this module)."""
-    from pure_prune import runner_seeds
+    """The engine of a several-seed run (``pure_prune.app.runner_seeds``, which builds on this module)."""
+    from pure_prune.app import runner_seeds
 
     return runner_seeds.engine(cfg, digest, total)
 

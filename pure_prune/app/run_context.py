@@ -5,7 +5,7 @@ adds the learning-rate schedule, the steps per epoch and the compile backend (co
 with :func:`compile_counter` when ``compile`` is on); :func:`build_context` adds the compiled train and
 eval steps (one static graph per form for compact runs), the method's extra steps, the keys split
 from ``seed`` (``rng.split(seed, 3)`` into init, method and scoring keys), the prunable groups and
-the scoring batches. The several-seed engine (``pure_prune.runner_seeds``) reuses :func:`setup_run` and
+the scoring batches. The several-seed engine (``pure_prune.app.runner_seeds``) reuses :func:`setup_run` and
 :func:`check_method_groups`.
 
 :func:`setup_run` ends with :func:`check_fit`, so that every run (one seed or several) refuses a model
@@ -24,11 +24,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pure_prune import data, losses, mask, optim, rng, select, stage, train, tree
+from pure_prune import losses, mask, optim, rng, select, stage, train, tree
 from pure_prune.algorithms import distill, dst, masking, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
-from pure_prune.experiment import Experiment, make_optimizer, setup
-from pure_prune.runconfig import RunConfig, parse_nm
+from pure_prune.app import data
+from pure_prune.app.experiment import Experiment, make_optimizer, setup
+from pure_prune.app.runconfig import RunConfig, parse_nm
 
 __all__ = ["check_fit", "compile_counter", "setup_eager"]
 
@@ -82,9 +83,9 @@ class RunSetup(NamedTuple):
 
 
 def setup_eager(cfg: Any) -> tuple[Experiment, Callable[[int], tuple[Any, Any]]]:
-    """:func:`pure_prune.experiment.setup` from a config's ``model``/``data``/``root``/``batch_size``/
+    """:func:`pure_prune.app.experiment.setup` from a config's ``model``/``data``/``root``/``batch_size``/
     ``optimizer``/``lr``/``momentum``/``weight_decay``/``model_cfg`` fields, with eager steps
-    (``compile=False``). ``cfg`` is a :class:`~pure_prune.runconfig.RunConfig` or a grid
+    (``compile=False``). ``cfg`` is a :class:`~pure_prune.app.runconfig.RunConfig` or a grid
     ``SweepConfig``. Returns ``(experiment, init)`` with ``init(key) -> (params, state)``."""
     return setup(
         cfg.model,

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from einops import rearrange, reduce
 
-from pure_prune import extras, rng
+from pure_prune import rng
+from pure_prune.app import extras
 
 __all__ = [
     "MAX_CLASSES", "UNK", "Dataset", "LMCorpus", "batches", "check_batch", "decode", "encode", "epoch_key", "lm_batches",

@@ -48,8 +48,9 @@ import torch
 from einops import rearrange
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pure_prune import checkpoint, extras, mask, select, tree
+from pure_prune import mask, select, tree
 from pure_prune import models as model_registry
+from pure_prune.app import checkpoint, extras
 
 __all__ = [
     "COLUMNS",
@@ -685,7 +686,7 @@ def report(
     """Read the run directories ``dirs``, write ``report.csv``/``report.md`` (and, with ``plots``, the
     PNGs) into ``out``. Returns the rows and the files written.
 
-    Raises ``ValueError`` for an empty ``dirs`` and :class:`pure_prune.extras.MissingExtraError`
+    Raises ``ValueError`` for an empty ``dirs`` and :class:`pure_prune.app.extras.MissingExtraError`
     (naming the ``plots`` extra) when ``plots`` is set and matplotlib is not installed, both before
     anything is read or written."""
     if not dirs:

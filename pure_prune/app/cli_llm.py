@@ -34,19 +34,20 @@ from typing import Any
 
 import torch
 
-from pure_prune import checkpoint, extras, tree
-from pure_prune.cli_choices import LLM_METHODS
-from pure_prune.cli_llm_parser import DEFAULT_SEQLEN, add_parser
+from pure_prune import tree
+from pure_prune.app import checkpoint, extras
+from pure_prune.app.cli_choices import LLM_METHODS
+from pure_prune.app.cli_llm_parser import DEFAULT_SEQLEN, add_parser
+from pure_prune.app.machine import cpu_name
 from pure_prune.llm import blocks, calibrate, magnitude, owl, perplexity, sparsegpt, wanda
 from pure_prune.llm.blocks import subtree
 from pure_prune.llm.pattern import parse
-from pure_prune.machine import cpu_name
 
 __all__ = ["DTYPES", "METHODS", "add_parser", "run"]
 
 METHODS = LLM_METHODS
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""``--dtype`` names (:data:`pure_prune.cli_choices.LLM_DTYPES`) to torch dtypes."""
+"""``--dtype`` names (:data:`pure_prune.app.cli_choices.LLM_DTYPES`) to torch dtypes."""
 
 
 class UsageError(ValueError):

@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pure_prune import data, losses, optim, train
+from pure_prune import losses, optim, train
 from pure_prune import models as model_registry
+from pure_prune.app import data
 
 __all__ = ["Experiment", "eval_batch_size", "make_optimizer", "setup", "OPTIMIZERS"]
 

@@ -37,7 +37,7 @@ from pure_prune import tree as tree_lib
 
 __all__ = ["FORMAT", "DEFAULT_NAME", "CorruptCheckpointError", "latest", "load", "save", "save_json_atomic"]
 
-FORMAT = "pure_prune.checkpoint/1"
+FORMAT = "pure_prune.app.checkpoint/1"
 DEFAULT_NAME = "checkpoint.safetensors"
 _PAYLOAD_KEY = "pure_prune"
 _DIGEST_KEY = "pure_prune.sha256"
@@ -267,7 +267,7 @@ def load(path: str | os.PathLike) -> tuple[dict[str, tree_lib.Tree], dict[str, A
         raise corrupt(f"unreadable safetensors data ({e})") from e
     payload, digest = header.get(_PAYLOAD_KEY), header.get(_DIGEST_KEY)
     if payload is None or digest is None:
-        raise corrupt(f"no {_PAYLOAD_KEY!r} metadata (not written by pure_prune.checkpoint.save)")
+        raise corrupt(f"no {_PAYLOAD_KEY!r} metadata (not written by pure_prune.app.checkpoint.save)")
     if _digest(payload, tensors) != digest:
         raise corrupt("SHA-256 mismatch: the header or tensor data changed after it was written")
     try:

@@ -1,7 +1,7 @@
 """The names the ``pure-prune`` command lists in its flags' help, as plain tuples (no torch).
 
 Building the parser from the registries themselves (``pure_prune.models.names()``,
-``pure_prune.importance.names()``, ``pure_prune.experiment.OPTIMIZERS``, ...) would import torch
+``pure_prune.importance.names()``, ``pure_prune.app.experiment.OPTIMIZERS``, ...) would import torch
 and most of the application, about a second before ``pure-prune --help`` could print anything.
 These copies let the parser, and the first line of ``pure-prune run``, come without that import;
 ``tests/test_cli_startup.py`` asserts each equals its registry, so they cannot drift apart.
@@ -35,7 +35,7 @@ MODELS = (
 """``pure_prune.models.names()``: the models ``--model`` takes."""
 
 DATA = ("cifar10", "digits", "mnist", "mnist1d", "npz", "text")
-"""``pure_prune.data.names()``: the data sets ``--data`` takes."""
+"""``pure_prune.app.data.names()``: the data sets ``--data`` takes."""
 
 IMPORTANCE = (
     "enhanced", "fisher", "grasp", "gsnr", "hap", "hessian", "l1", "l1_units", "l2", "magnitude",
@@ -65,10 +65,10 @@ DST_DISTRIBUTIONS = ("uniform", "erk")
 """``pure_prune.algorithms.dst.DISTRIBUTIONS``: dst's sparsity per layer."""
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-"""``pure_prune.experiment.OPTIMIZERS``."""
+"""``pure_prune.app.experiment.OPTIMIZERS``."""
 
 SWEEP_COMPRESSIONS = (2.0, 4.0, 8.0, 16.0, 32.0)
-"""The default compression ratios of ``pure-prune sweep`` (``pure_prune.grid.COMPRESSIONS`` is this)."""
+"""The default compression ratios of ``pure-prune sweep`` (``pure_prune.app.sweep.COMPRESSIONS`` is this)."""
 
 SWEEP_CRITERIA = (
     ("random", "global", "element"),
@@ -83,7 +83,7 @@ SWEEP_CRITERIA = (
     ("hap", "layer", "unit"),
     ("enhanced", "layer", "unit"),
 )
-"""``(criterion, scope, level)`` of the default sweep (``pure_prune.grid.DEFAULT_CRITERIA`` is this)."""
+"""``(criterion, scope, level)`` of the default sweep (``pure_prune.app.sweep.DEFAULT_CRITERIA`` is this)."""
 
 SWEEP_DEFAULTS = {
     "model": "mlp",
@@ -99,10 +99,10 @@ SWEEP_DEFAULTS = {
     "score_batches": 1,
     "seed": 0,
 }
-"""The defaults of ``pure_prune.grid.SweepConfig`` that ``pure-prune sweep``'s flags show."""
+"""The defaults of ``pure_prune.app.sweep.SweepConfig`` that ``pure-prune sweep``'s flags show."""
 
 LLM_METHODS = ("magnitude", "wanda", "sparsegpt")
 """The methods of ``pure-prune llm --method``."""
 
 LLM_DTYPES = ("float32", "bfloat16", "float16")
-"""The names of ``pure-prune llm --dtype`` (``pure_prune.cli_llm.DTYPES`` maps them to torch dtypes)."""
+"""The names of ``pure-prune llm --dtype`` (``pure_prune.app.cli_llm.DTYPES`` maps them to torch dtypes)."""

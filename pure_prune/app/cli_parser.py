@@ -1,9 +1,9 @@
 """The parser of the ``pure-prune`` command: every sub-command's flags, their help and types.
 
-Built without torch (the choices listed in the help come from :mod:`pure_prune.cli_choices`), so
+Built without torch (the choices listed in the help come from :mod:`pure_prune.app.cli_choices`), so
 ``pure-prune --help`` and every ``pure-prune <command> --help`` print at once; the commands
-themselves are in :mod:`pure_prune.cli_run` (``run``), :mod:`pure_prune.cli_commands` (``demo``,
-``train``, ``report``, ``sweep``) and :mod:`pure_prune.cli_llm` (``llm``).
+themselves are in :mod:`pure_prune.app.cli_run` (``run``), :mod:`pure_prune.app.cli_commands` (``demo``,
+``train``, ``report``, ``sweep``) and :mod:`pure_prune.app.cli_llm` (``llm``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 import json
 
-from pure_prune import runconfig
-from pure_prune.cli_choices import (
+from pure_prune.app import runconfig
+from pure_prune.app.cli_choices import (
     CONTROLS,
     DATA,
     DST_DISTRIBUTIONS,
@@ -29,7 +29,7 @@ from pure_prune.cli_choices import (
     SWEEP_DEFAULTS,
     UNIT_CRITERIA,
 )
-from pure_prune.cli_llm_parser import add_parser as add_llm_parser
+from pure_prune.app.cli_llm_parser import add_parser as add_llm_parser
 
 __all__ = ["int_list", "json_object", "parser", "positive_int", "str_list"]
 
@@ -200,7 +200,9 @@ def _run_parser(sub) -> None:
     """``pure-prune run``: one flag per RunConfig knob (dashes for underscores), none with a default
     here, so that only the flags given override the TOML file and the stored config; the help of
     each states the knob's default."""
-    rp = sub.add_parser("run", help="a pruning experiment with per-round checkpoints (see pure_prune.runner)")
+    rp = sub.add_parser(
+        "run", help="a pruning experiment with per-round checkpoints (see pure_prune.app.runner)"
+    )
     rp.add_argument("--config", default=None, help="TOML file of knobs, flags override it (default: none)")
     rp.add_argument(
         "--resume",
@@ -269,7 +271,7 @@ def _sweep_parser(sub) -> None:
     d = SWEEP_DEFAULTS
     sp = sub.add_parser(
         "sweep",
-        help="accuracy vs compression for many criteria over seeds (pure_prune.grid); "
+        help="accuracy vs compression for many criteria over seeds (pure_prune.app.sweep); "
         "torchrun --nproc_per_node N -m pure_prune sweep ... shards the points",
     )
     sp.add_argument("--model", default=d["model"], help=f"one of: {', '.join(MODELS)} (default: %(default)s)")

@@ -47,23 +47,12 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from pure_prune import (
-    checkpoint,
-    cli_choices,
-    distributed,
-    extras,
-    importance,
-    losses,
-    mask,
-    report,
-    rng,
-    tree,
-)
-from pure_prune import sweep as seeds
+from pure_prune import importance, losses, mask, rng, seeds, tree
 from pure_prune.algorithms import masking
-from pure_prune.experiment import OPTIMIZERS, Experiment
+from pure_prune.app import checkpoint, cli_choices, distributed, extras, report
+from pure_prune.app.experiment import OPTIMIZERS, Experiment
+from pure_prune.app.runner import setup_eager
 from pure_prune.importance.registry import Criterion
-from pure_prune.runner import setup_eager
 
 __all__ = [
     "COMPRESSIONS",
@@ -83,7 +72,7 @@ __all__ = [
     "train_dense",
 ]
 
-FORMAT = "pure_prune.sweep/1"
+FORMAT = "pure_prune.seeds/1"
 COMPRESSIONS = cli_choices.SWEEP_COMPRESSIONS
 DEFAULT_CRITERIA: tuple[tuple[str, str, str], ...] = cli_choices.SWEEP_CRITERIA
 """``(criterion, scope, level)`` in table order; :func:`default_criteria` keeps those registered

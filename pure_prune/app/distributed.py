@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from pure_prune.checkpoint import save_json_atomic
+from pure_prune.app.checkpoint import save_json_atomic
 
 __all__ = [
     "ConfigMismatchError",

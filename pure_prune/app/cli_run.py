@@ -1,4 +1,4 @@
-"""``pure-prune run``: a pruning experiment with per-round checkpoints (:mod:`pure_prune.runner`).
+"""``pure-prune run``: a pruning experiment with per-round checkpoints (:mod:`pure_prune.app.runner`).
 
 Its first line (stdout) names the method, model, data and save directory as soon as the flags and
 the TOML file are read, before torch and the runner are imported (about a second of start-up);
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pure_prune import runconfig
+from pure_prune.app import runconfig
 
 __all__ = ["config", "first_line", "run"]
 
@@ -29,7 +29,7 @@ def config(args: argparse.Namespace) -> runconfig.RunConfig:
         save = flags.get("save_dir") or toml.get("save_dir") or toml.get("save-dir")
         stored = Path(save) / "run.json" if save else None
         if stored is not None and stored.is_file():
-            from pure_prune import run_dir  # imports torch: only to resume
+            from pure_prune.app import run_dir
 
             base = runconfig.from_mapping(run_dir.read_info(stored)["config"])
     return runconfig.from_mapping(flags, runconfig.from_mapping(toml, base))
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     line = first_line(args)
     if line is not None:
         print(line, flush=True)
-    from pure_prune import runner
+    from pure_prune.app import runner
 
     res = runner.run(config(args), resume=args.resume)
     if res.rounds:

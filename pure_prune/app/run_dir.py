@@ -2,7 +2,7 @@
 
 ================================  ===================================================================
 ``run.json``                      the resolved config, its hash, the model's input shape (written once)
-``checkpoints/round_NNNN.safetensors``  after every round (``pure_prune.checkpoint``: atomic, hashed):
+``checkpoints/round_NNNN.safetensors``  after every round (``pure_prune.app.checkpoint``: atomic, hashed):
                                   params, state, opt_state, masks, rewind weights, method extras;
                                   metadata: round index, rng position, config hash, metrics so far
 ``rounds.jsonl``                  one line of metrics per round (derived from the last checkpoint)
@@ -53,11 +53,11 @@ try:
 except ImportError:  # Windows: the lock is an O_EXCL file (module docstring)
     fcntl = None  # type: ignore[assignment]
 
-from pure_prune import checkpoint
 from pure_prune.algorithms.base import Carry
-from pure_prune.experiment import Experiment
-from pure_prune.run_rows import ROUND_COLUMNS
-from pure_prune.runconfig import NOT_HASHED, RunConfig, config_hash, from_mapping
+from pure_prune.app import checkpoint
+from pure_prune.app.experiment import Experiment
+from pure_prune.app.run_rows import ROUND_COLUMNS
+from pure_prune.app.runconfig import NOT_HASHED, RunConfig, config_hash, from_mapping
 
 __all__ = ["FORMAT", "LOCK", "claim", "holder", "read_info", "refuse_if_in_use", "remove_partials"]
 
@@ -66,7 +66,7 @@ _CKPT_DIR = "checkpoints"
 _CKPT = re.compile(r"^round_(\d{4,})\.safetensors$")
 LOCK = ".lock"
 """The lock file of a save directory (:func:`claim`)."""
-# the temporary files of an atomic write (pure_prune.checkpoint's and _write_text's naming)
+# the temporary files of an atomic write (pure_prune.app.checkpoint's and _write_text's naming)
 _PARTIAL = re.compile(
     r"^\.(run\.json|rounds\.jsonl|summary\.csv|round_\d{4,}\.safetensors)\.[A-Za-z0-9_]+\.tmp$"
 )

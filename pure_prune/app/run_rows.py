@@ -17,8 +17,8 @@ from typing import Any
 
 from pure_prune import mask
 from pure_prune.algorithms import gradual, imp
-from pure_prune.run_rounds import gradual_schedule
-from pure_prune.runconfig import RunConfig, parse_nm
+from pure_prune.app.run_rounds import gradual_schedule
+from pure_prune.app.runconfig import RunConfig, parse_nm
 
 __all__ = ["SEED_METRICS"]
 

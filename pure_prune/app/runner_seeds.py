@@ -1,16 +1,16 @@
 """``pure-prune run --seeds S``: every method's rounds over ``S`` stacked seeds, as one vmapped program.
 
 Seed ``i`` (key ``k_i = seed + i``) is, to float tolerance, the single-seed run with ``seed = k_i``
-(:mod:`pure_prune.runner`): same init, data order, scores, masks and random controls, each derived
+(:mod:`pure_prune.app.runner`): same init, data order, scores, masks and random controls, each derived
 from ``k_i`` exactly as that run derives it (``rng.split(k_i, 3)`` into init, method and scoring
 keys; the method key folded with the offsets the modules of ``pure_prune.algorithms`` use).
 
-Every tree is stacked with a leading seed axis (``pure_prune.sweep``). What runs once for all seeds:
+Every tree is stacked with a leading seed axis (``pure_prune.seeds``). What runs once for all seeds:
 the train and eval steps (``torch.func.vmap``-ed, compiled once with ``compile``), each seed on its
 own batches; RSST's penalized step (each seed's penalty table and chosen entries ride in its
 optimizer state); the distillation step, with each seed's dense teacher's logits from one vmapped
 forward; RigL's dense gradients. What runs seed by seed on the host, as the single-seed round does
-it: choosing masks — ``sweep.select_seeds`` (vmapped) for unstructured element selection, otherwise
+it: choosing masks — ``seeds.select_seeds`` (vmapped) for unstructured element selection, otherwise
 ``masking.prune_to``, Refill's channel conversion, RSST's unit choice and penalty set-up
 (``rsst.plan_round``), DST's initial masks and drop-and-grow updates (``dst.start``,
 ``dst.update_masks``: SET draws from seed ``i``'s key, RigL grows by seed ``i``'s gradients).
@@ -30,21 +30,22 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from pure_prune import data, importance, losses, mask, rng, sweep, tree
+from pure_prune import importance, losses, mask, rng, seeds, tree
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
-from pure_prune.experiment import Experiment
-from pure_prune.run_context import Engine, check_method_groups, setup_run
-from pure_prune.run_dir import model_info
-from pure_prune.run_rounds import (
+from pure_prune.app import data
+from pure_prune.app.experiment import Experiment
+from pure_prune.app.run_context import Engine, check_method_groups, setup_run
+from pure_prune.app.run_dir import model_info
+from pure_prune.app.run_rounds import (
     distill_settings,
     dst_settings,
     gradual_schedule,
     imp_settings,
     rsst_settings,
 )
-from pure_prune.run_rows import SEED_METRICS, TIME_COLUMNS, round_row
-from pure_prune.runconfig import RunConfig, parse_nm
+from pure_prune.app.run_rows import SEED_METRICS, TIME_COLUMNS, round_row
+from pure_prune.app.runconfig import RunConfig, parse_nm
 
 __all__ = ["SUMMARY_COLUMNS", "aggregate", "engine"]
 
@@ -77,7 +78,7 @@ class _SeedCtx(NamedTuple):
     k_method: tuple[int, ...]
     score_batches: tuple
     stats: dict[str, float]
-    steps: sweep.SeedSteps
+    steps: seeds.SeedSteps
     extra: dict[str, Any]
 
 
@@ -96,18 +97,18 @@ def _method_steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> d
     apply = exp.model.apply
     if cfg.method == "rsst":
         pen = rsst.penalized(exp.optimizer)
-        return {"penalized": pen, "rsst": sweep.make_seed_step(exp.model, losses.cross_entropy, pen, **kw)}
+        return {"penalized": pen, "rsst": seeds.make_seed_step(exp.model, losses.cross_entropy, pen, **kw)}
     if cfg.method == "distill":
         kd = distill.kd(cfg.alpha, cfg.temperature)
         return {
-            "distill": sweep.make_seed_step(exp.model, kd, exp.optimizer, **kw),
-            "teacher": sweep.over_seeds(lambda p, s, x: apply(p, s, x, train=False)[0], (True, True, True)),
+            "distill": seeds.make_seed_step(exp.model, kd, exp.optimizer, **kw),
+            "teacher": seeds.over_seeds(lambda p, s, x: apply(p, s, x, train=False)[0], (True, True, True)),
         }
     if cfg.method == "dst" and cfg.dst == "ste":
         ste = dst.make_ste_step(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
-        return {"ste": sweep.seed_step_of(ste, **kw)}
+        return {"ste": seeds.seed_step_of(ste, **kw)}
     if cfg.method == "dst" and cfg.dst == "rigl":
-        grad = sweep.over_seeds(
+        grad = seeds.over_seeds(
             lambda p, s, m, b: dst.dense_grad(apply, losses.cross_entropy, p, s, m, b), (True,) * 4
         )
         return {"dense_grad": grad}
@@ -133,9 +134,9 @@ def _seed_context(cfg: RunConfig) -> _SeedCtx:
         for b in range(len(per_seed[0]))
     )
     kw = dict(compile=cfg.compile, backend=su.backend)
-    steps = sweep.SeedSteps(
-        sweep.make_seed_step(exp.model, losses.cross_entropy, exp.optimizer, per_seed_batches=True, **kw),
-        sweep.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, **kw),
+    steps = seeds.SeedSteps(
+        seeds.make_seed_step(exp.model, losses.cross_entropy, exp.optimizer, per_seed_batches=True, **kw),
+        seeds.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, **kw),
     )
     extra = _method_steps(cfg, exp, su.backend)
     return _SeedCtx(cfg, exp, su.init, groups, su.spe, keys, k_init, k_method, score, su.stats, steps, extra)
@@ -151,7 +152,7 @@ def _fold(keys: tuple[int, ...] | list[int], offset: int) -> list[int]:
 
 def _seed_carry(carry: Carry, i: int) -> Carry:
     """Seed ``i`` of a stacked carry (``None`` fields and trees without tensors stay as they are)."""
-    return Carry(*(sweep.seed_slice(t, i) for t in carry))
+    return Carry(*(seeds.seed_slice(t, i) for t in carry))
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -166,7 +167,7 @@ def _seed_score_batches(ctx: _SeedCtx, i: int) -> tuple:
 
 def _seed_trainer(ctx: _SeedCtx, desc: str) -> _SeedTrainFn:
     """:func:`base.fit_trainer` for stacked seeds: epoch ``e`` of seed ``i`` is ordered by
-    ``data.epoch_key(keys[i], e)`` (``sweep.seed_batches``); with ``eval_every_epoch`` each entry also
+    ``data.epoch_key(keys[i], e)`` (``seeds.seed_batches``); with ``eval_every_epoch`` each entry also
     holds the per-seed ``test_accuracy``/``test_loss``."""
     cfg, exp = ctx.cfg, ctx.exp
 
@@ -179,7 +180,7 @@ def _seed_trainer(ctx: _SeedCtx, desc: str) -> _SeedTrainFn:
         start: int,
         stop: int,
         keys: list[int],
-        step: sweep.SeedStep | None = None,
+        step: seeds.SeedStep | None = None,
         batch_map: Callable[[tuple], tuple] | None = None,
     ) -> base.Trained:
         run = ctx.steps.train if step is None else step
@@ -188,11 +189,11 @@ def _seed_trainer(ctx: _SeedCtx, desc: str) -> _SeedTrainFn:
         for epoch in bar:
 
             def batches(_: int, e: int = epoch) -> Any:
-                it = sweep.seed_batches(exp.dataset, exp.batch_size, keys, e)
+                it = seeds.seed_batches(exp.dataset, exp.batch_size, keys, e)
                 return it if batch_map is None else map(batch_map, it)
 
             t0 = time.perf_counter()
-            res = sweep.fit_seeds(run, params, state, opt_state, masks, batches, 1)
+            res = seeds.fit_seeds(run, params, state, opt_state, masks, batches, 1)
             params, state, opt_state = res.params, res.state, res.opt_state
             entry: dict[str, Any] = {
                 "epoch": float(epoch),
@@ -200,7 +201,7 @@ def _seed_trainer(ctx: _SeedCtx, desc: str) -> _SeedTrainFn:
                 "seconds": time.perf_counter() - t0,
             }
             if cfg.eval_every_epoch:
-                test = sweep.evaluate_seeds(ctx.steps.eval, params, state, masks, exp.test_batches())
+                test = seeds.evaluate_seeds(ctx.steps.eval, params, state, masks, exp.test_batches())
                 entry.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
             history.append(entry)
         return base.Trained(params, state, opt_state, history)
@@ -211,10 +212,10 @@ def _seed_trainer(ctx: _SeedCtx, desc: str) -> _SeedTrainFn:
 def _seed_start(ctx: _SeedCtx) -> tuple[Any, Any, Any]:
     """Stacked ``init(k_init[i])`` and each seed's initial masks (``masking.initial``)."""
     cfg = ctx.cfg
-    params, state = sweep.init_seeds(ctx.init, ctx.k_init)
+    params, state = seeds.init_seeds(ctx.init, ctx.k_init)
     masks = tree.stack(
         [
-            masking.initial(sweep.seed_slice(params, i), cfg.struct, ctx.groups, exclude=cfg.exclude)
+            masking.initial(seeds.seed_slice(params, i), cfg.struct, ctx.groups, exclude=cfg.exclude)
             for i in range(len(ctx.keys))
         ]
     )
@@ -223,7 +224,7 @@ def _seed_start(ctx: _SeedCtx) -> tuple[Any, Any, Any]:
 
 def _seed_opt_state(ctx: _SeedCtx, params: Any, count: int = 0) -> dict[str, Any]:
     """Stacked :func:`base.fresh_opt_state`: every seed's fresh optimizer state, step counter at ``count``."""
-    st = sweep.init_opt_seeds(ctx.exp.optimizer, params)
+    st = seeds.init_opt_seeds(ctx.exp.optimizer, params)
     return {**st, "count": torch.full_like(st["count"], count)}
 
 
@@ -231,7 +232,7 @@ def _seed_scores(ctx: _SeedCtx, params: Any, state: Any, masks: Any, keys: list[
     """Every seed's scores by the configured criterion (seed ``i`` with ``keys[i]`` and its own batches)
     and their level (``"element"``/``"unit"``)."""
     crit = importance.get(ctx.cfg.importance)
-    scores = sweep.score_seeds(
+    scores = seeds.score_seeds(
         crit,
         ctx.exp.model,
         params,
@@ -247,18 +248,18 @@ def _seed_scores(ctx: _SeedCtx, params: Any, state: Any, masks: Any, keys: list[
 
 def _seed_prune(ctx: _SeedCtx, scores: Any, target: float, masks: Any, level: str) -> Any:
     """Each seed's masks pruned to ``target`` by its own scores (nested in ``masks``): the vmapped
-    ``sweep.select_seeds`` for unstructured element selection, ``masking.prune_to`` seed by seed
+    ``seeds.select_seeds`` for unstructured element selection, ``masking.prune_to`` seed by seed
     for the structured forms."""
     cfg = ctx.cfg
     if cfg.struct == "unstructured" and level == "element":
-        return sweep.select_seeds(scores, target, scope=cfg.scope, masks=masks)
+        return seeds.select_seeds(scores, target, scope=cfg.scope, masks=masks)
     return tree.stack(
         [
             masking.prune_to(
-                sweep.seed_slice(scores, i),
+                seeds.seed_slice(scores, i),
                 target,
                 struct=cfg.struct,
-                masks=sweep.seed_slice(masks, i),
+                masks=seeds.seed_slice(masks, i),
                 groups=ctx.groups,
                 scope=cfg.scope,
                 level=level,
@@ -351,7 +352,7 @@ def _imp_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainF
     if s.control == "random_masks":
         masks = tree.stack(
             [
-                imp.random_masks_like(sweep.seed_slice(masks, i), sweep.seed_slice(carry.masks, i), k)
+                imp.random_masks_like(seeds.seed_slice(masks, i), seeds.seed_slice(carry.masks, i), k)
                 for i, k in enumerate(k_control)
             ]
         )
@@ -360,15 +361,15 @@ def _imp_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainF
         masks = tree.stack(
             [
                 fn(
-                    sweep.seed_slice(masks, i),
-                    sweep.seed_slice(carry.masks, i),
-                    sweep.seed_slice(carry.params, i),
+                    seeds.seed_slice(masks, i),
+                    seeds.seed_slice(carry.masks, i),
+                    seeds.seed_slice(carry.params, i),
                 )
                 for i in range(n)
             ]
         )
     if s.control == "reinit":
-        base_params, base_state = sweep.init_seeds(ctx.init, k_control)
+        base_params, base_state = seeds.init_seeds(ctx.init, k_control)
     else:
         base_params, base_state = carry.rewind["params"], carry.rewind["state"]
     params = mask.apply(base_params, masks)
@@ -501,7 +502,7 @@ def _dst_update(
         def fn() -> Any:
             if "all" not in grads:
                 grads["all"] = ctx.extra["dense_grad"](params, state, masks, batch)
-            return sweep.seed_slice(grads["all"], i)
+            return seeds.seed_slice(grads["all"], i)
 
         return fn
 
@@ -509,8 +510,8 @@ def _dst_update(
         dst.update_masks(
             s,
             t,
-            sweep.seed_slice(params, i),
-            sweep.seed_slice(masks, i),
+            seeds.seed_slice(params, i),
+            seeds.seed_slice(masks, i),
             key=k,
             grads_fn=grads_fn(i),
         )
@@ -530,9 +531,9 @@ def _dst_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainF
         params, state, masks = _seed_start(ctx)
         starts = [
             dst.start(
-                sweep.seed_slice(params, i),
-                sweep.seed_slice(state, i),
-                sweep.seed_slice(masks, i),
+                seeds.seed_slice(params, i),
+                seeds.seed_slice(state, i),
+                seeds.seed_slice(masks, i),
                 s,
                 optimizer=exp.optimizer,
                 key=k,
@@ -546,7 +547,7 @@ def _dst_round(ctx: _SeedCtx, carry: Carry | None, r: int, train_fn: _SeedTrainF
         )
     step = ctx.extra.get("ste", ctx.steps.train)
     params, state, opt_state, masks = carry.params, carry.state, carry.opt_state, carry.masks
-    batches = sweep.seed_batches(exp.dataset, exp.batch_size, keys, r)
+    batches = seeds.seed_batches(exp.dataset, exp.batch_size, keys, r)
     if cfg.progress:
         batches = tqdm(batches, total=ctx.spe, desc=f"round {r}", unit="step", leave=False)
     t = r * s.steps_per_epoch
@@ -595,7 +596,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
     """One several-seed row from the single-seed rows of one round (one per seed, in key order).
 
     Per :data:`run_rows.SEED_METRICS` entry ``m``: ``m`` (mean), ``m_std`` (sample std,
-    ``sweep.summarize``) and ``per_seed[m]``; a metric that some seed lacks (``None``) has mean and
+    ``seeds.summarize``) and ``per_seed[m]``; a metric that some seed lacks (``None``) has mean and
     std ``None``. ``layer_sparsity`` is the mean per layer. Timings are the one program's (shared by
     the rows); ``mode`` is ``"vmap"``.
     """
@@ -606,7 +607,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
     out.update(seeds=len(rows), keys=list(keys), mode="vmap")
     for m in SEED_METRICS:
         values = [r[m] for r in rows]
-        stats = None if any(v is None for v in values) else sweep.summarize(values)
+        stats = None if any(v is None for v in values) else seeds.summarize(values)
         out[m] = None if stats is None else stats["mean"]
         out[f"{m}_std"] = None if stats is None else stats["std"]
     out["per_seed"] = {m: [r[m] for r in rows] for m in SEED_METRICS}
@@ -621,7 +622,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
 def _metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
     """The round's row: every seed's single-seed row (``run_rows.round_row``), aggregated."""
     carry, n = out.carry, len(ctx.keys)
-    test = sweep.evaluate_seeds(
+    test = seeds.evaluate_seeds(
         ctx.steps.eval, carry.params, carry.state, carry.masks, ctx.exp.test_batches()
     )
     rows = []
@@ -631,8 +632,8 @@ def _metrics(ctx: _SeedCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> di
             round_row(
                 ctx.cfg,
                 r,
-                sweep.seed_slice(carry.masks, i),
-                sweep.seed_slice(carry.params, i),
+                seeds.seed_slice(carry.masks, i),
+                seeds.seed_slice(carry.params, i),
                 history,
                 {"accuracy": test["accuracy"][i], "loss": test["loss"][i]},
                 out.prune_seconds,

@@ -37,8 +37,8 @@ import torch
 from einops import repeat
 from torch import Tensor
 
-from pure_prune import data as datasets
 from pure_prune import losses, mask, rng, select, stage, train, tree
+from pure_prune.app import data as datasets
 from pure_prune.importance.registry import Criterion, ScoreInput
 from pure_prune.importance.registry import get as get_criterion
 from pure_prune.optim import Optimizer, OptState
