@@ -154,7 +154,7 @@ def compacting_trainer(
     """``train_fn`` run on the compacted model (see the module docstring).
 
     Args:
-        train_fn: the trainer of the full-size model (e.g. ``base.fit_trainer(exp)``; its step
+        train_fn: the trainer of the full-size model (e.g. ``pure_prune.app.trainer.epoch_trainer(exp)``; its step
             should compile one static graph per shape, e.g. a :class:`pure_prune.stage.Compiled`).
         groups: the full-size model's channel groups (``spec.groups(params)``).
         recompile_every, threshold: the staged-recompilation knobs, passed to

@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pure_prune import losses, mask, rng, train
+from pure_prune import losses, mask, train
 from pure_prune.algorithms import imp
-from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out, train_fresh
+from pure_prune.algorithms.base import Carry, RoundOut, carry_out
+from pure_prune.algorithms.ops import Key, RoundOps
 from pure_prune.groups import ChannelGroup
 from pure_prune.optim import Optimizer
 
@@ -106,19 +107,14 @@ def make_step(
 
 
 def first_round(
-    params: Any,
-    state: Any,
-    masks: Any,
-    settings: Settings,
-    *,
-    optimizer: Optimizer,
-    train_fn: TrainFn,
-    key: int,
+    params: Any, state: Any, masks: Any, settings: Settings, *, ops: RoundOps, key: Key
 ) -> RoundOut:
     """Round 0: train the dense teacher; the carry's ``extra["teacher"]`` holds its trees."""
     s = settings.check()
     params = mask.apply(params, masks)
-    out = train_fresh(train_fn, optimizer, params, state, masks, stop=s.epochs, key=rng.fold_in(key, _TRAIN))
+    out = ops.train(
+        params, state, ops.fresh_opt_state(params), masks, start=0, stop=s.epochs, key=ops.fold(key, _TRAIN)
+    )
     return carry_out(out, masks, extra={"teacher": {"params": out.params, "state": out.state}})
 
 
@@ -128,35 +124,40 @@ def next_round(
     settings: Settings,
     *,
     apply: Callable[..., Any],
-    optimizer: Optimizer,
     kd_step: train.Step,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
 ) -> RoundOut:
     """Round ``round >= 1``: prune to the IMP target, then distil for ``finetune_epochs`` epochs.
 
-    ``apply`` is the model's (for the teacher's logits); ``kd_step`` a :func:`make_step` result."""
+    ``apply`` is the model's (the teacher's logits come from ``ops.lift`` of its eval-mode forward,
+    without autograd); ``kd_step`` a :func:`make_step` result (for stacked seeds, the seed step of
+    the same loss)."""
     s = settings.check()
     teacher = (carry.extra or {}).get("teacher")
     if teacher is None:
         raise ValueError("distill: the carry holds no teacher (run first_round first)")
     t0 = time.perf_counter()
-    masks = imp.score_and_prune(carry, round, s, score_fn=score_fn, key=key, groups=groups, level=level)
+    masks = imp.score_and_prune(carry, round, s, ops=ops, key=key, groups=groups)
     params = mask.apply(carry.params, masks)
     seconds = time.perf_counter() - t0
-    out = train_fresh(
-        train_fn,
-        optimizer,
+    forward = ops.lift(lambda p, st, x: apply(p, st, x, train=False)[0])
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return forward(teacher["params"], teacher["state"], x).detach()
+
+    out = ops.train(
         params,
         carry.state,
+        ops.fresh_opt_state(params),
         masks,
+        start=0,
         stop=s.finetune_epochs,
-        key=rng.fold_in(key, _TRAIN + round),
+        key=ops.fold(key, _TRAIN + round),
         step=kd_step,
-        batch_map=with_teacher(teacher_fn(apply, teacher["params"], teacher["state"])),
+        batch_map=with_teacher(logits),
     )
     return carry_out(out, masks, extra=carry.extra, seconds=seconds)
 
@@ -168,30 +169,17 @@ def run(
     settings: Settings,
     *,
     apply: Callable[..., Any],
-    optimizer: Optimizer,
     kd_step: train.Step,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
 ) -> tuple[Carry, list[list[dict[str, float]]]]:
     """Rounds ``0 .. rounds``; returns the final carry and each round's history."""
-    out = first_round(params, state, masks, settings, optimizer=optimizer, train_fn=train_fn, key=key)
+    out = first_round(params, state, masks, settings, ops=ops, key=key)
     histories = [out.history]
     for k in range(1, settings.rounds + 1):
         out = next_round(
-            out.carry,
-            k,
-            settings,
-            apply=apply,
-            optimizer=optimizer,
-            kd_step=kd_step,
-            train_fn=train_fn,
-            score_fn=score_fn,
-            key=key,
-            groups=groups,
-            level=level,
+            out.carry, k, settings, apply=apply, kd_step=kd_step, ops=ops, key=key, groups=groups
         )
         histories.append(out.history)
     return out.carry, histories

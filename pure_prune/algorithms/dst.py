@@ -33,6 +33,7 @@ from einops import rearrange
 
 from pure_prune import allocate, mask, rng, select, stage, train, tree
 from pure_prune.algorithms.base import Carry, RoundOut
+from pure_prune.algorithms.ops import Key, RoundOps
 from pure_prune.importance import magnitude
 from pure_prune.losses import accuracy
 from pure_prune.optim import Optimizer, apply_updates
@@ -267,48 +268,52 @@ def train_epoch(
     batches: Iterable[Batch],
     *,
     step: train.Step,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     apply: Callable[..., Any] | None = None,
     loss: Callable[..., torch.Tensor] | None = None,
 ) -> RoundOut:
-    """One epoch of dynamic sparse training from ``carry`` (a DST round).
+    """One epoch of dynamic sparse training from ``carry`` (a DST round), on one seed or a stack.
 
-    ``step`` is ``train.make_step``'s masked step (SET/RigL) or :func:`make_ste_step`'s (STE);
-    ``apply``/``loss`` compute RigL's dense gradient on the step's batch. Step ``t`` counts from
-    ``epoch · steps_per_epoch``. Returns the new carry, a one-entry history (training metrics
-    averaged over the epoch, ``mask_updates``) and the seconds spent updating masks.
+    ``step`` is ``train.make_step``'s masked step (SET/RigL) or :func:`make_ste_step`'s (STE), a
+    seed step for stacked seeds (each seed on its own batch); ``apply``/``loss`` compute RigL's
+    dense gradient on the step's batch (``ops.lift``-ed: one vmapped call for a stack). Step ``t``
+    counts from ``epoch · steps_per_epoch``; a due update runs :func:`update_masks` for every seed
+    with its own key (``ops.each``). Returns the new carry, a one-entry history (training metrics
+    averaged over the epoch, a list per seed for a stack; ``mask_updates``) and the seconds spent
+    updating masks.
     """
     s = settings.check()
     if s.kind == "rigl" and (apply is None or loss is None):
         raise ValueError("dst kind 'rigl' needs apply and loss for the dense gradient")
     params, state, opt_state, masks = carry.params, carry.state, carry.opt_state, carry.masks
+    grad_fn = ops.lift(lambda p, st, m, b: dense_grad(apply, loss, p, st, m, b))
     t = epoch * s.steps_per_epoch
     sums: dict[str, torch.Tensor] = {}
     count, updates, seconds = 0, 0, 0.0
     for batch in batches:
         params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
-        n = batch[1].numel()
+        n = batch[1].numel() // (ops.seeds or 1)
         sums = {k: sums.get(k, 0.0) + v * n for k, v in metrics.items()}
         count += n
         t += 1
+        if not update_due(s, t):
+            continue
         t0 = time.perf_counter()
-        new_params, new_masks = update_masks(
-            s,
-            t,
-            params,
-            masks,
-            key=key,
-            grads_fn=lambda b=batch, p=params, st=state, m=masks: dense_grad(apply, loss, p, st, m, b),
-        )
-        if new_masks is not masks:
-            updates += 1
-            seconds += time.perf_counter() - t0
-        params, masks = new_params, new_masks
+        grads = grad_fn(params, state, masks, batch) if s.kind == "rigl" else None
+
+        def update(p: Any, m: Any, g: Any, key: int, t: int = t) -> tuple[Any, Any]:
+            return update_masks(s, t, p, m, key=key, grads_fn=lambda: g)
+
+        params, masks = ops.each(update, params, masks, grads, key=key)
+        updates += 1
+        seconds += time.perf_counter() - t0
     if count == 0:
         raise ValueError(f"dst: epoch {epoch} has no batches")
+    means = {k: ops.to_host(v) for k, v in sorted(sums.items())}
     entry = {
         "epoch": float(epoch),
-        **{k: float(v) / count for k, v in sorted(sums.items())},
+        **{k: [x / count for x in v] if isinstance(v, list) else v / count for k, v in means.items()},
         "mask_updates": float(updates),
     }
     return RoundOut(
@@ -316,15 +321,17 @@ def train_epoch(
     )
 
 
-def start(
-    params: Any, state: Any, masks: Any, settings: Settings, *, optimizer: Optimizer, key: int
-) -> Carry:
-    """The carry before epoch 0: :func:`initial_masks` (from ``fold_in(key, 0)``) nested in ``masks``,
-    a fresh optimizer state, and the params masked by them (STE keeps its dense params)."""
+def start(params: Any, state: Any, masks: Any, settings: Settings, *, ops: RoundOps, key: Key) -> Carry:
+    """The carry before epoch 0: each seed's :func:`initial_masks` (from ``fold_in(key, 0)``) nested
+    in ``masks``, a fresh optimizer state, and the params masked by them (STE keeps its dense params)."""
     s = settings.check()
-    new = initial_masks(masks, s.sparsity, rng.fold_in(key, _INIT), s.distribution)
-    params = params if s.kind == "ste" else mask.apply(params, new)
-    return Carry(params, state, optimizer.init(params), new, None, {})
+
+    def one(p: Any, st: Any, m: Any, key: int) -> Carry:
+        new = initial_masks(m, s.sparsity, rng.fold_in(key, _INIT), s.distribution)
+        p = p if s.kind == "ste" else mask.apply(p, new)
+        return Carry(p, st, ops.optimizer.init(p), new, None, {})
+
+    return ops.each(one, params, state, masks, key=key)
 
 
 def run(
@@ -334,19 +341,19 @@ def run(
     settings: Settings,
     batches_fn: Callable[[int], Iterable[Batch]],
     *,
-    optimizer: Optimizer,
     step: train.Step,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     apply: Callable[..., Any] | None = None,
     loss: Callable[..., torch.Tensor] | None = None,
-) -> tuple[Carry, list[dict[str, float]]]:
+) -> tuple[Carry, list[dict[str, Any]]]:
     """:func:`start` then :func:`train_epoch` for every epoch (``batches_fn(epoch)`` yields its batches).
     Returns the final carry and one history entry per epoch."""
-    carry = start(params, state, masks, settings, optimizer=optimizer, key=key)
-    history: list[dict[str, float]] = []
+    carry = start(params, state, masks, settings, ops=ops, key=key)
+    history: list[dict[str, Any]] = []
     for epoch in range(settings.epochs):
         out = train_epoch(
-            carry, epoch, settings, batches_fn(epoch), step=step, key=key, apply=apply, loss=loss
+            carry, epoch, settings, batches_fn(epoch), step=step, ops=ops, key=key, apply=apply, loss=loss
         )
         carry = out.carry
         history += out.history

@@ -7,7 +7,8 @@ with the same target. At the start of each segment whose target is above 0 the w
 and pruned to the target (nested: pruned entries stay pruned), then the segment is trained. The
 optimizer state carries on across segments (the masked optimizer zeroes the state of newly pruned
 entries); the data order of epoch ``e`` is the same as in an unpruned run. Masks are inputs of the
-train step, so a compiled step serves every segment without recompiling.
+train step, so a compiled step serves every segment without recompiling. The rounds run on one seed
+or on stacked seeds alike (:class:`~pure_prune.algorithms.ops.RoundOps`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pure_prune import mask, rng
-from pure_prune.algorithms import masking
-from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out
+from pure_prune import mask
+from pure_prune.algorithms.base import Carry, RoundOut, carry_out
+from pure_prune.algorithms.ops import Key, RoundOps
 from pure_prune.groups import ChannelGroup
-from pure_prune.optim import Optimizer
 
 __all__ = ["first_round", "next_round", "run", "segments"]
 
@@ -56,27 +56,23 @@ def _segment(
     seg: tuple[int, int, float],
     index: int,
     *,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     struct: str,
     scope: str,
     groups: Sequence[ChannelGroup],
-    level: str,
 ) -> RoundOut:
     start, stop, target = seg
     seconds = None
     masks, params = carry.masks, carry.params
     if target > 0.0:
         t0 = time.perf_counter()
-        scores = score_fn(params, carry.state, masks, rng.fold_in(key, _SCORE + index))
-        masks = masking.prune_to(
-            scores, target, struct=struct, masks=masks, groups=groups, scope=scope, level=level
-        )
+        scores = ops.scores(params, carry.state, masks, ops.fold(key, _SCORE + index))
+        masks = ops.prune(scores, target, masks, struct=struct, scope=scope, groups=groups)
         params = mask.apply(params, masks)
         seconds = time.perf_counter() - t0
-    out = train_fn(
-        params, carry.state, carry.opt_state, masks, start=start, stop=stop, key=rng.fold_in(key, _TRAIN)
+    out = ops.train(
+        params, carry.state, carry.opt_state, masks, start=start, stop=stop, key=ops.fold(key, _TRAIN)
     )
     return carry_out(out, masks, extra=carry.extra, seconds=seconds)
 
@@ -87,30 +83,16 @@ def first_round(
     masks: Any,
     segs: Sequence[tuple[int, int, float]],
     *,
-    optimizer: Optimizer,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     struct: str = "unstructured",
     scope: str = "global",
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
 ) -> RoundOut:
     """Segment 0 from the initial trees (a fresh optimizer state)."""
     params = mask.apply(params, masks)
-    carry = Carry(params, state, optimizer.init(params), masks, None, {})
-    return _segment(
-        carry,
-        segs[0],
-        0,
-        train_fn=train_fn,
-        score_fn=score_fn,
-        key=key,
-        struct=struct,
-        scope=scope,
-        groups=groups,
-        level=level,
-    )
+    carry = Carry(params, state, ops.fresh_opt_state(params), masks, None, {})
+    return _segment(carry, segs[0], 0, ops=ops, key=key, struct=struct, scope=scope, groups=groups)
 
 
 def next_round(
@@ -118,29 +100,16 @@ def next_round(
     index: int,
     segs: Sequence[tuple[int, int, float]],
     *,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     struct: str = "unstructured",
     scope: str = "global",
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
 ) -> RoundOut:
     """Segment ``index >= 1``: prune to its target, then train its epochs with the carried optimizer state."""
     if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index < len(segs):
         raise ValueError(f"gradual: segment index must be in [1, {len(segs) - 1}], got {index!r}")
-    return _segment(
-        carry,
-        segs[index],
-        index,
-        train_fn=train_fn,
-        score_fn=score_fn,
-        key=key,
-        struct=struct,
-        scope=scope,
-        groups=groups,
-        level=level,
-    )
+    return _segment(carry, segs[index], index, ops=ops, key=key, struct=struct, scope=scope, groups=groups)
 
 
 def run(
@@ -150,22 +119,17 @@ def run(
     schedule: Callable[[int], float],
     epochs: int,
     *,
-    optimizer: Optimizer,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     struct: str = "unstructured",
     scope: str = "global",
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
 ) -> tuple[Carry, list[Any], list[list[dict[str, float]]]]:
     """Train ``epochs`` epochs, pruning on ``schedule``. Returns the final carry, the masks after each
     segment and each segment's history."""
     segs = segments(schedule, epochs)
-    kw = dict(
-        train_fn=train_fn, score_fn=score_fn, key=key, struct=struct, scope=scope, groups=groups, level=level
-    )
-    out = first_round(params, state, masks, segs, optimizer=optimizer, **kw)
+    kw = dict(ops=ops, key=key, struct=struct, scope=scope, groups=groups)
+    out = first_round(params, state, masks, segs, **kw)
     all_masks, histories = [out.carry.masks], [out.history]
     for i in range(1, len(segs)):
         out = next_round(out.carry, i, segs, **kw)

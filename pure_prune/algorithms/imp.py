@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from pure_prune import mask, rng, select
+from pure_prune import mask, select
 from pure_prune import schedule as schedules
 from pure_prune.algorithms import masking
-from pure_prune.algorithms.base import Carry, RoundOut, ScoreFn, TrainFn, carry_out, fresh_opt_state
+from pure_prune.algorithms.base import Carry, RoundOut, carry_out
+from pure_prune.algorithms.ops import Key, RoundOps
 from pure_prune.groups import ChannelGroup
 from pure_prune.importance import magnitude
-from pure_prune.optim import Optimizer
 
 __all__ = [
     "CONTROLS",
@@ -150,28 +150,18 @@ def score_and_prune(
     round: int,  # noqa: A002
     settings: Any,
     *,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
 ) -> Any:
     """Score ``carry``'s trained weights with key ``fold_in(key, 2**20 + round)`` and return its masks
-    pruned further by :func:`prune_round` to round ``round``'s target.
+    pruned further to round ``round``'s :func:`target` (nested; rule of the module docstring).
 
     ``settings`` is any settings tuple with ``rate``/``schedule``/``scope``/``struct`` (:class:`Settings`,
     ``distill.Settings``). Returns a masks tree like ``carry.masks``."""
-    scores = score_fn(carry.params, carry.state, carry.masks, rng.fold_in(key, _SCORE + round))
-    return prune_round(
-        carry.masks,
-        scores,
-        round,
-        settings.rate,
-        schedule=settings.schedule,
-        scope=settings.scope,
-        struct=settings.struct,
-        groups=groups,
-        level=level,
-    )
+    scores = ops.scores(carry.params, carry.state, carry.masks, ops.fold(key, _SCORE + round))
+    goal = target(round, settings.rate, settings.schedule)
+    return ops.prune(scores, goal, carry.masks, struct=settings.struct, scope=settings.scope, groups=groups)
 
 
 def random_masks_like(masks: Any, previous: Any, key: int) -> Any:
@@ -185,27 +175,20 @@ def random_masks_like(masks: Any, previous: Any, key: int) -> Any:
 
 
 def first_round(
-    params: Any,
-    state: Any,
-    masks: Any,
-    settings: Settings,
-    *,
-    optimizer: Optimizer,
-    train_fn: TrainFn,
-    key: int,
+    params: Any, state: Any, masks: Any, settings: Settings, *, ops: RoundOps, key: Key
 ) -> RoundOut:
     """Round 0: train ``params`` (masked by ``masks``, usually all kept) for ``settings.epochs``
     epochs, storing the weights of epoch ``rewind_epoch`` as the rewind point."""
     s = settings.check()
     params = mask.apply(params, masks)
-    opt_state = fresh_opt_state(optimizer, params)
-    k_train = rng.fold_in(key, _TRAIN)
-    history: list[dict[str, float]] = []
+    opt_state = ops.fresh_opt_state(params)
+    k_train = ops.fold(key, _TRAIN)
+    history: list[dict[str, Any]] = []
     if s.rewind_epoch > 0:
-        early = train_fn(params, state, opt_state, masks, start=0, stop=s.rewind_epoch, key=k_train)
+        early = ops.train(params, state, opt_state, masks, start=0, stop=s.rewind_epoch, key=k_train)
         params, state, opt_state, history = early.params, early.state, early.opt_state, list(early.history)
     rewind = {"params": params, "state": state}
-    out = train_fn(params, state, opt_state, masks, start=s.rewind_epoch, stop=s.epochs, key=k_train)
+    out = ops.train(params, state, opt_state, masks, start=s.rewind_epoch, stop=s.epochs, key=k_train)
     carry = Carry(out.params, out.state, out.opt_state, masks, rewind, {})
     return RoundOut(carry, history + list(out.history), None)
 
@@ -215,20 +198,16 @@ def next_round(
     round: int,  # noqa: A002
     settings: Settings,
     *,
-    optimizer: Optimizer,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
-    init_fn: Callable[[int], tuple[Any, Any]] | None = None,
     mask_fn: Callable[[Any, Any, Any], Any] | None = None,
 ) -> RoundOut:
     """Round ``round >= 1``: prune, rewind, retrain (module docstring).
 
-    ``score_fn(params, state, masks, key)`` scores the trained weights of the previous round.
-    ``init_fn(key) -> (params, state)`` is needed by ``control="reinit"``. ``mask_fn(new_masks,
-    old_masks, params) -> masks`` transforms the selected masks before rewinding (Refill uses it).
+    ``ops.score`` scores the trained weights of the previous round; ``ops.init`` gives the fresh
+    weights of ``control="reinit"``. ``mask_fn(new_masks, old_masks, params) -> masks`` transforms
+    each seed's selected masks before rewinding (Refill uses it).
     """
     s = settings.check()
     if isinstance(round, bool) or not isinstance(round, int) or round < 1:
@@ -236,28 +215,26 @@ def next_round(
     if carry.rewind is None:
         raise ValueError("next_round: the carry has no rewind point (run first_round first)")
     t0 = time.perf_counter()
-    masks = score_and_prune(carry, round, s, score_fn=score_fn, key=key, groups=groups, level=level)
+    masks = score_and_prune(carry, round, s, ops=ops, key=key, groups=groups)
     if s.control == "random_masks":
-        masks = random_masks_like(masks, carry.masks, rng.fold_in(key, _CONTROL + round))
+        masks = ops.each(random_masks_like, masks, carry.masks, key=ops.fold(key, _CONTROL + round))
     if mask_fn is not None:
-        masks = mask_fn(masks, carry.masks, carry.params)
+        masks = ops.each(mask_fn, masks, carry.masks, carry.params)
     if s.control == "reinit":
-        if init_fn is None:
-            raise ValueError("control 'reinit' needs init_fn(key) -> (params, state)")
-        base_params, base_state = init_fn(rng.fold_in(key, _CONTROL + round))
+        base_params, base_state = ops.initialise(ops.fold(key, _CONTROL + round))
     else:
         base_params, base_state = carry.rewind["params"], carry.rewind["state"]
     params = mask.apply(base_params, masks)
     prune_seconds = time.perf_counter() - t0
-    opt_state = fresh_opt_state(optimizer, params, s.rewind_epoch * s.steps_per_epoch)
-    out = train_fn(
+    opt_state = ops.fresh_opt_state(params, s.rewind_epoch * s.steps_per_epoch)
+    out = ops.train(
         params,
         base_state,
         opt_state,
         masks,
         start=s.rewind_epoch,
         stop=s.epochs,
-        key=rng.fold_in(key, _TRAIN + round),
+        key=ops.fold(key, _TRAIN + round),
     )
     return carry_out(out, masks, rewind=carry.rewind, extra=carry.extra, seconds=prune_seconds)
 
@@ -268,32 +245,16 @@ def run(
     masks: Any,
     settings: Settings,
     *,
-    optimizer: Optimizer,
-    train_fn: TrainFn,
-    score_fn: ScoreFn,
-    key: int,
+    ops: RoundOps,
+    key: Key,
     groups: Sequence[ChannelGroup] = (),
-    level: str = "element",
-    init_fn: Callable[[int], tuple[Any, Any]] | None = None,
     mask_fn: Callable[[Any, Any, Any], Any] | None = None,
 ) -> ImpResult:
     """All ``settings.rounds + 1`` rounds: :func:`first_round` then :func:`next_round` for ``k = 1..rounds``."""
-    out = first_round(params, state, masks, settings, optimizer=optimizer, train_fn=train_fn, key=key)
+    out = first_round(params, state, masks, settings, ops=ops, key=key)
     all_masks, histories = [out.carry.masks], [out.history]
     for k in range(1, settings.rounds + 1):
-        out = next_round(
-            out.carry,
-            k,
-            settings,
-            optimizer=optimizer,
-            train_fn=train_fn,
-            score_fn=score_fn,
-            key=key,
-            groups=groups,
-            level=level,
-            init_fn=init_fn,
-            mask_fn=mask_fn,
-        )
+        out = next_round(out.carry, k, settings, ops=ops, key=key, groups=groups, mask_fn=mask_fn)
         all_masks.append(out.carry.masks)
         histories.append(out.history)
     return ImpResult(out.carry, all_masks, histories)

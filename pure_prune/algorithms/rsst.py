@@ -32,10 +32,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pure_prune import mask, rng, select, tree
+from pure_prune import mask, select, tree
 from pure_prune import schedule as schedules
 from pure_prune.algorithms import imp, unit_criteria
-from pure_prune.algorithms.base import Carry, RoundOut, TrainFn, carry_out, fresh_opt_state, train_fresh
+from pure_prune.algorithms.base import Carry, RoundOut, carry_out, fresh_opt_state
+from pure_prune.algorithms.ops import Key, RoundOps
 from pure_prune.groups import ChannelGroup
 from pure_prune.importance import magnitude
 from pure_prune.optim import Optimizer
@@ -208,19 +209,14 @@ def chosen_entries(masks: Any, target: Any) -> Any:
 
 
 def first_round(
-    params: Any,
-    state: Any,
-    masks: Any,
-    settings: Settings,
-    *,
-    optimizer: Optimizer,
-    train_fn: TrainFn,
-    key: int,
+    params: Any, state: Any, masks: Any, settings: Settings, *, ops: RoundOps, key: Key
 ) -> RoundOut:
     """Round 0: dense training (``masks`` all kept) for ``settings.epochs`` epochs."""
     s = settings.check()
     params = mask.apply(params, masks)
-    out = train_fresh(train_fn, optimizer, params, state, masks, stop=s.epochs, key=rng.fold_in(key, _TRAIN))
+    out = ops.train(
+        params, state, ops.fresh_opt_state(params), masks, start=0, stop=s.epochs, key=ops.fold(key, _TRAIN)
+    )
     return carry_out(out, masks, extra={"target": None})
 
 
@@ -290,41 +286,50 @@ def next_round(
     round: int,  # noqa: A002
     settings: Settings,
     *,
-    optimizer: Optimizer,
     penalized_optimizer: Optimizer,
     penalty_step: Step,
-    train_fn: TrainFn,
+    ops: RoundOps,
+    key: Key,
     groups: Sequence[ChannelGroup],
-    key: int,
-    model_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    apply: Callable[..., Any] | None = None,
+    batches: Any = (),
     steps_per_epoch: int = 1,
 ) -> RoundOut:
-    """Round ``1 .. rounds + 1`` (module docstring): :func:`plan_round`, then training on key
-    ``fold_in(key, round)``. ``penalized_optimizer = penalized(optimizer)`` and ``penalty_step`` a
-    train step made with it; ``model_fn``/``batches`` feed ``saliency``."""
-    plan = plan_round(
-        carry,
-        round,
-        settings,
-        optimizer=optimizer,
-        penalized_optimizer=penalized_optimizer,
-        groups=groups,
-        model_fn=model_fn,
-        batches=batches,
-        steps_per_epoch=steps_per_epoch,
-    )
-    out = train_fn(
-        plan.params,
+    """Round ``1 .. rounds + 1`` (module docstring): :func:`plan_round` for every seed (its own
+    units, by its own weights and ``batches``), then training on key ``fold_in(key, round)``.
+
+    ``penalized_optimizer = penalized(ops.optimizer)`` and ``penalty_step`` a train step made with
+    it (a seed step for stacked seeds); ``apply`` (the model's) and ``batches`` (stacked per seed
+    for a stack) feed ``saliency``."""
+
+    def plan(one: Carry, seed_batches: Any) -> Plan:
+        model_fn = None if apply is None else (lambda p, x: apply(p, one.state, x, train=False)[0])
+        return plan_round(
+            one,
+            round,
+            settings,
+            optimizer=ops.optimizer,
+            penalized_optimizer=penalized_optimizer,
+            groups=groups,
+            model_fn=model_fn,
+            batches=seed_batches,
+            steps_per_epoch=steps_per_epoch,
+        )._replace(seconds=0.0)
+
+    t0 = time.perf_counter()
+    p = ops.each(plan, carry, batches)
+    seconds = time.perf_counter() - t0
+    out = ops.train(
+        p.params,
         carry.state,
-        plan.opt_state,
-        plan.masks,
+        p.opt_state,
+        p.masks,
         start=0,
-        stop=plan.epochs,
-        key=rng.fold_in(key, _TRAIN + round),
-        step=penalty_step if plan.penalized else None,
+        stop=p.epochs,
+        key=ops.fold(key, _TRAIN + round),
+        step=penalty_step if p.penalized else None,
     )
-    return carry_out(out, plan.masks, extra={"target": plan.target}, seconds=plan.seconds)
+    return carry_out(out, p.masks, extra={"target": p.target}, seconds=seconds)
 
 
 def _weights_only(scores: Any) -> Any:
@@ -338,34 +343,32 @@ def run(
     masks: Any,
     settings: Settings,
     *,
-    optimizer: Optimizer,
     penalty_step_fn: Callable[[Optimizer], Step],
-    train_fn: TrainFn,
+    ops: RoundOps,
     groups: Sequence[ChannelGroup],
-    key: int,
-    model_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    key: Key,
+    apply: Callable[..., Any] | None = None,
+    batches: Any = (),
     steps_per_epoch: int = 1,
 ) -> tuple[Carry, list[Any]]:
     """All rounds ``0 .. rounds + 1``. ``penalty_step_fn(opt)`` makes a train step for optimizer
     ``opt`` (e.g. ``lambda o: train.make_step(model, loss, o, compile=False)``). Returns the final
     carry and the masks after every round."""
-    pen = penalized(optimizer)
+    pen = penalized(ops.optimizer)
     step = penalty_step_fn(pen)
-    out = first_round(params, state, masks, settings, optimizer=optimizer, train_fn=train_fn, key=key)
+    out = first_round(params, state, masks, settings, ops=ops, key=key)
     history = [out.carry.masks]
     for k in range(1, settings.rounds + 2):
         out = next_round(
             out.carry,
             k,
             settings,
-            optimizer=optimizer,
             penalized_optimizer=pen,
             penalty_step=step,
-            train_fn=train_fn,
-            groups=groups,
+            ops=ops,
             key=key,
-            model_fn=model_fn,
+            groups=groups,
+            apply=apply,
             batches=batches,
             steps_per_epoch=steps_per_epoch,
         )

@@ -5,7 +5,7 @@ adds the learning-rate schedule, the steps per epoch and the compile backend (co
 with :func:`compile_counter` when ``compile`` is on); :func:`build_context` adds the compiled train and
 eval steps (one static graph per form for compact runs), the method's extra steps, the keys split
 from ``seed`` (``rng.split(seed, 3)`` into init, method and scoring keys), the prunable groups and
-the scoring batches. The several-seed engine (``pure_prune.app.runner_seeds``) reuses :func:`setup_run` and
+the scoring batches; for ``seeds > 1`` the same context holds a stack of seeds. Grid sweeps reuse :func:`setup_run` and
 :func:`check_method_groups`.
 
 :func:`setup_run` ends with :func:`check_fit`, so that every run (one seed or several) refuses a model
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pure_prune import losses, mask, optim, rng, select, stage, train, tree
+from pure_prune import losses, mask, optim, rng, seeds, select, stage, train, tree
 from pure_prune.algorithms import distill, dst, masking, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.app import data
@@ -59,16 +59,26 @@ def compile_counter(inner: str = "inductor") -> tuple[Callable, dict[str, float]
 
 
 class RunCtx(NamedTuple):
+    """A run's context, for one seed (``seeds=None``) or a stack of ``S`` seeds (``seeds=S``).
+
+    ``key``/``k_init``: the method's and the init's keys (``rng.split(seed, 3)``; a tuple of one
+    per seed for a stack, each split from ``seed + i`` as that single-seed run splits it);
+    ``score_batches``: ``((x, y), ...)`` (stacked per seed, ``x (S, B, ...)``, for a stack);
+    ``steps``: ``"train"``/``"eval"`` (seed steps for a stack) and the method's extra steps;
+    ``seed_steps``: the stack's ``seeds.SeedSteps`` (``None`` for one seed)."""
+
     cfg: RunConfig
     exp: Experiment
     init: Callable[[int], tuple[Any, Any]]
     groups: tuple
     spe: int
-    key: int
-    k_init: int
+    key: Any
+    k_init: Any
     score_batches: tuple
     stats: dict[str, float]
     steps: dict[str, Any]
+    seeds: int | None = None
+    seed_steps: Any = None
 
 
 class RunSetup(NamedTuple):
@@ -187,34 +197,64 @@ def check_fit(cfg: RunConfig, exp: Experiment, init: Callable[[int], tuple[Any, 
 
 
 def build_context(cfg: RunConfig) -> RunCtx:
+    """The :class:`RunCtx` of ``cfg``: one seed when ``cfg.seeds == 1``, else a stack of ``cfg.seeds``
+    (keys ``seed + i``) whose steps are ``torch.func.vmap``-ed (``pure_prune.seeds``) and compiled once.
+    Raises ``ValueError`` for settings, a model or data that do not fit (:func:`check_fit`)."""
     su = setup_run(cfg)
     exp, init, backend = su.exp, su.init, su.backend
     ds = exp.dataset
-    # compact runs: one static graph per form (shape), counted per stage
-    compiler = (lambda body: stage.Compiled(body, backend=backend)) if cfg.compact and cfg.compile else None
-    exp = exp._replace(
-        step=train.make_step(  # premasked: base.fit_trainer masks the params when a round starts
-            exp.model,
-            losses.cross_entropy,
-            exp.optimizer,
-            compile=cfg.compile,
-            backend=backend,
-            premasked=True,
-            compiler=compiler,
-        ),
-        eval_step=train.make_eval_step(
-            exp.model, losses.cross_entropy, compile=cfg.compile, backend=backend, compiler=compiler
-        ),
-    )
-    k_init, k_method, k_score = rng.split(cfg.seed, 3)
-    params, _ = init(k_init)
+    stacked = cfg.seeds > 1
+    keys = list(cfg.seed_keys()) if stacked else [cfg.seed]
+    k_init, k_method, k_score = (tuple(k) for k in zip(*(rng.split(k, 3) for k in keys)))
+    params, _ = init(k_init[0])
     groups = masking.active_groups(exp.model.groups(params), cfg.exclude)
     check_method_groups(cfg, groups)
+    per_seed = [
+        list(itertools.islice(data.batches(ds.x_train, ds.y_train, cfg.batch_size, key=k), cfg.score_batches))
+        for k in k_score
+    ]
+    if not stacked:
+        # compact runs: one static graph per form (shape), counted per stage
+        compiler = (
+            (lambda body: stage.Compiled(body, backend=backend)) if cfg.compact and cfg.compile else None
+        )
+        exp = exp._replace(
+            step=train.make_step(  # premasked: the trainer masks the params when a round starts
+                exp.model,
+                losses.cross_entropy,
+                exp.optimizer,
+                compile=cfg.compile,
+                backend=backend,
+                premasked=True,
+                compiler=compiler,
+            ),
+            eval_step=train.make_eval_step(
+                exp.model, losses.cross_entropy, compile=cfg.compile, backend=backend, compiler=compiler
+            ),
+        )
+        steps = {"train": exp.step, "eval": exp.eval_step, **_steps(cfg, exp, backend)}
+        return RunCtx(
+            cfg, exp, init, groups, su.spe, k_method[0], k_init[0], tuple(per_seed[0]), su.stats, steps
+        )
     score = tuple(
-        itertools.islice(data.batches(ds.x_train, ds.y_train, cfg.batch_size, key=k_score), cfg.score_batches)
+        tuple(torch.stack([seed[b][j] for seed in per_seed]) for j in range(2))
+        for b in range(len(per_seed[0]))
     )
+    kw = dict(compile=cfg.compile, backend=backend)
+    seed_steps = seeds.SeedSteps(
+        seeds.make_seed_step(exp.model, losses.cross_entropy, exp.optimizer, per_seed_batches=True, **kw),
+        seeds.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, **kw),
+    )
+    extra: dict[str, Any] = {}
+    for name, step in _steps(cfg, exp, backend, compile=False).items():
+        if name == "penalized":
+            extra[name] = step
+        else:  # make_step's body reads uint8 masks (faster compiled); STE's reads either
+            bytes_masks = cfg.compile and name != "ste"
+            extra[name] = seeds.seed_step_of(step, per_seed_batches=True, bytes_masks=bytes_masks, **kw)
+    steps = {"train": seed_steps.train, "eval": seed_steps.eval, **extra}
     return RunCtx(
-        cfg, exp, init, groups, su.spe, k_method, k_init, score, su.stats, _steps(cfg, exp, backend)
+        cfg, exp, init, groups, su.spe, k_method, k_init, score, su.stats, steps, len(keys), seed_steps
     )
 
 
@@ -226,9 +266,12 @@ def check_method_groups(cfg: RunConfig, groups: tuple) -> None:
         )
 
 
-def _steps(cfg: RunConfig, exp: Experiment, backend: Callable | str) -> dict[str, Any]:
-    """The method's extra steps (``torch.compile`` is lazy: building them costs nothing until used)."""
-    kw = dict(compile=cfg.compile, backend=backend)
+def _steps(
+    cfg: RunConfig, exp: Experiment, backend: Callable | str, *, compile: bool | None = None
+) -> dict[str, Any]:
+    """The method's extra single-seed steps (``torch.compile`` is lazy: building them costs nothing
+    until used); ``compile`` overrides ``cfg.compile`` (a stack compiles the vmapped step instead)."""
+    kw = dict(compile=cfg.compile if compile is None else compile, backend=backend)
     if cfg.method == "rsst":
         pen = rsst.penalized(exp.optimizer)
         return {"penalized": pen, "rsst": train.make_step(exp.model, losses.cross_entropy, pen, **kw)}

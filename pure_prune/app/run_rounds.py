@@ -2,8 +2,8 @@
 
 Each method of ``pure_prune.algorithms`` is driven by one round function ``(ctx, _Round) ->
 RoundOut`` (:data:`_ROUNDS`): round 0 starts from the context's init and masks, later rounds take
-the previous round's carry. The settings builders (``imp_settings`` ...) and
-:func:`gradual_schedule` are shared with the several-seed engine (``pure_prune.app.runner_seeds``).
+the previous round's carry. The same function runs one seed or a stack of seeds: what differs is
+in the :class:`~pure_prune.algorithms.ops.RoundOps` built from the context (:func:`round_ops`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import torch
 from tqdm import tqdm
 
-from pure_prune import importance, losses
+from pure_prune import importance, losses, seeds
 from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, one_shot, refill, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app.run_context import RunCtx
 from pure_prune.app.runconfig import RunConfig, parse_nm
 from pure_prune.schedule import linear, linear_steps, polynomial
@@ -52,33 +52,54 @@ def n_rounds(cfg: RunConfig) -> int:
 
 
 def _score_fn(ctx: RunCtx) -> tuple[base.ScoreFn, str]:
+    """The configured criterion as a ``ScoreFn`` on the context's scoring batches (one seed, or every
+    seed of a stack with its own key and batches) and its level."""
     crit = ctx.cfg.importance
     level = importance.get(crit).level
     apply = ctx.exp.model.apply
 
-    def fn(params: Any, state: Any, masks: Any, key: int) -> Any:
+    def one(params: Any, state: Any, masks: Any, key: int) -> Any:
         return masking.score(
             crit, apply, params, state, masks, batches=ctx.score_batches, key=key, groups=ctx.groups
         )[0]
 
-    return fn, level
+    def stack(params: Any, state: Any, masks: Any, key: tuple[int, ...]) -> Any:
+        return seeds.score_seeds(
+            crit,
+            ctx.exp.model,
+            params,
+            state,
+            masks,
+            keys=list(key),
+            batches=ctx.score_batches,
+            per_seed_batches=True,
+            groups=ctx.groups,
+        )
+
+    return (one if ctx.seeds is None else stack), level
 
 
-def _start(ctx: RunCtx) -> tuple[Any, Any, Any]:
+def round_ops(ctx: RunCtx, train_fn: base.TrainFn) -> RoundOps:
+    """The :class:`RoundOps` of the context (one seed or its stack) with the round's ``train_fn``."""
+    score_fn, level = _score_fn(ctx)
+    return RoundOps(ctx.exp.optimizer, train_fn, score_fn, level, ctx.init, ctx.seeds)
+
+
+def _start(ctx: RunCtx, ops: RoundOps) -> tuple[Any, Any, Any]:
+    """Fresh ``(params, state)`` from the init key(s) and each seed's initial masks."""
     cfg = ctx.cfg
-    params, state = ctx.init(ctx.k_init)
-    return params, state, masking.initial(params, cfg.struct, ctx.groups, exclude=cfg.exclude)
+    params, state = ops.initialise(ctx.k_init)
+    masks = ops.each(lambda p: masking.initial(p, cfg.struct, ctx.groups, exclude=cfg.exclude), params)
+    return params, state, masks
 
 
 class _Round(NamedTuple):
     """What a method's round function gets besides the context: the carry (``None`` at round 0),
-    the round index, the round's training callback, its score function and its score level."""
+    the round index and the round's operations."""
 
     carry: Carry | None
     r: int
-    train_fn: base.TrainFn
-    score_fn: base.ScoreFn
-    level: str
+    ops: RoundOps
 
 
 def imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
@@ -98,60 +119,39 @@ def imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
 def _imp_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
     s = imp_settings(cfg, ctx.spe)
-    kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
-        return imp.first_round(*_start(ctx), s, **kw)
+        return imp.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
     fn = (
         refill.mask_fn(ctx.groups, cfg.fillback_rate, criterion=cfg.criteria)
         if cfg.method == "refill"
         else None
     )
-    return imp.next_round(
-        a.carry,
-        a.r,
-        s,
-        score_fn=a.score_fn,
-        groups=ctx.groups,
-        level=a.level,
-        init_fn=ctx.init,
-        mask_fn=fn,
-        **kw,
-    )
+    return imp.next_round(a.carry, a.r, s, ops=a.ops, key=ctx.key, groups=ctx.groups, mask_fn=fn)
 
 
 def _one_shot_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
-    kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
-        return one_shot.first_round(*_start(ctx), epochs=cfg.epochs, **kw)
+        return one_shot.first_round(*_start(ctx, a.ops), epochs=cfg.epochs, ops=a.ops, key=ctx.key)
     return one_shot.next_round(
         a.carry,
         cfg.sparsity,
         finetune_epochs=cfg.finetune_epochs,
-        score_fn=a.score_fn,
+        ops=a.ops,
+        key=ctx.key,
         scope=cfg.scope,
         struct=cfg.struct,
         groups=ctx.groups,
-        level=a.level,
         nm=parse_nm(cfg.nm),
-        **kw,
     )
 
 
 def _gradual_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg = ctx.cfg
     segs = gradual.segments(gradual_schedule(cfg), cfg.epochs)
-    kw = dict(
-        train_fn=a.train_fn,
-        score_fn=a.score_fn,
-        key=ctx.key,
-        struct=cfg.struct,
-        scope=cfg.scope,
-        groups=ctx.groups,
-        level=a.level,
-    )
+    kw = dict(ops=a.ops, key=ctx.key, struct=cfg.struct, scope=cfg.scope, groups=ctx.groups)
     if a.r == 0:
-        return gradual.first_round(*_start(ctx), segs, optimizer=ctx.exp.optimizer, **kw)
+        return gradual.first_round(*_start(ctx, a.ops), segs, **kw)
     return gradual.next_round(a.carry, a.r, segs, **kw)
 
 
@@ -171,27 +171,21 @@ def rsst_settings(cfg: RunConfig) -> rsst.Settings:
 
 
 def _rsst_round(ctx: RunCtx, a: _Round) -> RoundOut:
-    cfg, exp = ctx.cfg, ctx.exp
-    s = rsst_settings(cfg)
-    kw = dict(optimizer=exp.optimizer, train_fn=a.train_fn, key=ctx.key)
+    s = rsst_settings(ctx.cfg)
     if a.r == 0:
-        return rsst.first_round(*_start(ctx), s, **kw)
-    state = a.carry.state
-
-    def model_fn(params: Any, x: torch.Tensor) -> torch.Tensor:
-        return exp.model.apply(params, state, x, train=False)[0]
-
+        return rsst.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
     return rsst.next_round(
         a.carry,
         a.r,
         s,
         penalized_optimizer=ctx.steps["penalized"],
         penalty_step=ctx.steps["rsst"],
+        ops=a.ops,
+        key=ctx.key,
         groups=ctx.groups,
-        model_fn=model_fn,
+        apply=ctx.exp.model.apply,
         batches=ctx.score_batches,
         steps_per_epoch=ctx.spe,
-        **kw,
     )
 
 
@@ -211,19 +205,17 @@ def distill_settings(cfg: RunConfig) -> distill.Settings:
 
 def _distill_round(ctx: RunCtx, a: _Round) -> RoundOut:
     s = distill_settings(ctx.cfg)
-    kw = dict(optimizer=ctx.exp.optimizer, train_fn=a.train_fn, key=ctx.key)
     if a.r == 0:
-        return distill.first_round(*_start(ctx), s, **kw)
+        return distill.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
     return distill.next_round(
         a.carry,
         a.r,
         s,
         apply=ctx.exp.model.apply,
         kd_step=ctx.steps["distill"],
-        score_fn=a.score_fn,
+        ops=a.ops,
+        key=ctx.key,
         groups=ctx.groups,
-        level=a.level,
-        **kw,
     )
 
 
@@ -244,8 +236,12 @@ def dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
 def _dst_round(ctx: RunCtx, a: _Round) -> RoundOut:
     cfg, exp = ctx.cfg, ctx.exp
     s = dst_settings(cfg, ctx.spe)
-    carry = dst.start(*_start(ctx), s, optimizer=exp.optimizer, key=ctx.key) if a.r == 0 else a.carry
-    batches = exp.train_batches(ctx.key)(a.r)
+    carry = dst.start(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key) if a.r == 0 else a.carry
+    ds = exp.dataset
+    if ctx.seeds is None:
+        batches = exp.train_batches(ctx.key)(a.r)
+    else:
+        batches = seeds.seed_batches((ds.x_train, ds.y_train), exp.batch_size, list(ctx.key), a.r)
     if cfg.progress:
         batches = tqdm(batches, total=ctx.spe, desc=f"round {a.r}", unit="step", leave=False)
     return dst.train_epoch(
@@ -253,7 +249,8 @@ def _dst_round(ctx: RunCtx, a: _Round) -> RoundOut:
         a.r,
         s,
         batches,
-        step=ctx.steps.get("ste", exp.step),
+        step=ctx.steps.get("ste", ctx.steps["train"]),
+        ops=a.ops,
         key=ctx.key,
         apply=exp.model.apply,
         loss=losses.cross_entropy,
@@ -272,6 +269,6 @@ _ROUNDS: dict[str, Callable[[RunCtx, _Round], RoundOut]] = {
 
 
 def run_round(ctx: RunCtx, carry: Carry | None, r: int, train_fn: base.TrainFn) -> RoundOut:
-    """Round ``r`` of the configured method (``carry`` is ``None`` at round 0)."""
-    score_fn, level = _score_fn(ctx)
-    return _ROUNDS[ctx.cfg.method](ctx, _Round(carry, r, train_fn, score_fn, level))
+    """Round ``r`` of the configured method (``carry`` is ``None`` at round 0), on one seed or the
+    context's stack of seeds alike."""
+    return _ROUNDS[ctx.cfg.method](ctx, _Round(carry, r, round_ops(ctx, train_fn)))

@@ -13,14 +13,16 @@ one program's.
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
-from pure_prune import mask
+from pure_prune import mask, seeds
 from pure_prune.algorithms import gradual, imp
 from pure_prune.app.run_rounds import gradual_schedule
 from pure_prune.app.runconfig import RunConfig, parse_nm
 
-__all__ = ["SEED_METRICS"]
+__all__ = ["ROUND_COLUMNS", "SEED_METRICS", "SUMMARY_COLUMNS", "TIME_COLUMNS", "aggregate", "round_row"]
 
 SEED_METRICS = (
     "sparsity",
@@ -57,6 +59,19 @@ ROUND_COLUMNS = (
     "epochs",
     *TIME_COLUMNS,
 )
+
+
+SUMMARY_COLUMNS = (
+    "round",
+    "pruned",
+    "target",
+    "seeds",
+    *itertools.chain.from_iterable((m, f"{m}_std") for m in SEED_METRICS),
+    "params_total",
+    "epochs",
+    *TIME_COLUMNS,
+)
+"""The ``summary.csv`` columns of a several-seed run: means and ``_std`` of :data:`run_rows.SEED_METRICS`."""
 
 
 def round_row(
@@ -117,3 +132,30 @@ def pct_text(row: dict[str, Any], key: str, *, complement: bool = False) -> str:
     text = f"{100 * (1 - v if complement else v):.2f}%"
     std = row.get(f"{key}_std")
     return text if std is None else f"{text} ± {100 * std:.2f}%"
+
+
+def aggregate(rows: list[dict[str, Any]], keys: list[int]) -> dict[str, Any]:
+    """One several-seed row from the single-seed rows of one round (one per seed, in key order).
+
+    Per :data:`run_rows.SEED_METRICS` entry ``m``: ``m`` (mean), ``m_std`` (sample std,
+    ``seeds.summarize``) and ``per_seed[m]``; a metric that some seed lacks (``None``) has mean and
+    std ``None``. ``layer_sparsity`` is the mean per layer. Timings are the one program's (shared by
+    the rows); ``mode`` is ``"vmap"``.
+    """
+    first = rows[0]
+    out: dict[str, Any] = {
+        k: first[k] for k in ("round", "method", "pruned", "target", "params_total", "epochs")
+    }
+    out.update(seeds=len(rows), keys=list(keys), mode="vmap")
+    for m in SEED_METRICS:
+        values = [r[m] for r in rows]
+        stats = None if any(v is None for v in values) else seeds.summarize(values)
+        out[m] = None if stats is None else stats["mean"]
+        out[f"{m}_std"] = None if stats is None else stats["std"]
+    out["per_seed"] = {m: [r[m] for r in rows] for m in SEED_METRICS}
+    out["layer_sparsity"] = {
+        p: math.fsum(r["layer_sparsity"][p] for r in rows) / len(rows) for p in first["layer_sparsity"]
+    }
+    out.update({k: first[k] for k in TIME_COLUMNS})
+    out["last_epoch_seconds"] = first.get("last_epoch_seconds")  # the one program's, shared by the seeds
+    return out

@@ -14,7 +14,7 @@ compiled-or-eager choice is part of the config. So on CPU, with the same thread 
 resumed run ends bit-identical to an uninterrupted one.
 
 **Several seeds** (``seeds = S > 1``; keys ``k_i = seed + i``, :meth:`RunConfig.seed_keys`). Every
-method runs the ``S`` seeds as one vmapped program (``pure_prune.app.runner_seeds``, built on
+method runs the ``S`` seeds as one vmapped program (the same round functions, on a stacked
 ``pure_prune.seeds``), and seed ``i`` is, to float tolerance, the single-seed run with
 ``seed = k_i``: same init, data order, scores, masks and controls, all derived from ``k_i`` as that
 run derives them. Every tree is stacked with a leading seed axis, the train and eval steps (and
@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from pure_prune import compact_training, mask
+from pure_prune import compact_training, mask, seeds
 from pure_prune.algorithms import base
 from pure_prune.algorithms.base import Carry, RoundOut, Trained
 from pure_prune.app.run_context import Engine, RunCtx, build_context, compile_counter, setup_eager
@@ -82,8 +82,16 @@ from pure_prune.app.run_dir import (
     write_tables,
 )
 from pure_prune.app.run_rounds import n_rounds, run_round
-from pure_prune.app.run_rows import ROUND_COLUMNS, SEED_METRICS, pct_text, round_row
+from pure_prune.app.run_rows import (
+    ROUND_COLUMNS,
+    SEED_METRICS,
+    SUMMARY_COLUMNS,
+    aggregate,
+    pct_text,
+    round_row,
+)
 from pure_prune.app.runconfig import RunConfig, config_hash
+from pure_prune.app.trainer import epoch_trainer
 
 __all__ = [
     "FORMAT",
@@ -98,7 +106,7 @@ __all__ = [
 ]
 
 VMAPPED_METHODS = ("one_shot", "gradual", "imp", "refill", "rsst", "distill", "dst")
-"""Methods whose seeds run as one vmapped program (``pure_prune.app.runner_seeds``): all of them."""
+"""Methods whose seeds run as one vmapped program (the round functions of ``run_rounds``): all of them."""
 
 
 class RunResult(NamedTuple):
@@ -247,9 +255,22 @@ def _marked(row: dict[str, Any], d: Diverged) -> dict[str, Any]:
 
 
 def _metrics(ctx: RunCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
-    carry = out.carry
-    test = ctx.exp.evaluate(carry.params, carry.state, carry.masks)
-    return round_row(ctx.cfg, r, carry.masks, carry.params, out.history, test, out.prune_seconds, timing)
+    """The round's row: one seed's (``run_rows.round_row``), or for a stack every seed's single-seed
+    row aggregated (``run_rows.aggregate``: means, ``_std`` and per-seed values)."""
+    carry, cfg = out.carry, ctx.cfg
+    if ctx.seeds is None:
+        test = ctx.exp.evaluate(carry.params, carry.state, carry.masks)
+        return round_row(cfg, r, carry.masks, carry.params, out.history, test, out.prune_seconds, timing)
+    test = seeds.evaluate_seeds(
+        ctx.steps["eval"], carry.params, carry.state, carry.masks, ctx.exp.test_batches()
+    )
+    rows = []
+    for i in range(ctx.seeds):
+        history = [{k: v[i] if isinstance(v, list) else v for k, v in h.items()} for h in out.history]
+        one = {"accuracy": test["accuracy"][i], "loss": test["loss"][i]}
+        masks, params = seeds.seed_slice(carry.masks, i), seeds.seed_slice(carry.params, i)
+        rows.append(round_row(cfg, r, masks, params, history, one, out.prune_seconds, timing))
+    return aggregate(rows, list(cfg.seed_keys()))
 
 
 def _stderr(msg: str) -> None:
@@ -259,7 +280,9 @@ def _stderr(msg: str) -> None:
 # ----------------------------------------------------------------------------- the round loop
 
 
-def _single_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
+def engine(cfg: RunConfig, digest: str, total: int) -> Engine:
+    """The round loop's :class:`Engine` for ``cfg``: one seed, or ``cfg.seeds`` stacked seeds run
+    as one vmapped program; the same round functions (``run_rounds.run_round``) either way."""
     ctx = build_context(cfg)
     forms: dict[int, dict[str, Any]] = {}  # compact runs: the form each round trained
     memo: dict[str, Any] = {}
@@ -267,7 +290,7 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
 
     def round_fn(carry: Carry | None, r: int) -> RoundOut:
         train_fn = _guarded(
-            base.fit_trainer(ctx.exp, evaluate=cfg.eval_every_epoch),
+            epoch_trainer(ctx.exp, seeds_step=ctx.seed_steps, evaluate=cfg.eval_every_epoch),
             r,
             progress=cfg.progress,
             desc=f"round {r}/{total - 1}",
@@ -299,28 +322,21 @@ def _single_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
     def metrics(r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
         return {**_metrics(ctx, r, out, timing), **forms.get(r, {})}
 
-    header = f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, config {digest[:12]}, save dir {cfg.save_dir}"
-
     def resume(rows: list[dict[str, Any]]) -> None:  # the form the last saved round trained
         if rows and "form_memo" in rows[-1]:
             memo.update(compact_training.memo_from_json(rows[-1]["form_memo"]))
 
-    return Engine(
-        round_fn,
-        metrics,
-        ctx.stats,
-        model_info(ctx.exp),
-        header,
-        ROUND_COLUMNS,
-        resume,
-    )
-
-
-def _seed_engine(cfg: RunConfig, digest: str, total: int) -> Engine:
-    """The engine of a several-seed run (``pure_prune.app.runner_seeds``, which builds on this module)."""
-    from pure_prune.app import runner_seeds
-
-    return runner_seeds.engine(cfg, digest, total)
+    info = model_info(ctx.exp)
+    header = f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, config {digest[:12]}, save dir {cfg.save_dir}"
+    if ctx.seeds is not None:
+        keys = list(cfg.seed_keys())
+        info["seeds"] = {"keys": keys, "mode": "vmap", "dirs": []}
+        header = (
+            f"run {cfg.method} on {cfg.model}/{cfg.data}: {total} rounds, {len(keys)} seeds (keys {keys[0]}..{keys[-1]}) "
+            f"as one vmapped program, config {digest[:12]}, save dir {cfg.save_dir}"
+        )
+    columns = ROUND_COLUMNS if ctx.seeds is None else SUMMARY_COLUMNS
+    return Engine(round_fn, metrics, ctx.stats, info, header, columns, resume)
 
 
 def _timing(engine: Engine, t0: float, graphs0: float, seconds0: float, elapsed: float) -> dict[str, Any]:
@@ -452,9 +468,9 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = _s
         with (save / "run.log").open("a") as f:
             f.write(msg + "\n")
 
-    engine = (_single_engine if cfg.seeds == 1 else _seed_engine)(cfg, digest, total)
+    run_engine = engine(cfg, digest, total)
     with claim(save):
         prepare_dir(save, cfg, digest, resume, total)  # again, under the lock: a run may have begun meanwhile
         for partial in remove_partials(save):
             say(f"removed {partial.relative_to(save)}: a partial write left by a run that was killed")
-        return _loop(cfg, engine, digest, total, save, say)
+        return _loop(cfg, run_engine, digest, total, save, say)
