@@ -1,0 +1,126 @@
+"""Batching: fixed-shape batches in an order drawn from an explicit key, and their checks.
+
+* :func:`batches`: ``(x[idx], y[idx])`` slices of ``batch_size`` of a keyed permutation
+  (:func:`epoch_key` gives each epoch's key), :func:`num_batches` counts them;
+* :func:`lm_batches`: ``(batch_size, seq_len)`` windows of a token-id stream and the same window
+  one token later, :func:`num_lm_batches` counts them;
+* :func:`check_batch`: a batch fits a model's input shape, dtype and number of classes.
+
+A :data:`Batch` is ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from einops import rearrange
+
+from pure_prune import rng
+from pure_prune.app.data_checks import check_labels, check_positive_int
+
+__all__ = ["Batch", "batches", "check_batch", "epoch_key", "lm_batches", "num_batches", "num_lm_batches"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# -------------------------------------------------------------------------------------------- batches
+
+
+def num_batches(n: int, batch_size: int, *, drop_last: bool = True) -> int:
+    """Batches per epoch for ``n`` samples: ``n // batch_size`` (``ceil`` when ``drop_last=False``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    check_positive_int(batch_size, "batch_size")
+    if not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def epoch_key(key: int, epoch: int) -> int:
+    """The shuffle key of ``epoch``: ``rng.fold_in(key, epoch)``."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+    return rng.fold_in(key, epoch)
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, *, key: int | None, drop_last: bool = True
+) -> Iterator[Batch]:
+    """Yield ``(x[idx], y[idx])`` with ``idx`` consecutive slices of ``batch_size`` of an order that
+    is ``torch.randperm(N, generator=rng.generator(key))`` (``key=None``: ``0..N-1``). Every batch
+    has ``batch_size`` rows unless ``drop_last=False``, which adds the partial remainder. Arguments
+    are checked on the call, before iteration."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; lengths differ")
+    if key is not None:
+        rng.check_key(key)
+    n = len(x)
+    count = num_batches(n, batch_size, drop_last=drop_last)
+    if count == 0:
+        raise ValueError(f"x has {n} samples, fewer than batch_size={batch_size}: no full batch")
+    order = torch.arange(n) if key is None else torch.randperm(n, generator=rng.generator(key))
+
+    def gen():
+        for i in range(count):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            yield x[idx], y[idx]
+
+    return gen()
+
+
+def check_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Check a batch for a model: ``x`` ``(*batch, *input_shape)`` of ``dtype`` (int64 for token
+    ids), ``y`` int64 of shape ``batch`` (``(B,)`` for classification; ``(B, L)`` for language
+    modelling with ``input_shape=()``) with values in ``[0, num_classes)``. Raises ``TypeError``
+    (not a tensor, wrong dtype) or ``ValueError`` (shape, label value and index) naming the culprit."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    check_positive_int(num_classes, "num_classes")
+    if x.dtype != dtype:
+        raise TypeError(f"x has dtype {x.dtype}, expected {dtype}")
+    input_shape = tuple(input_shape)
+    n_batch = x.ndim - len(input_shape)
+    if n_batch < 1 or tuple(x.shape[n_batch:]) != input_shape:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, *{input_shape})")
+    if tuple(y.shape) != tuple(x.shape[:n_batch]):
+        raise ValueError(f"y has shape {tuple(y.shape)}; expected {tuple(x.shape[:n_batch])} to match x")
+    check_labels(y, num_classes, "y")
+
+
+def num_lm_batches(n_tokens: int, batch_size: int, seq_len: int) -> int:
+    """Number of ``(batch_size, seq_len)`` windows ``lm_batches`` yields from ``n_tokens`` ids."""
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(seq_len, "seq_len")
+    return max(n_tokens - 1, 0) // batch_size // seq_len
+
+
+def lm_batches(ids: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[Batch]:
+    """Language-model batches from a stream ``ids`` ``(T,)``: the first ``batch_size * n`` ids
+    (``n = (T-1) // batch_size``) are laid out as ``batch_size`` contiguous rows, and consecutive
+    windows of ``seq_len`` columns are yielded as ``x`` ``(batch_size, seq_len)`` with
+    ``y = `` the same window one token later. The partial last window is dropped (fixed shapes)."""
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 1 or ids.dtype != torch.int64:
+        raise ValueError(f"ids must be a 1-D int64 tensor, got {getattr(ids, 'shape', type(ids))}")
+    count = num_lm_batches(len(ids), batch_size, seq_len)
+    if count == 0:
+        raise ValueError(f"ids has {len(ids)} tokens; need > batch_size*seq_len = {batch_size * seq_len}")
+    n = (len(ids) - 1) // batch_size
+    xs = rearrange(ids[: batch_size * n], "(b t) -> b t", b=batch_size)
+    ys = rearrange(ids[1 : batch_size * n + 1], "(b t) -> b t", b=batch_size)
+
+    def gen():
+        for i in range(count):
+            window = slice(i * seq_len, (i + 1) * seq_len)
+            yield xs[:, window].contiguous(), ys[:, window].contiguous()
+
+    return gen()
