@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pure_prune.app import cli, cli_parser, cli_run
+from pure_prune.app import cli, cli_commands, cli_parser, cli_run, runner
 from pure_prune.app.experiment import eval_batch_size, make_optimizer, setup
 
 FAST = ["--epochs", "2", "--eager", "--no-progress", "--batch-size", "128"]
@@ -35,6 +35,28 @@ def test_train_command(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert cli.main(["train", "--model", "mlp", "--data", "digits", *FAST, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["rows"][0]["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_demo_and_train_are_presets_of_run_with_the_same_numbers(tmp_path, command):
+    """One key scheme: ``demo``/``train`` give exactly the numbers of ``pure-prune run`` with their
+    preset's settings (the same loop, not a second pipeline)."""
+    out = tmp_path / "cli.json"
+    extra = ["--finetune-epochs", "1"] if command == "demo" else []
+    assert cli.main([command, *FAST, "--seed", "3", *extra, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    args = cli_parser.parser().parse_args([command, *FAST, "--seed", "3", *extra])
+    cfg = cli_commands.preset(args, str(tmp_path / "run"))
+    ran = runner.run(cfg, log=lambda msg: None).rounds
+    assert rows[0]["test_accuracy"] == ran[0]["test_accuracy"] and rows[0]["test_loss"] == ran[0]["test_loss"]
+    if command == "demo":
+        assert cfg.method == "one_shot" and cfg.importance == "magnitude" and cfg.scope == "global"
+        assert (
+            rows[-1]["test_accuracy"] == ran[1]["test_accuracy"]
+            and rows[-1]["sparsity"] == ran[1]["sparsity"]
+        )
+    else:
+        assert len(ran) == 1 and len(rows) == 1
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """The ``demo``, ``train``, ``report`` and ``sweep`` commands of ``pure-prune`` (its parser:
 :mod:`pure_prune.app.cli_parser`). Imported only once one of them runs, since it imports torch.
 
-``demo`` trains densely, prunes 80% by global magnitude and fine-tunes; ``train`` trains densely;
-both print a table whose sparsity and "weights kept" count the prunable weights and whose "params
+``demo`` trains densely, prunes 80% by global magnitude and fine-tunes; ``train`` trains densely.
+Both are presets of ``pure-prune run`` (:func:`preset`): the same round loop, keys and numbers as
+``run`` with those settings, in a temporary run directory. Both print a table whose sparsity and "weights kept" count the prunable weights and whose "params
 kept" counts every parameter. ``report`` tabulates (and plots) run directories; ``sweep`` runs the
 accuracy-vs-compression grid of :mod:`pure_prune.app.sweep`.
 """
@@ -11,18 +12,18 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from pure_prune import mask, rng
-from pure_prune.algorithms import one_shot
+from pure_prune import mask
 from pure_prune.app import checkpoint, extras, run_context, runconfig
-from pure_prune.app.experiment import setup
-from pure_prune.importance import magnitude
+from pure_prune.app.runconfig import RunConfig, config_hash
 
-__all__ = ["COMMANDS", "report", "sweep", "table"]
+__all__ = ["COMMANDS", "preset", "report", "sweep", "table"]
 
 
 def _float_list(text: str, name: str) -> tuple[float, ...]:
@@ -136,110 +137,80 @@ def _machine() -> str:
     return f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
 
 
-def _experiment(args: argparse.Namespace):
-    """The experiment (steps, data, optimizer) and model init of ``demo``/``train``'s flags."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return setup(
-        args.model,
-        args.data,
+def preset(args: argparse.Namespace, save_dir: str) -> RunConfig:
+    """The ``pure-prune run`` config that ``demo`` (one-shot global magnitude pruning to
+    ``--sparsity``, then ``--finetune-epochs`` of fine-tuning) and ``train`` (dense training only: IMP
+    with no pruning round) stand for: the same loop, keys and numbers as ``run`` with these flags."""
+    common = dict(
+        model=args.model,
+        data=args.data,
         root=args.root,
+        epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
         lr=args.lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
+        seed=args.seed,
         compile=not args.eager,
-    )
-
-
-def _train(args: argparse.Namespace) -> list[dict]:
-    """Dense training: one row."""
-    from pure_prune import train
-
-    t0 = time.perf_counter()
-    exp, init = _experiment(args)
-    k_init, k_data = rng.split(args.seed, 2)
-    params, state = init(k_init)
-    res = train.fit(
-        exp.step,
-        params,
-        state,
-        exp.optimizer.init(params),
-        None,
-        exp.train_batches(k_data),
-        args.epochs,
+        threads=args.threads,
         progress=not args.no_progress,
+        save_dir=save_dir,
     )
-    rows = [
-        _row("dense", exp.evaluate(res.params, res.state, None), None, res.params, time.perf_counter() - t0)
-    ]
-    return rows
-
-
-def _demo(args: argparse.Namespace) -> list[dict]:
-    """Dense training, one-shot global magnitude pruning, fine-tuning: three rows."""
-    from pure_prune import train
-
-    t0 = time.perf_counter()
-    exp, init = _experiment(args)
-    k_init, k_data, k_tune = rng.split(args.seed, 3)
-    params, state = init(k_init)
-    all_kept = mask.ones_like(params)  # same tree form as the pruned phase: the steps compile once
-    dense = train.fit(
-        exp.step,
-        params,
-        state,
-        exp.optimizer.init(params),
-        all_kept,
-        exp.train_batches(k_data),
-        args.epochs,
-        progress=not args.no_progress,
-    )
-    dense_metrics = exp.evaluate(dense.params, dense.state, all_kept)
-    rows = [_row("dense", dense_metrics, None, dense.params, time.perf_counter() - t0)]
-    t1 = time.perf_counter()
-    masks = mask.ones_like(dense.params)
-    scores = magnitude.magnitude(dense.params, masks)
-    pruned_params, masks = one_shot.prune(dense.params, masks, scores, args.sparsity)
-    label = f"pruned {100 * args.sparsity:g}% (global |w|)"
-    rows.append(
-        _row(
-            label,
-            exp.evaluate(pruned_params, dense.state, masks),
-            masks,
-            pruned_params,
-            time.perf_counter() - t1,
-        )
-    )
-    t2 = time.perf_counter()
-    tuned = one_shot.run(
-        exp,
-        pruned_params,
-        dense.state,
-        masks,
-        scores,
-        args.sparsity,
+    if args.command == "train":
+        return RunConfig(method="imp", pruning_times=0, **common)
+    return RunConfig(
+        method="one_shot",
+        importance="magnitude",
+        scope="global",
+        struct="unstructured",
+        sparsity=args.sparsity,
         finetune_epochs=args.finetune_epochs,
-        key=k_tune,
-        progress=not args.no_progress,
+        **common,
     )
+
+
+def _rows(args: argparse.Namespace, save: str) -> list[dict]:
+    """Run the preset in ``save`` and read its rows: dense (round 0), then for ``demo`` the pruned
+    model before fine-tuning (round 0's trees under round 1's masks, evaluated) and after it (round 1)."""
+    from pure_prune.app import run_dir, runner
+
+    cfg = preset(args, save)
+    res = runner.run(cfg, log=lambda msg: None if args.no_progress else print(msg, file=sys.stderr))
+    found = run_dir.list_checkpoints(Path(save))
+    dense, _ = run_dir.load_round(found[0], config_hash(cfg), 0)
+    first = res.rounds[0]
+    rows = [_row("dense", _test(first), None, dense.params, first["round_seconds"])]
+    if args.command == "train":
+        return rows
+    exp, _ = run_context.setup_eager(cfg)
+    masks = res.carry.masks
+    pruned = mask.apply(dense.params, masks)
+    label = f"pruned {100 * args.sparsity:g}% (global |w|)"
+    seconds = res.rounds[1]["prune_seconds"] or 0.0
+    rows.append(_row(label, exp.evaluate(pruned, dense.state, masks), masks, pruned, seconds))
+    last = res.rounds[1]
     rows.append(
         _row(
             f"fine-tuned {args.finetune_epochs} epochs",
-            exp.evaluate(tuned.params, tuned.state, tuned.masks),
-            tuned.masks,
-            tuned.params,
-            time.perf_counter() - t2,
+            _test(last),
+            masks,
+            res.carry.params,
+            last["round_seconds"] - seconds,
         )
     )
     return rows
+
+
+def _test(row: dict) -> dict:
+    return {"accuracy": row["test_accuracy"], "loss": row["test_loss"]}
 
 
 def table(args: argparse.Namespace) -> int:
     """``pure-prune demo`` and ``pure-prune train``: their rows as a table (and as JSON with ``--out``)."""
     t0 = time.perf_counter()
-    rows = {"demo": _demo, "train": _train}[args.command](args)
+    with tempfile.TemporaryDirectory(prefix=f"pure-prune-{args.command}-") as save:
+        rows = _rows(args, save)
     wall = time.perf_counter() - t0
     print(f"\n{args.command}: model {args.model}, data {args.data}, seed {args.seed}, machine: {_machine()}")
     _print_table(rows)
