@@ -1030,7 +1030,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "retention-keeps-least-important",
         "keep_masks keeps the least important units",
-        "pure_prune.importance.fusion:keep_masks",
+        "pure_prune.importance.retention:keep_masks",
         _keep_masks_lowest,
         ("tests/test_importance_fusion.py::test_retention_properties",),
     ),
