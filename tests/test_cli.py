@@ -232,3 +232,31 @@ def test_sweep_checks_the_model_against_the_data_before_training(tmp_path, capsy
     assert cli.main([*argv, "--model-cfg", '{"widths": 3}']) == 2
     assert "model 'mlp' cannot be built with model_cfg {'widths': 3}" in _one_error_line(capsys)
     assert not save.exists()
+
+
+def test_every_knob_is_declared_once_and_every_command_reads_it_from_there():
+    """One configuration source: each RunConfig field has exactly one Knob (help, methods), and the
+    flags of run, demo and train take their help and default from it (so they cannot drift)."""
+    import dataclasses
+
+    from pure_prune.app import knobs, runconfig
+
+    fields = {f.name: f for f in dataclasses.fields(runconfig.RunConfig)}
+    assert set(knobs.KNOBS) == set(fields)
+    ap = cli_parser.parser()
+    subs = next(a for a in ap._actions if a.dest == "command").choices
+    for command in ("run", "demo", "train"):
+        for action in subs[command]._actions:
+            if action.dest in knobs.KNOBS and action.option_strings[0] == "--" + action.dest.replace(
+                "_", "-"
+            ):
+                assert action.help.startswith(knobs.KNOBS[action.dest].help.replace("%", "%%")), (
+                    command,
+                    action.dest,
+                )
+                if command != "run":  # run's flags only override the TOML file: no argparse default
+                    default = fields[action.dest].default
+                    assert action.default == default, (command, action.dest, action.default, default)
+    # a knob that a method does not read is refused with the methods that do
+    with pytest.raises(ValueError, match="has no effect with method 'imp'.*used by: distill"):
+        runconfig.RunConfig(method="imp", alpha=0.9).check()

@@ -14,22 +14,15 @@ import json
 
 from pure_prune.app import runconfig
 from pure_prune.app.cli_choices import (
-    CONTROLS,
     DATA,
-    DST_DISTRIBUTIONS,
-    DST_KINDS,
-    GROWTH,
-    IMPORTANCE,
     MODELS,
     OPTIMIZERS,
-    REFILL_CRITERIA,
-    STRUCTS,
     SWEEP_COMPRESSIONS,
     SWEEP_CRITERIA,
     SWEEP_DEFAULTS,
-    UNIT_CRITERIA,
 )
 from pure_prune.app.cli_llm_parser import add_parser as add_llm_parser
+from pure_prune.app.knobs import KNOBS
 
 __all__ = ["int_list", "json_object", "parser", "positive_int", "str_list"]
 
@@ -76,30 +69,45 @@ def _debug(p: argparse.ArgumentParser) -> None:
     )
 
 
+_DEFAULTS = {
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    for f in dataclasses.fields(runconfig.RunConfig)
+}
+_TYPES = {"int": int, "int | None": int, "float": float}
+
+
+def knob_flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
+    """Add ``--<name>`` for a ``RunConfig`` knob: its help from :data:`~pure_prune.app.knobs.KNOBS`
+    and its default from ``RunConfig`` (``kw`` overrides either, e.g. ``default=argparse.SUPPRESS``)."""
+    field = next(f for f in dataclasses.fields(runconfig.RunConfig) if f.name == name)
+    default = kw.pop("default", _DEFAULTS[name])
+    shown = _DEFAULTS[name] if default is argparse.SUPPRESS else default
+    if isinstance(shown, tuple):
+        shown = ",".join(str(v) for v in shown) or "none"
+    text = kw.pop("help", KNOBS[name].help)
+    kw.setdefault("help", f"{text} (default: {'unset' if shown is None else shown})".replace("%", "%%"))
+    if field.type in _TYPES:
+        kw.setdefault("type", _TYPES[field.type])
+    p.add_argument("--" + name.replace("_", "-"), dest=name, default=default, **kw)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)} (default: %(default)s)")
-    p.add_argument("--data", default="digits", help=f"one of: {', '.join(DATA)} (default: %(default)s)")
-    p.add_argument(
-        "--root", default=None, help="folder (or .npz file) for data sets you already have (default: none)"
-    )
-    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default: %(default)s)")
-    p.add_argument(
-        "--optimizer",
-        default="sgd",
-        choices=OPTIMIZERS,
-        help=f"one of: {', '.join(OPTIMIZERS)} (default: %(default)s)",
-    )
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default: %(default)s)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="the explicit random key of the run (default: %(default)s)"
-    )
+    """The flags ``demo`` and ``train`` share with ``run`` (same knobs, help and defaults)."""
+    for name in (
+        "model",
+        "data",
+        "root",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "seed",
+    ):
+        knob_flag(p, name, **({"choices": OPTIMIZERS} if name == "optimizer" else {}))
     p.add_argument("--eager", action="store_true", help="do not torch.compile the steps (default: compiled)")
-    p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads, >= 1 (default: torch's)"
-    )
+    knob_flag(p, "threads", type=positive_int)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     _debug(p)
 
@@ -109,15 +117,8 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train, prune 80%% (global magnitude), fine-tune; print a table")
     _common(demo)
-    demo.add_argument(
-        "--sparsity",
-        type=float,
-        default=0.8,
-        help="share of the weights pruned, in [0, 1) (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--finetune-epochs", type=int, default=10, help="epochs after pruning (default: %(default)s)"
-    )
+    knob_flag(demo, "sparsity")
+    knob_flag(demo, "finetune_epochs")
     demo.add_argument("--out", default=None, help="write the table as JSON here (default: print only)")
     tr = sub.add_parser("train", help="train a model densely and evaluate it")
     _common(tr)
@@ -135,67 +136,6 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _run_help() -> dict[str, str]:
-    """What each ``pure-prune run`` knob does, with its choices where it has a fixed set."""
-
-    def one_of(names) -> str:
-        return "one of: " + ", ".join(names)
-
-    return {
-        "model": one_of(MODELS),
-        "data": one_of(DATA),
-        "root": "folder (or .npz file) for data sets you already have",
-        "model_cfg": "model options as a JSON object (e.g. '{\"sizes\": [64, 32, 32, 10]}')",
-        "method": one_of(runconfig.METHODS),
-        "importance": "criterion that scores weights: " + one_of(IMPORTANCE),
-        "criteria": f"channel ranking of rsst ({', '.join(UNIT_CRITERIA)}) and refill "
-        f"({', '.join(REFILL_CRITERIA)}); unset: remain",
-        "struct": one_of(STRUCTS) + "; unset: channels for rsst, else unstructured",
-        "scope": "one of: global, layer; unset: layer for channels, else global",
-        "nm": "N:M pattern of struct nm, n of every m consecutive inputs kept",
-        "exclude": "globs of leaves kept dense, comma separated (e.g. 'fc1.*'); each must match a prunable leaf",
-        "rate": "share of the remaining weights pruned per round, in [0, 1)",
-        "pruning_times": "number of pruning rounds",
-        "rewind_epoch": "rewind to the weights of this epoch (0: the initialisation)",
-        "control": "IMP's control runs: " + one_of(CONTROLS),
-        "schedule": f"{', '.join(runconfig.ITERATIVE_SCHEDULES)} (iterative methods) or "
-        f"{', '.join(runconfig.GRADUAL_SCHEDULES)} (gradual); unset: linear_steps for gradual, else geometric",
-        "sparsity": "target share of the prunable weights pruned (one_shot, gradual, dst), in [0, 1)",
-        "gradual_start": "gradual: epoch of the first pruning step",
-        "gradual_every": "gradual: epochs between pruning steps",
-        "gradual_steps": "gradual: number of pruning steps",
-        "fillback_rate": "refill: share of the pruned channels filled back, in [0, 1]",
-        "reg_granularity": "rsst: regularisation granularity",
-        "rst_schedule": "rsst: growth of the penalty, " + one_of(GROWTH),
-        "exponent": "rsst: exponent of the penalty growth",
-        "alpha": "distill: weight of the distillation loss",
-        "temperature": "distill: softmax temperature",
-        "dst": "dynamic sparse training kind: " + one_of(DST_KINDS),
-        "update_every": "dst: steps between mask updates",
-        "drop_fraction": "dst: share of the kept weights dropped per update, in [0, 1]",
-        "end_fraction": "dst: share of training after which masks stop changing, in [0, 1]",
-        "distribution": "dst: sparsity per layer, " + one_of(DST_DISTRIBUTIONS),
-        "recompile_every": "with --compact: make a new form at every N-th compression",
-        "sparsity_change_threshold": "with --compact: make a new form when sparsity moved by more than this",
-        "epochs": "training epochs per round",
-        "finetune_epochs": "fine-tuning epochs after pruning (one_shot, rsst, distill)",
-        "optimizer": one_of(OPTIMIZERS),
-        "lr": "learning rate",
-        "momentum": "SGD momentum",
-        "weight_decay": "weight decay",
-        "decreasing_lr": "learning-rate milestones in epochs, comma separated (lr x gamma at each)",
-        "gamma": "learning-rate factor at each milestone of --decreasing-lr",
-        "batch_size": "training batch size",
-        "score_batches": "batches that data-driven criteria score on",
-        "seed": "the explicit random key of the run",
-        "seeds": "number of seeds, keys seed..seed+N-1, run as one vmapped program (every method); "
-        "metrics are reported as mean ± std",
-        "backend": "torch.compile backend: " + one_of(runconfig.BACKENDS),
-        "threads": "torch CPU threads, >= 1 (unset: torch's)",
-        "save_dir": "the run's folder (unset: runs/<method>-<model>-<data>-seed<seed>)",
-    }
-
-
 def _run_parser(sub) -> None:
     """``pure-prune run``: one flag per RunConfig knob (dashes for underscores), none with a default
     here, so that only the flags given override the TOML file and the stored config; the help of
@@ -210,30 +150,12 @@ def _run_parser(sub) -> None:
         help="finish the run in --save-dir from its last checkpoint (default: start a new run)",
     )
     special = {"compile", "progress", "eval_every_epoch", "compact"}
-    helps = _run_help()
+    types = {"decreasing_lr": int_list, "exclude": str_list, "model_cfg": json_object}
     for f in dataclasses.fields(runconfig.RunConfig):
-        if f.name in special:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else "{}"
-        if isinstance(default, tuple):
-            default = ",".join(str(v) for v in default) or "none"
-        kw = {
-            "dest": f.name,
-            "default": argparse.SUPPRESS,
-            "help": f"{helps[f.name]} (default: {'unset' if default is None else default})".replace(
-                "%", "%%"
-            ),
-        }
-        if f.name in ("decreasing_lr", "exclude"):
-            kw["type"] = int_list if f.name == "decreasing_lr" else str_list
-        elif f.name == "model_cfg":
-            kw["type"] = json_object
-        elif f.type in ("int", "int | None"):
-            kw["type"] = int
-        elif f.type == "float":
-            kw["type"] = float
-        rp.add_argument(flag, **kw)
+        if f.name not in special:
+            knob_flag(
+                rp, f.name, default=argparse.SUPPRESS, **({"type": types[f.name]} if f.name in types else {})
+            )
     rp.add_argument(
         "--eager",
         dest="compile",

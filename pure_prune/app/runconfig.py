@@ -29,12 +29,10 @@ from typing import Any
 
 import tomllib
 
+from pure_prune.app.knobs import BACKENDS, GRADUAL_SCHEDULES, ITERATIVE_SCHEDULES, KNOBS, METHODS, used_by
+
 __all__ = ["METHODS", "RunConfig", "config_hash", "from_mapping", "load_toml", "parse_nm"]
 
-METHODS = ("one_shot", "gradual", "imp", "rsst", "refill", "distill", "dst")
-ITERATIVE_SCHEDULES = ("geometric", "progressive")
-GRADUAL_SCHEDULES = ("linear_steps", "linear", "polynomial")
-BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile backends a run may use
 # knobs that never change a run's results: excluded from the hash, allowed to differ on --resume
 NOT_HASHED = ("save_dir", "progress", "threads", "root")
 # knobs added after runs were first saved: left out of the hash at these values, so the hash of a run
@@ -44,39 +42,6 @@ HASH_NEUTRAL: dict[str, Any] = {
     "compact": False,
     "recompile_every": 2,
     "sparsity_change_threshold": 0.05,
-}
-
-_ALL = METHODS
-_ITER = ("imp", "refill", "rsst", "distill")
-# knob -> the methods that read it (a knob set away from its default under another method is an error)
-USED_BY: dict[str, tuple[str, ...]] = {
-    "rate": _ITER,
-    "pruning_times": _ITER,
-    "rewind_epoch": ("imp", "refill"),
-    "control": ("imp",),
-    "schedule": (*_ITER, "gradual"),
-    "fillback_rate": ("refill",),
-    "criteria": ("rsst", "refill"),
-    "sparsity": ("one_shot", "gradual", "dst"),
-    "finetune_epochs": ("one_shot", "rsst", "distill"),
-    "gradual_start": ("gradual",),
-    "gradual_every": ("gradual",),
-    "gradual_steps": ("gradual",),
-    "nm": ("one_shot",),
-    "reg_granularity": ("rsst",),
-    "rst_schedule": ("rsst",),
-    "exponent": ("rsst",),
-    "alpha": ("distill",),
-    "temperature": ("distill",),
-    "dst": ("dst",),
-    "update_every": ("dst",),
-    "drop_fraction": ("dst",),
-    "end_fraction": ("dst",),
-    "distribution": ("dst",),
-    "importance": ("one_shot", "gradual", "imp", "refill", "distill"),
-    "compact": ("one_shot", "gradual", "imp"),
-    "recompile_every": ("one_shot", "gradual", "imp"),
-    "sparsity_change_threshold": ("one_shot", "gradual", "imp"),
 }
 
 
@@ -166,7 +131,8 @@ class RunConfig:
         if c.method not in METHODS:
             raise ValueError(f"unknown method {c.method!r}; known methods: {', '.join(METHODS)}")
         default = dataclasses.replace(RunConfig(), method=c.method).resolved()
-        for knob, users in USED_BY.items():
+        for knob in KNOBS:
+            users = used_by(knob)
             if c.method not in users and getattr(c, knob) != getattr(default, knob):
                 raise ValueError(
                     f"{knob} = {getattr(c, knob)!r} has no effect with method {c.method!r} "
