@@ -17,12 +17,14 @@ memory (``torch.OutOfMemoryError``, or a ``RuntimeError`` saying "can't allocate
 halved with a ``RuntimeWarning`` and retried; the smaller chunk is kept for later calls.
 
 Randomness is explicit: every seed has its own key (``rng``); its init, data order and scoring key
-derive from it. :func:`run_seeds` is the whole one-shot pipeline (train, prune, fine-tune,
-evaluate) for ``S`` seeds::
+derive from it. Whole pipelines over stacked seeds are the application's round loop
+(``pure-prune run --seeds S``, ``pure-prune sweep``), which calls these functions through
+``pure_prune.algorithms.ops.RoundOps``; :func:`fit_seeds` is the plain training loop::
 
-    exp, init = experiment.setup("mlp", "digits", batch_size=64, lr=0.05)
-    res = run_seeds(exp, init, rng.split(0, 8), sparsity=0.8, train_epochs=10, finetune_epochs=5)
-    res.summary["accuracy"]            # {"mean": ..., "std": ..., "n": 8}
+    params, state = init_seeds(init, keys)
+    steps = make_seed_steps(model, losses.cross_entropy, optimizer)
+    fit = fit_seeds(steps.train, params, state, init_opt_seeds(optimizer, params),
+                    masks_like_seeds(params), lambda e: seed_batches((x, y), 64, keys, e), epochs)
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ import torch
 from einops import repeat
 from torch import Tensor
 
-from pure_prune import losses, mask, rng, select, stage, train, tree
-from pure_prune.app import data as datasets
+from pure_prune import batching, mask, rng, select, stage, train, tree
 from pure_prune.importance.registry import Criterion, ScoreInput
 from pure_prune.importance.registry import get as get_criterion
 from pure_prune.optim import Optimizer, OptState
@@ -49,7 +50,6 @@ __all__ = [
     "SeedFn",
     "SeedStep",
     "SeedSteps",
-    "SeedsResult",
     "evaluate_seeds",
     "fit_seeds",
     "init_opt_seeds",
@@ -61,12 +61,10 @@ __all__ = [
     "num_seeds",
     "over_seeds",
     "run_chunked",
-    "run_seeds",
     "score_seeds",
     "seed_batches",
     "seed_slice",
     "seed_step_of",
-    "seed_subkeys",
     "select_seeds",
     "stack",
     "summarize",
@@ -169,28 +167,26 @@ def init_opt_seeds(optimizer: Optimizer, params: tree.Tree) -> OptState:
 
 
 def seed_batches(
-    data: datasets.Dataset | tuple[Tensor, Tensor], batch_size: int, keys: Sequence[int], epoch: int
+    data: tuple[Tensor, Tensor], batch_size: int, keys: Sequence[int], epoch: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Per-seed shuffled batches of one epoch, stacked: ``(x (S, B, ...), y (S, B))``.
 
-    ``data``: a ``Dataset`` (its training split) or ``(x (N, ...), y (N,))``. Seed ``i``'s batches
-    are exactly ``data.batches(x, y, batch_size, key=data.epoch_key(keys[i], epoch))`` (full
-    batches only), i.e. ``Experiment.train_batches(keys[i])(epoch)``: the order is
+    ``data``: ``(x (N, ...), y (N,))`` (a data set's training split: ``(ds.x_train, ds.y_train)``).
+    Seed ``i``'s batches are exactly ``batching.batches(x, y, batch_size,
+    key=batching.epoch_key(keys[i], epoch))`` (full batches only), i.e.
+    ``Experiment.train_batches(keys[i])(epoch)``: the order is
     ``randperm(N, generator=rng.generator(epoch_key(keys[i], epoch)))``.
     """
-    if isinstance(data, datasets.Dataset):
-        x, y = data.x_train, data.y_train
-    elif isinstance(data, tuple) and len(data) == 2:
-        x, y = data
-    else:
-        raise TypeError(f"data must be a Dataset or a pair (x, y), got {type(data).__name__}")
+    if not (isinstance(data, tuple) and len(data) == 2):
+        raise TypeError(f"data must be a pair (x, y) of tensors, got {type(data).__name__}")
+    x, y = data
     keys = _check_keys(keys)
-    datasets.batches(x, y, batch_size, key=None)  # checks x, y and batch_size eagerly
-    datasets.epoch_key(keys[0], epoch)  # checks epoch
+    batching.batches(x, y, batch_size, key=None)  # checks x, y and batch_size eagerly
+    batching.epoch_key(keys[0], epoch)  # checks epoch
     n = len(x)
-    count = datasets.num_batches(n, batch_size)
+    count = batching.num_batches(n, batch_size)
     orders = torch.stack(
-        [torch.randperm(n, generator=rng.generator(datasets.epoch_key(k, epoch))) for k in keys]
+        [torch.randperm(n, generator=rng.generator(batching.epoch_key(k, epoch))) for k in keys]
     )
 
     def gen() -> Iterator[tuple[Tensor, Tensor]]:
@@ -563,7 +559,7 @@ def fit_seeds(
     """:func:`train.fit` for stacked seeds: ``epochs`` epochs of ``step`` with fixed ``masks``.
 
     ``batches_fn(epoch)`` yields batches in the form the step expects (per seed, e.g.
-    ``lambda e: seed_batches(ds, 64, keys, e)``, or shared). Each history entry holds, per seed,
+    ``lambda e: seed_batches((x, y), 64, keys, e)``, or shared). Each history entry holds, per seed,
     the step metrics averaged over the epoch weighted by label entries, as ``train.fit`` does.
     """
     if not isinstance(step, SeedStep) or len(step.seeded) != 5:
@@ -601,7 +597,8 @@ def make_seed_steps(
     compile: bool = True,  # noqa: A002 - the switch's natural name
     chunk_size: int | None = None,
 ) -> SeedSteps:
-    """The steps :func:`run_seeds` uses; build them once to reuse the compiled code across runs."""
+    """A train step (per-seed batches) and an eval step (shared batches) over stacked seeds; build
+    them once to reuse the compiled code across runs."""
     return SeedSteps(
         make_seed_step(model, loss, optimizer, per_seed_batches=True, compile=compile, chunk_size=chunk_size),
         make_seed_eval_step(model, loss, per_seed_batches=False, compile=compile, chunk_size=chunk_size),
@@ -778,158 +775,3 @@ def summarize(values: Sequence[float] | Tensor) -> dict[str, float | int]:
     mean = math.fsum(vals) / n
     var = math.fsum((v - mean) ** 2 for v in vals) / (n - 1) if n > 1 else 0.0
     return {"mean": mean, "std": math.sqrt(var), "n": n}
-
-
-# ------------------------------------------------------------------------------------ pipeline
-class SeedsResult(NamedTuple):
-    """What :func:`run_seeds` returns.
-
-    ``params``/``state``/``masks``: the stacked trees after fine-tuning. ``metrics``: per-seed
-    lists ``dense_accuracy``, ``dense_loss`` (test, after training), ``pruned_accuracy``,
-    ``pruned_loss`` (test, right after pruning), ``accuracy``, ``loss`` (test, after
-    fine-tuning), ``sparsity`` (pruned fraction of the prunable weights). ``summary``:
-    :func:`summarize` of each metric. ``history``: ``{"train": [...], "finetune": [...]}``, per
-    epoch the per-seed training metrics. ``keys``: the seed keys.
-    """
-
-    params: Any
-    state: Any
-    masks: Any
-    metrics: dict[str, list[float]]
-    summary: dict[str, dict[str, float | int]]
-    history: dict[str, list[dict[str, list[float]]]]
-    keys: list[int]
-
-    def as_json(self) -> dict[str, Any]:
-        """The plain-JSON part: ``{"keys", "metrics", "summary", "history"}`` (no tensors), e.g. the
-        result of a ``distributed.run_grid`` point or a report row."""
-        return {
-            "keys": list(self.keys),
-            "metrics": self.metrics,
-            "summary": self.summary,
-            "history": self.history,
-        }
-
-
-def seed_subkeys(key: int) -> dict[str, int]:
-    """The keys one seed of :func:`run_seeds` uses: ``init``, ``train`` (data order), ``score``
-    (scoring key and scoring batches) and ``finetune`` (data order), from ``rng.split(key, 4)``."""
-    k_init, k_train, k_score, k_finetune = rng.split(rng.check_key(key), 4)
-    return {"init": k_init, "train": k_train, "score": k_score, "finetune": k_finetune}
-
-
-def run_seeds(
-    exp: Any,
-    init: Callable[[int], tuple[Any, Any]],
-    keys: Sequence[int],
-    *,
-    sparsity: float,
-    train_epochs: int,
-    finetune_epochs: int,
-    criterion: str | Criterion = "magnitude",
-    criterion_options: Mapping[str, Any] | None = None,
-    scope: str = "global",
-    score_batches: int = 1,
-    loss: Callable[..., Tensor] = losses.cross_entropy,
-    prunable: mask.Prunable = mask.default_prunable,
-    exclude_paths: Iterable[str] = (),
-    steps: SeedSteps | None = None,
-    compile: bool = True,  # noqa: A002 - the switch's natural name
-    chunk_size: int | None = None,
-) -> SeedsResult:
-    """Train, prune once, fine-tune and evaluate ``S = len(keys)`` seeds as one vmapped program.
-
-    ``exp``: an ``experiment.Experiment`` (its model, data set, optimizer and batch size are
-    used; its single-seed steps are not). ``init(key) -> (params, state)``. Seed ``i`` with the
-    keys of :func:`seed_subkeys` (``keys[i]``) does, exactly as the single-seed pipeline would:
-
-    1. ``init(k_init)``; ``train_epochs`` epochs with all-kept masks (``masks_like_seeds`` with
-       ``prunable``/``exclude_paths``), a fresh ``exp.optimizer`` state and the order of
-       ``exp.train_batches(k_train)``;
-    2. scores by ``criterion`` (:func:`score_seeds`; ``score_batches`` batches of
-       ``exp.train_batches(k_score)(0)`` for data-driven criteria, scoring key ``k_score``);
-       unstructured ``select`` to ``sparsity`` by ``scope``; params ``⊙`` masks;
-    3. ``finetune_epochs`` epochs with the masks fixed, a fresh optimizer state, the order of
-       ``exp.train_batches(k_finetune)`` (as ``algorithms.one_shot.run``);
-    4. evaluation on the test split after training, after pruning and after fine-tuning.
-
-    ``steps`` reuses compiled steps (:func:`make_seed_steps` with the same model, loss and
-    optimizer); otherwise they are built with ``compile`` and ``chunk_size``. Element-level
-    criteria only (unit criteria raise ``ValueError``).
-    """
-    keys = _check_keys(keys)
-    if isinstance(score_batches, bool) or not isinstance(score_batches, int) or score_batches < 1:
-        raise ValueError(f"score_batches must be an int >= 1, got {score_batches!r}")
-    crit = get_criterion(criterion) if isinstance(criterion, str) else criterion
-    if getattr(crit, "level", None) != "element":
-        name = getattr(crit, "name", crit)
-        raise ValueError(f"run_seeds prunes unstructured: criterion {name!r} must score elements")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
-    if steps is None:
-        steps = make_seed_steps(exp.model, loss, exp.optimizer, compile=compile, chunk_size=chunk_size)
-    sub = [seed_subkeys(k) for k in keys]
-    ds, bs = exp.dataset, exp.batch_size
-
-    def order(name: str) -> Callable[[int], Iterator[tuple[Tensor, Tensor]]]:
-        return lambda epoch: seed_batches(ds, bs, [s[name] for s in sub], epoch)
-
-    def on_test(p: Any, st: Any, m: Any) -> dict[str, Any]:
-        return evaluate_seeds(steps.eval, p, st, m, exp.test_batches())
-
-    params, state = init_seeds(init, [s["init"] for s in sub])
-    masks = masks_like_seeds(params, prunable, exclude_paths=exclude_paths)
-    trained = fit_seeds(
-        steps.train, params, state, init_opt_seeds(exp.optimizer, params), masks, order("train"), train_epochs
-    )
-    params, state = trained.params, trained.state
-    dense = on_test(params, state, masks)
-
-    score_data = []
-    if crit.needs_data:
-        score_data = [b for _, b in zip(range(score_batches), order("score")(0))]
-    scores = score_seeds(
-        crit,
-        exp.model,
-        params,
-        state,
-        masks,
-        keys=[s["score"] for s in sub],
-        batches=score_data,
-        per_seed_batches=True,
-        options=criterion_options,
-    )
-    masks = select_seeds(scores, sparsity, scope=scope, masks=masks)
-    params = mask.apply(params, masks)
-    pruned = on_test(params, state, masks)
-
-    tuned = fit_seeds(
-        steps.train,
-        params,
-        state,
-        init_opt_seeds(exp.optimizer, params),
-        masks,
-        order("finetune"),
-        finetune_epochs,
-    )
-    params, state = tuned.params, tuned.state
-    final = on_test(params, state, masks)
-
-    metrics = {
-        "dense_accuracy": dense["accuracy"],
-        "dense_loss": dense["loss"],
-        "pruned_accuracy": pruned["accuracy"],
-        "pruned_loss": pruned["loss"],
-        "accuracy": final["accuracy"],
-        "loss": final["loss"],
-        "sparsity": [mask.sparsity(m) for m in tree.unstack(masks, len(keys))],
-    }
-    return SeedsResult(
-        params,
-        state,
-        masks,
-        metrics,
-        {k: summarize(v) for k, v in metrics.items()},
-        {"train": trained.history, "finetune": tuned.history},
-        keys,
-    )

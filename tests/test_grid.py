@@ -1,6 +1,6 @@
 """pure-prune sweep (pure_prune.app.sweep): compression by hand, criteria lists, the grid's files, resume
-of missing points, the dense cache, equality with seeds.run_seeds, channel pruning by unit scores,
-torchrun, and clear errors for bad input."""
+of missing points, the dense cache, a point equal to round 1 of pure-prune run --method one_shot
+(element criteria, and unit criteria removing channels), torchrun, and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ import sys
 import pytest
 import torch
 
-from pure_prune import importance, losses, seeds, select, tree
-from pure_prune.algorithms import masking
-from pure_prune.app import cli
+from pure_prune import importance, mask, seeds, tree
+from pure_prune.app import cli, runner
 from pure_prune.app import sweep as grid
-from pure_prune.app.experiment import setup
-from pure_prune.importance import magnitude
-from pure_prune.importance.registry import Criterion, ScoreInput
+from pure_prune.app.run_context import build_context
+from pure_prune.app.runconfig import RunConfig
 
 TINY = {"sizes": [64, 16, 16, 10]}
 SMALL = dict(model_cfg=TINY, seeds=2, epochs=2, finetune_epochs=1, batch_size=128, eager=True, threads=1)
@@ -238,71 +236,65 @@ def test_resume_computes_only_missing_points_and_reuses_the_dense_cache(swept):
     assert all(p.read_bytes() == before[p] for p in files if p != files[1])
 
 
-def test_a_point_equals_run_seeds_trained_from_scratch():
-    exp, init = setup("mlp", "digits", batch_size=128, compile=False, model_cfg=TINY)
-    steps = seeds.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
-    keys = [7, 8]
-    params, state, dense = grid.train_dense(exp, init, keys, 2, steps)
-    point = grid.run_point(
-        exp,
-        grid.dense_init(params, state, keys),
-        keys,
-        criterion="magnitude",
-        scope="layer",
-        compression=4,
-        finetune_epochs=1,
-        steps=steps,
-    )
-    whole = seeds.run_seeds(
-        exp, init, keys, sparsity=0.75, train_epochs=2, finetune_epochs=1, scope="layer", steps=steps
-    )
-    assert point.metrics["dense_accuracy"] == pytest.approx(dense["accuracy"])
-    for k, v in whole.metrics.items():
-        assert point.metrics[k] == pytest.approx(v, abs=1e-6), k
-    for a, b in zip(tree.leaves(point.masks), tree.leaves(whole.masks), strict=True):
+def _one_shot_config(tmp_path, **kw) -> RunConfig:
+    return RunConfig(
+        method="one_shot", model_cfg=TINY, seeds=2, seed=7, epochs=2, finetune_epochs=1, batch_size=128,
+        compile=False, progress=False, threads=1, save_dir=str(tmp_path / "run"), **kw,
+    )  # fmt: skip
+
+
+def _assert_point_is_round_one(point, ran) -> None:
+    """Seed by seed, the point equals round 1 of the run (and its dense numbers round 0), exactly."""
+    row0, row1 = ran.rounds
+    assert point.metrics["dense_accuracy"] == row0["per_seed"]["test_accuracy"]
+    assert point.metrics["dense_loss"] == row0["per_seed"]["test_loss"]
+    assert point.metrics["accuracy"] == row1["per_seed"]["test_accuracy"]
+    assert point.metrics["loss"] == row1["per_seed"]["test_loss"]
+    assert point.metrics["sparsity"] == row1["per_seed"]["sparsity"]
+    for a, b in zip(tree.leaves(point.carry.masks), tree.leaves(ran.carry.masks), strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
-    for a, b in zip(tree.leaves(point.params), tree.leaves(whole.params), strict=True):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="no dense model for init key 5"):
-        grid.dense_init(params, state, keys)(5)
+    for a, b in zip(tree.leaves(point.carry.params), tree.leaves(ran.carry.params), strict=True):
+        assert torch.equal(a, b)
 
 
-def _unit_l1(inp: ScoreInput):
-    """A unit-level criterion for the test: the L1 norm of every unit's weights (select.unit_norms)."""
-    return select.unit_norms(magnitude.magnitude(inp.params, inp.masks), inp.groups)
+def test_a_point_equals_round_one_of_pure_prune_run(tmp_path):
+    """An element criterion: the point of pure-prune sweep is round 1 of pure-prune run --method
+    one_shot --seeds 2 with that criterion, scope and sparsity; the same keys give the same numbers."""
+    run_cfg = _one_shot_config(tmp_path, importance="magnitude", scope="layer", sparsity=0.75)
+    ran = runner.run(run_cfg, log=lambda _: None)
+    sweep_cfg = grid.SweepConfig(**{**SMALL, "seed": 7}, save_dir=str(tmp_path / "s")).check()
+    ctx = build_context(sweep_cfg.run_config())
+    dense, dense_metrics = grid.dense_round(ctx)
+    point = grid.run_point(ctx, dense, criterion="magnitude", scope="layer", compression=4)
+    _assert_point_is_round_one(point, ran)
+    assert point.metrics["dense_accuracy"] == dense_metrics["accuracy"]
+    pruned = grid.evaluate(ctx, mask.apply(dense.params, point.carry.masks), dense.state, point.carry.masks)
+    assert point.metrics["pruned_accuracy"] == pruned["accuracy"]
+    assert point.metrics["sparsity"] == pytest.approx([0.75, 0.75], abs=1e-3)
+    for bad, needle in ((dict(criterion="oracle"), "registered name"), (dict(scope="block"), "scope must be")):
+        kw = {"criterion": "magnitude", "scope": "global", "compression": 2, **bad}
+        with pytest.raises(ValueError, match=needle):
+            grid.run_point(ctx, dense, **kw)
 
 
-def test_a_unit_level_criterion_removes_whole_channels_per_seed():
-    exp, init = setup("mlp", "digits", batch_size=128, compile=False, model_cfg=TINY)
-    steps = seeds.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
-    keys = [1, 2]
-    params, state, _ = grid.train_dense(exp, init, keys, 1, steps)
-    crit = Criterion("unit_l1", _unit_l1, "unit", False, "test: unit L1 norms")
-    res = grid.run_point(
-        exp,
-        grid.dense_init(params, state, keys),
-        keys,
-        criterion=crit,
-        scope="layer",
-        compression=2,
-        finetune_epochs=1,
-        steps=steps,
-    )
-    groups = exp.model.groups(seeds.seed_slice(params, 0))
+def test_a_unit_level_point_equals_round_one_of_a_channel_run(tmp_path):
+    """A unit-level criterion (l1_units) removes whole channels per seed: the point is round 1 of
+    pure-prune run --method one_shot --struct channels with that criterion, exactly."""
+    assert importance.get("l1_units").level == "unit"
+    run_cfg = _one_shot_config(tmp_path, importance="l1_units", struct="channels", scope="layer", sparsity=0.5)
+    ran = runner.run(run_cfg, log=lambda _: None)
+    sweep_cfg = grid.SweepConfig(**{**SMALL, "seed": 7}, save_dir=str(tmp_path / "s")).check()
+    ctx = build_context(sweep_cfg.run_config())
+    dense, _ = grid.dense_round(ctx)
+    point = grid.run_point(ctx, dense, criterion="l1_units", scope="layer", compression=2)
+    _assert_point_is_round_one(point, ran)
     for i in range(2):
-        m, p = seeds.seed_slice(res.masks, i), seeds.seed_slice(res.params, i)
+        m, p = seeds.seed_slice(point.carry.masks, i), seeds.seed_slice(point.carry.params, i)
         for layer in ("fc1", "fc2"):  # the hidden groups: 8 of 16 units removed in each
             dead = ~m[layer]["weight"].any(dim=1)
             assert int(dead.sum()) == 8
             assert not bool(m[layer]["bias"][dead].any()) and not bool(p[layer]["weight"][dead].any())
-        ones = masking.initial(seeds.seed_slice(params, i), "channels", groups)
-        inp = ScoreInput(exp.model.apply, seeds.seed_slice(params, i), {}, ones, (), 0, groups)
-        expected = masking.prune_to(
-            crit(inp), 0.5, struct="channels", masks=ones, groups=groups, scope="layer", level="unit"
-        )
-        for a, b in zip(tree.leaves(m), tree.leaves(expected), strict=True):
-            assert (a is None and b is None) or torch.equal(a, b)
-    assert res.summary["pruned_accuracy"]["n"] == 2 and len(res.history["finetune"]) == 1
+    assert point.summary["pruned_accuracy"]["n"] == 2 and len(point.history["finetune"]) == 1
 
 
 def _free_port() -> int:

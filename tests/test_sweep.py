@@ -3,12 +3,12 @@
 The central property (issue "vmap'd multi-seed sweeps"): for 4 seeds over 50 steps of a conv +
 BatchNorm model with a pruning step in between, the vmapped run equals the loop of single-seed
 runs. Also: exact per-seed selection under vmap, init/opt-state/batches equal their single-seed
-versions, chunking and the out-of-memory fallback, scoring by vmap or loop, the pipeline.
+versions, chunking and the out-of-memory fallback, scoring by vmap or loop. (Whole pipelines over
+stacked seeds are the run loop's: tests/test_runner_seeds.py, tests/test_grid.py.)
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from types import SimpleNamespace
@@ -18,8 +18,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_prune import losses, mask, optim, rng, seeds, select, train, tree
-from pure_prune.app import data, experiment
+from pure_prune import batching, losses, mask, optim, rng, seeds, select, train, tree
+from pure_prune.app import data
 from pure_prune.importance import magnitude, registry
 from pure_prune.models import layers, mlp
 from pure_prune.testing import close, exact_sparsity, vmapped_equals_loop
@@ -109,7 +109,7 @@ def test_vmapped_run_equals_loop_with_batchnorm_and_pruning(keys, sparsity):
         p, s = tiny_init(k)
         m = mask.ones_like(p)
         o = opt.init(p)
-        it1 = epochs(lambda e, k=k: data.batches(x, y, 16, key=data.epoch_key(k, e)))
+        it1 = epochs(lambda e, k=k: batching.batches(x, y, 16, key=batching.epoch_key(k, e)))
         for _ in range(25):
             p, s, o, _ = single(p, s, o, m, next(it1))
         m = select.unstructured(magnitude.magnitude(p, m), sparsity, masks=m)
@@ -206,19 +206,21 @@ def test_seed_batches_equal_single_seed_batches():
         got = list(seeds.seed_batches((x, y), 8, keys, epoch))
         assert len(got) == 3  # 26 // 8 full batches
         for i, k in enumerate(keys):
-            want = list(data.batches(x, y, 8, key=data.epoch_key(k, epoch)))
+            want = list(batching.batches(x, y, 8, key=batching.epoch_key(k, epoch)))
             for (xs, ys), (xw, yw) in zip(got, want):
                 assert xs.shape == (3, 8, MLP_SIZES[0]) and ys.shape == (3, 8)
                 assert torch.equal(xs[i], xw) and torch.equal(ys[i], yw)
     ds = data.load("digits")
-    xb, yb = next(seeds.seed_batches(ds, 4, [1], 0))
+    xb, yb = next(seeds.seed_batches((ds.x_train, ds.y_train), 4, [1], 0))
     assert xb.shape == (1, 4, 64)
     with pytest.raises(ValueError, match="batch_size"):
         seeds.seed_batches((x, y), 0, keys, 0)
     with pytest.raises(ValueError, match="epoch"):
         seeds.seed_batches((x, y), 8, keys, -1)
-    with pytest.raises(TypeError, match="Dataset or a pair"):
+    with pytest.raises(TypeError, match=r"a pair \(x, y\) of tensors"):
         seeds.seed_batches([x, y], 8, keys, 0)
+    with pytest.raises(TypeError, match=r"a pair \(x, y\) of tensors, got Dataset"):
+        seeds.seed_batches(ds, 8, keys, 0)
 
 
 # ------------------------------------------------------------------------- steps and chunks
@@ -400,7 +402,7 @@ def test_evaluate_and_fit_equal_single_seed_versions():
     for i, k in enumerate(keys):
         p, m = seeds.seed_slice(params, i), seeds.seed_slice(masks, i)
         fit = train.fit(
-            single, p, {}, opt.init(p), m, lambda e, k=k: data.batches(x, y, 8, key=data.epoch_key(k, e)), 2,
+            single, p, {}, opt.init(p), m, lambda e, k=k: batching.batches(x, y, 8, key=batching.epoch_key(k, e)), 2,
             progress=False,
         )  # fmt: skip
         assert_tree_close(seeds.seed_slice(res.params, i), fit.params)
@@ -578,51 +580,3 @@ def test_summarize_by_hand():
         seeds.summarize([1.0, float("nan")])
     with pytest.raises(ValueError, match="1-D"):
         seeds.summarize(torch.zeros(2, 2))
-
-
-# --------------------------------------------------------------------------------- pipeline
-def test_run_seeds_equals_the_loop_of_single_seed_pipelines():
-    exp, init = experiment.setup(
-        "mlp", "digits", batch_size=128, lr=0.05, compile=False, model_cfg={"sizes": (64, 12, 10)}
-    )
-    keys = [21, 22]
-    res = seeds.run_seeds(exp, init, keys, sparsity=0.75, train_epochs=1, finetune_epochs=1, compile=False)
-    assert set(res.metrics) == {
-        "dense_accuracy", "dense_loss", "pruned_accuracy", "pruned_loss", "accuracy", "loss", "sparsity",
-    }  # fmt: skip
-    assert res.summary["accuracy"] == seeds.summarize(res.metrics["accuracy"])
-    record = json.loads(json.dumps(res.as_json(), allow_nan=False))
-    assert record["keys"] == keys and record["metrics"] == res.metrics and record["summary"] == res.summary
-    assert len(res.history["train"]) == 1 and len(res.history["finetune"][0]["loss"]) == 2
-    for i, k in enumerate(keys):
-        sub = seeds.seed_subkeys(k)
-        p, s = init(sub["init"])
-        m = mask.ones_like(p)
-        fit = train.fit(
-            exp.step, p, s, exp.optimizer.init(p), m, exp.train_batches(sub["train"]), 1, progress=False
-        )
-        dense = exp.evaluate(fit.params, fit.state, m)
-        scores = registry.get("magnitude")(
-            registry.ScoreInput(mlp.apply, fit.params, fit.state, m, (), sub["score"])
-        )
-        m = select.unstructured(scores, 0.75, masks=m)
-        p = mask.apply(fit.params, m)
-        tuned = train.fit(
-            exp.step,
-            p,
-            fit.state,
-            exp.optimizer.init(p),
-            m,
-            exp.train_batches(sub["finetune"]),
-            1,
-            progress=False,
-        )
-        final = exp.evaluate(tuned.params, tuned.state, m)
-        assert_tree_close(seeds.seed_slice(res.masks, i), m)
-        assert_tree_close(seeds.seed_slice(res.params, i), tuned.params)
-        assert math.isclose(res.metrics["dense_accuracy"][i], dense["accuracy"], abs_tol=1e-9)
-        assert math.isclose(res.metrics["accuracy"][i], final["accuracy"], abs_tol=1e-9)
-        assert math.isclose(res.metrics["loss"][i], final["loss"], rel_tol=1e-4)
-        assert math.isclose(res.metrics["sparsity"][i], mask.sparsity(m))
-    with pytest.raises(ValueError, match="sparsity must be a number in"):
-        seeds.run_seeds(exp, init, keys, sparsity=1.5, train_epochs=1, finetune_epochs=1, compile=False)

@@ -15,7 +15,8 @@ The parts live by concept in :mod:`pure_prune.app.data_checks` (the :class:`Data
 validation), :mod:`pure_prune.app.data_sets` (digits, MNIST-1D, MNIST IDX files, ``.npz``),
 :mod:`pure_prune.app.data_cifar` (CIFAR-10 and its restricted unpickler),
 :mod:`pure_prune.app.data_text` (tokenising, the text corpus) and
-:mod:`pure_prune.app.data_batches` (batches, epoch keys, language-model windows); this module
+:mod:`pure_prune.batching` (batches, epoch keys, language-model windows: part of the library,
+since ``pure_prune.seeds`` batches with it); this module
 re-exports them and keeps the registry of names (:func:`names`, :func:`load`).
 """
 
@@ -26,7 +27,11 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-from pure_prune.app.data_batches import (
+from pure_prune.app.data_checks import MAX_CLASSES, Dataset
+from pure_prune.app.data_cifar import load_cifar10
+from pure_prune.app.data_sets import load_digits, load_mnist, load_mnist1d, load_npz, read_idx
+from pure_prune.app.data_text import UNK, LMCorpus, decode, encode, load_text, text_corpus, tokenize
+from pure_prune.batching import (
     Batch,  # noqa: F401 - kept as data.Batch
     batches,
     check_batch,
@@ -35,10 +40,6 @@ from pure_prune.app.data_batches import (
     num_batches,
     num_lm_batches,
 )
-from pure_prune.app.data_checks import MAX_CLASSES, Dataset
-from pure_prune.app.data_cifar import load_cifar10
-from pure_prune.app.data_sets import load_digits, load_mnist, load_mnist1d, load_npz, read_idx
-from pure_prune.app.data_text import UNK, LMCorpus, decode, encode, load_text, text_corpus, tokenize
 
 __all__ = [
     "MAX_CLASSES", "UNK", "Dataset", "LMCorpus", "batches", "check_batch", "decode", "encode", "epoch_key", "lm_batches",

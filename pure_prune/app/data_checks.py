@@ -6,7 +6,9 @@
   lengths and row shapes, finite inputs, labels in range);
 * :func:`check_positive_int`, :func:`check_num_classes` (at most :data:`MAX_CLASSES`),
   :func:`check_label_array` (a raw numpy label array, before any copy), :func:`check_labels` and
-  :func:`check_finite` (tensors): each raises naming the culprit, and the first bad index and value.
+  :func:`check_finite` (tensors): each raises naming the culprit, and the first bad index and value
+  (:func:`check_positive_int` and :func:`check_labels` live in :mod:`pure_prune.batching`, which
+  batches with them; re-exported here).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from pure_prune.batching import check_labels, check_positive_int
 
 __all__ = [
     "MAX_CLASSES",
@@ -49,12 +53,6 @@ class Dataset(NamedTuple):
 # ----------------------------------------------------------------------------------------- validation
 
 
-def check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def check_num_classes(value: object, name: str = "num_classes") -> int:
     n = check_positive_int(value, name)
     if n > MAX_CLASSES:
@@ -76,16 +74,6 @@ def check_label_array(y: np.ndarray, where: str) -> int:
             "small non-negative ints; relabel the data to 0..C-1"
         )
     return int(hi)
-
-
-def check_labels(y: torch.Tensor, num_classes: int, name: str) -> None:
-    """Raise ``TypeError``/``ValueError`` naming ``name``, the first bad index and its value."""
-    if y.dtype != torch.int64:
-        raise TypeError(f"{name} must be int64 labels, got dtype {y.dtype}")
-    bad = (y < 0) | (y >= num_classes)
-    if bool(bad.any()):
-        idx = tuple(int(i) for i in torch.nonzero(bad)[0])
-        raise ValueError(f"{name}{list(idx)} = {int(y[idx])} is outside [0, {num_classes})")
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:

@@ -7,7 +7,7 @@
 * :func:`load_text`: the corpus as a :class:`~pure_prune.app.data_checks.Dataset` of next-token
   pairs (``load("text")``).
 
-Windows of a stream for training come from :func:`pure_prune.app.data_batches.lm_batches`.
+Windows of a stream for training come from :func:`pure_prune.batching.lm_batches`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """Batching: fixed-shape batches in an order drawn from an explicit key, and their checks.
 
+Part of the library (no application import): :mod:`pure_prune.seeds` batches every seed with it,
+and :mod:`pure_prune.app.data` re-exports its names (``data.batches``, ``data.epoch_key``, ...).
+
 * :func:`batches`: ``(x[idx], y[idx])`` slices of ``batch_size`` of a keyed permutation
   (:func:`epoch_key` gives each epoch's key), :func:`num_batches` counts them;
 * :func:`lm_batches`: ``(batch_size, seq_len)`` windows of a token-id stream and the same window
   one token later, :func:`num_lm_batches` counts them;
-* :func:`check_batch`: a batch fits a model's input shape, dtype and number of classes.
+* :func:`check_batch`: a batch fits a model's input shape, dtype and number of classes;
+* :func:`check_positive_int` and :func:`check_labels`: the argument checks they share with the
+  data sets of :mod:`pure_prune.app.data_checks` (which re-exports them).
 
 A :data:`Batch` is ``(x, y)``.
 """
@@ -17,11 +22,33 @@ import torch
 from einops import rearrange
 
 from pure_prune import rng
-from pure_prune.app.data_checks import check_labels, check_positive_int
 
-__all__ = ["Batch", "batches", "check_batch", "epoch_key", "lm_batches", "num_batches", "num_lm_batches"]
+__all__ = [
+    "Batch", "batches", "check_batch", "check_labels", "check_positive_int", "epoch_key", "lm_batches",
+    "num_batches", "num_lm_batches",
+]  # fmt: skip
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# -------------------------------------------------------------------------------------------- checks
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` when it is an int ``>= 1`` (not a bool); else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_labels(y: torch.Tensor, num_classes: int, name: str) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``name``, the first bad index and its value."""
+    if y.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64 labels, got dtype {y.dtype}")
+    bad = (y < 0) | (y >= num_classes)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(f"{name}{list(idx)} = {int(y[idx])} is outside [0, {num_classes})")
 
 
 # -------------------------------------------------------------------------------------------- batches
