@@ -54,7 +54,6 @@ The public names of the run's modules are importable from here: :data:`FORMAT`,
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -62,11 +61,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from tqdm import tqdm
 
-from pure_prune import compact_training, mask, seeds
-from pure_prune.algorithms import base
-from pure_prune.algorithms.base import Carry, RoundOut, Trained
+from pure_prune import compact_training, seeds
+from pure_prune.algorithms.base import Carry, RoundOut
+from pure_prune.app.divergence import Diverged, attaching, check_finite, diverged_row, guarded, marked
 from pure_prune.app.run_context import Engine, RunCtx, build_context, compile_counter, setup_eager
 from pure_prune.app.run_dir import (
     FORMAT,
@@ -98,6 +96,8 @@ __all__ = [
     "Diverged",
     "SEED_METRICS",
     "VMAPPED_METHODS",
+    "check_finite",
+    "engine",
     "RunResult",
     "compile_counter",
     "n_rounds",
@@ -116,142 +116,6 @@ class RunResult(NamedTuple):
     save_dir: Path
     rounds: list[dict[str, Any]]
     carry: Carry
-
-
-class Diverged(ValueError):
-    """The loss turned NaN or infinite: ``round``, ``epoch`` (``None`` when only the round's final
-    metrics are not finite), the ``metric`` and its ``value``. ``history`` holds the round's epochs
-    up to the diverged one; ``masks``/``params`` are the trees that round trained (full size)."""
-
-    def __init__(self, r: int, epoch: int | None, metric: str, value: float, history: list[dict[str, Any]]):
-        where = f"round {r}" if epoch is None else f"round {r}, epoch {epoch}"
-        super().__init__(
-            f"the run diverged: {metric} is {value} in {where}; nothing of round {r} was checkpointed "
-            "(lower --lr, or check the data), and --resume would restart it from the round before"
-        )
-        self.round, self.epoch, self.metric, self.value, self.history = r, epoch, metric, value, history
-        self.masks: Any = None
-        self.params: Any = None
-        self.row: dict[str, Any] | None = None  # the round's metrics row, when the round finished
-
-
-def _non_finite(row: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, float] | None:
-    """The first of ``keys`` whose value in ``row`` is a float that is NaN or infinite (per-seed
-    values included: a list of floats, or ``row["per_seed"][key]``), with that value; ``None`` when
-    all are finite."""
-    for k in keys:
-        v = row.get(k)
-        values = [*(v if isinstance(v, list) else [v]), *(row.get("per_seed", {}) or {}).get(k, [])]
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                return k, v
-    return None
-
-
-_LOSSES = ("loss", "test_loss")  # an epoch's history entry
-_ROW_LOSSES = ("train_loss", "test_loss")  # a round's metrics row
-
-
-def _guarded(train_fn: base.TrainFn, r: int, *, progress: bool, desc: str) -> base.TrainFn:
-    """``train_fn`` called one epoch at a time (one progress bar over the epochs), raising
-    :class:`Diverged` after the first epoch whose loss is not finite. The trees flow from epoch to
-    epoch as inside ``train_fn`` (which masks the params on entry: a no-op on trained params)."""
-
-    def guarded(params, state, opt_state, masks, *, start, stop, key, step=None, batch_map=None) -> Trained:
-        history: list[dict[str, Any]] = []
-        for epoch in tqdm(range(start, stop), desc=desc, unit="epoch", disable=not progress, leave=False):
-            out = train_fn(
-                params,
-                state,
-                opt_state,
-                masks,
-                start=epoch,
-                stop=epoch + 1,
-                key=key,
-                step=step,
-                batch_map=batch_map,
-            )
-            params, state, opt_state = out.params, out.state, out.opt_state
-            history += out.history
-            bad = next((b for h in out.history if (b := _non_finite(h, _LOSSES))), None)
-            if bad is not None:
-                raise Diverged(r, epoch, *bad, history)
-        return Trained(params, state, opt_state, history)
-
-    return guarded
-
-
-def _attaching(train_fn: base.TrainFn) -> base.TrainFn:
-    """``train_fn`` whose :class:`Diverged` carries the (full-size) masks and params it was called with."""
-
-    def attaching(params, state, opt_state, masks, **kw: Any) -> Trained:
-        try:
-            return train_fn(params, state, opt_state, masks, **kw)
-        except Diverged as d:
-            if d.masks is None:
-                d.masks, d.params = masks, params
-            raise
-
-    return attaching
-
-
-def _diverged_row(cfg: RunConfig, d: Diverged, timing: dict[str, Any]) -> dict[str, Any]:
-    """The row that marks a round stopped by :class:`Diverged` (from the trees it trained)."""
-    masks = d.masks
-    row: dict[str, Any] = {"round": d.round, "method": cfg.method, "pruned": None, "target": None}
-    if masks is not None:  # several seeds: stacked trees, so the counts are over all the seeds
-        kept, total = mask.count(masks, d.params)
-        row.update(
-            sparsity=mask.sparsity(masks),
-            sparsity_all=1.0 - kept / total,
-            params_kept=kept / cfg.seeds,
-            params_total=total // cfg.seeds,
-            layer_sparsity=mask.layer_sparsity(masks),
-        )
-    last = d.history[-1] if d.history else {}
-    names = {
-        "test_accuracy": "test_accuracy",
-        "test_loss": "test_loss",
-        "accuracy": "train_accuracy",
-        "loss": "train_loss",
-    }
-    per_seed = {name: last[k] for k, name in names.items() if isinstance(last.get(k), list)}
-    if per_seed:  # several seeds: one value per seed, and their mean
-        row["per_seed"] = per_seed
-
-    def value(k: str) -> Any:
-        v = last.get(k)
-        return sum(v) / len(v) if isinstance(v, list) and v else v
-
-    row.update(
-        test_accuracy=value("test_accuracy"),
-        test_loss=value("test_loss"),
-        best_test_accuracy=None,
-        train_accuracy=value("accuracy"),
-        train_loss=value("loss"),
-        epochs=len(d.history),
-        round_seconds=timing["t_round"],
-        elapsed_seconds=timing["elapsed"],
-        compiled_graphs=timing["graphs"],
-        compile_seconds=timing["compile_seconds"],
-    )
-    return row
-
-
-def _marked(row: dict[str, Any], d: Diverged) -> dict[str, Any]:
-    """``row`` with ``diverged`` (metric, value, round, epoch) and its non-finite floats as ``None``."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    where = "" if d.epoch is None else f", epoch {d.epoch}"
-    return {**clean(row), "diverged": f"{d.metric} {d.value} in round {d.round}{where}"}
 
 
 def _metrics(ctx: RunCtx, r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +153,7 @@ def engine(cfg: RunConfig, digest: str, total: int) -> Engine:
     all_groups = ctx.exp.model.groups(ctx.init(ctx.k_init)[0]) if cfg.compact else ()
 
     def round_fn(carry: Carry | None, r: int) -> RoundOut:
-        train_fn = _guarded(
+        train_fn = guarded(
             epoch_trainer(ctx.exp, seeds_step=ctx.seed_steps, evaluate=cfg.eval_every_epoch),
             r,
             progress=cfg.progress,
@@ -317,7 +181,7 @@ def engine(cfg: RunConfig, digest: str, total: int) -> Engine:
                 on_form=on_form,
                 memo=memo,
             )
-        return run_round(ctx, carry, r, _attaching(train_fn))
+        return run_round(ctx, carry, r, attaching(train_fn))
 
     def metrics(r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
         return {**_metrics(ctx, r, out, timing), **forms.get(r, {})}
@@ -348,25 +212,6 @@ def _timing(engine: Engine, t0: float, graphs0: float, seconds0: float, elapsed:
         "compile_seconds": engine.stats["seconds"] - seconds0,
         "elapsed": elapsed + t_round,
     }
-
-
-def check_finite(r: int, out: RoundOut, metrics: dict[str, Any] | None) -> None:
-    """Raise :class:`Diverged` when an epoch's loss of round ``r`` is not finite (carrying the
-    round's final trees), or, given the round's ``metrics`` row, its train or test loss (carrying
-    the row)."""
-    if metrics is None:
-        for h in out.history:
-            bad = _non_finite(h, _LOSSES)
-            if bad is not None:
-                d = Diverged(r, int(h["epoch"]) if "epoch" in h else None, *bad, out.history)
-                d.masks, d.params = out.carry.masks, out.carry.params
-                raise d
-        return
-    bad = _non_finite(metrics, _ROW_LOSSES)
-    if bad is not None:
-        d = Diverged(r, None, *bad, out.history)
-        d.row = metrics
-        raise d
 
 
 def _loop(
@@ -403,9 +248,9 @@ def _loop(
             row = (
                 d.row
                 if d.row is not None
-                else _diverged_row(cfg, d, _timing(engine, t0, graphs0, seconds0, elapsed))
+                else diverged_row(cfg, d, _timing(engine, t0, graphs0, seconds0, elapsed))
             )
-            rounds.append(_marked(row, d))
+            rounds.append(marked(row, d))
             write_tables(save, rounds, (*engine.columns, "diverged"))
             say(f"round {r}/{total - 1}: stopped, {d}")
             raise
