@@ -423,6 +423,14 @@ def test_fit_trains_and_reports(capsys):
     assert result.history[0]["loss"] == pytest.approx(sum(losses_) / 4, rel=1e-5)
     quiet = train.fit(step, params, state, opt.init(params), masks, batches_fn, 1, progress=False)
     assert capsys.readouterr().err == "" and len(quiet.history) == 1
+    calls = []  # a callable progress(done, total, label) gets each epoch, and nothing is printed
+    train.fit(
+        step, params, state, opt.init(params), masks, batches_fn, 2, progress=lambda *a: calls.append(a)
+    )
+    assert [c[:2] for c in calls] == [(1, 2), (2, 2)] and calls[0][2].startswith("accuracy=")
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="progress must be a bool or a callable"):
+        train.fit(step, params, state, opt.init(params), masks, batches_fn, 1, progress="yes")
     with pytest.raises(ValueError, match="epochs must be an int >= 0, got -1"):
         train.fit(step, params, state, opt.init(params), masks, batches_fn, -1)
     with pytest.raises(ValueError, match=r"batches_fn\(0\) yielded no batches"):
