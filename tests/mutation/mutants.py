@@ -4,7 +4,7 @@ A :class:`Mutant` names its target as ``"module:attribute"``; ``make(original, m
 the buggy replacement (usually the original wrapped with the bug, or a private helper swapped), and
 ``tests`` lists the pytest node ids that must *each* fail while it is planted (a node id without a
 ``[param]`` covers every parametrization; one failing parametrization catches it). Replacing a
-private helper (``select:_norm_rows``) changes every public function that calls it, as the real
+private helper (``select_structured:_norm_rows``) changes every public function that calls it, as the real
 bug would. :mod:`tests.mutation.plant` plants one at a time, in memory.
 """
 
@@ -680,14 +680,14 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "rows-l2-as-l1",
         "rows ranks slices by the L1 norm when asked for L2",
-        "pure_prune.select:_norm_rows",
+        "pure_prune.select_structured:_norm_rows",
         _norm_rows_l1,
         (SELECT + "test_matches_torch_ln_structured",),
     ),
     Mutant(
         "count-off-by-one",
         "every selector prunes round(s·N) - 1 entries/slices/blocks/units",
-        "pure_prune.select:_count",
+        "pure_prune.select_inputs:prune_count",
         _count_off_by_one,
         (
             SELECT + "test_unstructured_global_exact_and_fits",
@@ -707,7 +707,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "count-floor",
         "counts floor s·N instead of rounding half to even",
-        "pure_prune.select:_count",
+        "pure_prune.select_inputs:prune_count",
         _count_floor,
         (
             SELECT + "test_unstructured_global_exact_and_fits",
@@ -717,7 +717,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "live-scores-ignore-old-masks",
         "already-pruned entries are ranked by their score, not below all live ones",
-        "pure_prune.select:_live_scores",
+        "pure_prune.select_inputs:live_scores",
         _live_scores_ignore_masks,
         (
             SELECT + "test_unstructured_matches_stable_sort_reference",
@@ -1170,7 +1170,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "compact-keeps-every-unit",
         "compact keeps every unit (removes none)",
-        "pure_prune.compact:_kept_of",
+        "pure_prune.compact_units:_kept_of",
         _kept_of_all,
         ("tests/test_compact.py::test_compacted_outputs_equal_masked_outputs",),
     ),
