@@ -38,9 +38,10 @@ bool masks 6.59 ms, 1.55x (the library before: 7.56 ms, 1.57x).
 **Whole pipeline, 8 seeds**: digits MLP ``--sizes`` (default 64-256-256-10, the ``mlp`` preset),
 batch 64, SGD lr 0.05 momentum 0.9; ``--train-epochs`` (5) dense epochs, one-shot global magnitude
 pruning to 80% per seed, ``--finetune-epochs`` (3) epochs of fine-tuning (fresh momentum), test
-accuracy after each phase. ``seeds.run_seeds`` (one vmapped program) against 8 sequential
-single-seed runs of the same pipeline written with ``experiment``/``train``/``select`` (the same
-sub-keys, so the results must agree). Each variant runs in a fresh process; wall seconds from
+accuracy after each phase. ``pure-prune run --method one_shot --seeds 8``'s two rounds as
+``pure-prune sweep`` runs them (``sweep.dense_round`` and ``sweep.run_point`` on one vmapped
+context) against the same rounds on 8 single-seed contexts one after another (seeds 0..7, the
+same keys, so the results must agree). Each variant runs in a fresh process; wall seconds from
 ``experiment.setup`` to the last evaluation (imports excluded, compile included): compiled with a
 fresh inductor cache (cold), then with that cache again (warm), and eager. The machine is shared,
 so every variant runs once per round for ``--rounds`` rounds; the table shows min and median.
@@ -77,6 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +104,7 @@ def step_setup() -> dict:
     ds = data.load("digits")
     keys = rng.split(0, SEEDS)
     params, state = seeds.init_seeds(lambda k: mlp.init(k, sizes=SIZES), keys)
-    x, y = next(seeds.seed_batches(ds, BATCH, keys, 0))
+    x, y = next(seeds.seed_batches((ds.x_train, ds.y_train), BATCH, keys, 0))
     masks = seeds.masks_like_seeds(params)
     masks = seeds.select_seeds(magnitude.magnitude(params, masks), 0.8, masks=masks)
     return {"params": params, "state": state, "masks": masks, "x": x.contiguous(), "y": y.contiguous()}
@@ -333,36 +335,36 @@ def bench_limit(reps: int, blocks: int, seeds: int = PIPE_SEEDS) -> dict:
 def pipeline_child(
     mode: str, compiled: bool, train_epochs: int, finetune_epochs: int, sizes: tuple[int, ...]
 ) -> dict:
-    """One pipeline variant in this process: ``mode`` is ``"vmap"`` or ``"sequential"``."""
+    """One pipeline variant in this process: ``mode`` is ``"vmap"`` (``pure-prune run --method
+    one_shot --seeds 8``'s rounds as ``pure-prune sweep`` runs them: one vmapped context) or
+    ``"sequential"`` (8 single-seed contexts, seeds ``0 .. 7``, one after another)."""
+    from pure_prune.app import sweep as grid
+    from pure_prune.app.run_context import build_context
+    from pure_prune.app.runconfig import RunConfig
+
     setup_threads()
-    keys = rng.split(0, PIPE_SEEDS)
     t0 = time.perf_counter()
-    exp, init = experiment.setup(
-        "mlp", "digits", batch_size=64, lr=LR, momentum=MOMENTUM, compile=compiled, model_cfg={"sizes": sizes}
+    base = RunConfig(
+        method="one_shot", model="mlp", data="digits", model_cfg={"sizes": list(sizes)}, batch_size=64, lr=LR,
+        momentum=MOMENTUM, epochs=train_epochs, finetune_epochs=finetune_epochs, compile=compiled,
+        eval_every_epoch=False, progress=False,
+    )  # fmt: skip
+    cfgs = (
+        [replace(base, seeds=PIPE_SEEDS)]
+        if mode == "vmap"
+        else [replace(base, seed=k) for k in range(PIPE_SEEDS)]
     )
-    if mode == "vmap":
-        res = seeds.run_seeds(
-            exp, init, keys, sparsity=PIPE_SPARSITY, train_epochs=train_epochs, finetune_epochs=finetune_epochs,
-            compile=compiled,
-        )  # fmt: skip
-        metrics = res.metrics
-    else:
-        metrics = {"dense_accuracy": [], "accuracy": [], "sparsity": []}
-        for k in keys:
-            sub = seeds.seed_subkeys(k)
-            p, s = init(sub["init"])
-            m = mask.ones_like(p)
-            fit = train.fit(exp.step, p, s, exp.optimizer.init(p), m, exp.train_batches(sub["train"]), train_epochs,
-                            progress=False)  # fmt: skip
-            metrics["dense_accuracy"].append(exp.evaluate(fit.params, fit.state, m)["accuracy"])
-            m = select.unstructured(magnitude.magnitude(fit.params, m), PIPE_SPARSITY, masks=m)
-            p = mask.apply(fit.params, m)
-            tuned = train.fit(exp.step, p, fit.state, exp.optimizer.init(p), m, exp.train_batches(sub["finetune"]),
-                              finetune_epochs, progress=False)  # fmt: skip
-            metrics["accuracy"].append(exp.evaluate(tuned.params, tuned.state, m)["accuracy"])
-            metrics["sparsity"].append(mask.sparsity(m))
+    metrics: dict[str, list[float]] = {"dense_accuracy": [], "accuracy": [], "sparsity": []}
+    for cfg in cfgs:
+        ctx = build_context(cfg.check())
+        dense, _ = grid.dense_round(ctx)
+        res = grid.run_point(
+            ctx, dense, criterion="magnitude", scope="global", compression=round(1 / (1 - PIPE_SPARSITY), 9)
+        )
+        for k in metrics:
+            metrics[k] += res.metrics[k]
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "metrics": {k: metrics[k] for k in ("dense_accuracy", "accuracy", "sparsity")}}
+    return {"wall_s": wall, "metrics": metrics}
 
 
 VARIANTS = (("vmap", True, "cold"), ("sequential", True, "cold"), ("vmap", True, "warm"),
@@ -412,7 +414,7 @@ def bench_pipeline(train_epochs: int, finetune_epochs: int, sizes: tuple[int, ..
             rows,
         )
     )
-    print(f"max |final test accuracy difference| between variants (same sub-keys): {agree:.2e}")
+    print(f"max |final test accuracy difference| between variants (same keys): {agree:.2e}")
     return {
         "settings": {"seeds": PIPE_SEEDS, "model": f"mlp {arch}", "data": "digits", "batch": 64, "lr": LR,
                      "momentum": MOMENTUM, "train_epochs": train_epochs, "finetune_epochs": finetune_epochs,

@@ -45,12 +45,23 @@ def _overlap(kept: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def _trained(sizes: tuple[int, ...], seeds: int, epochs: int) -> list[Any]:
-    """``seeds`` digits MLPs of ``sizes`` trained ``epochs`` epochs (SGD 0.05, batch 64), vmapped, eager."""
+    """``seeds`` digits MLPs of ``sizes`` trained ``epochs`` epochs (SGD 0.05, batch 64), vmapped, eager:
+    seed ``k`` (``0 .. seeds-1``) from ``init(k)`` on the data order of ``k`` (``seeds.fit_seeds``)."""
     exp, init = setup("mlp", "digits", model_cfg={"sizes": sizes}, batch_size=64, lr=0.05, compile=False)
-    res = seed_sweep.run_seeds(
-        exp, init, list(range(seeds)), sparsity=0.0, train_epochs=epochs, finetune_epochs=0, compile=False
+    keys = list(range(seeds))
+    steps = seed_sweep.make_seed_steps(exp.model, losses.cross_entropy, exp.optimizer, compile=False)
+    params, state = seed_sweep.init_seeds(init, keys)
+    ds = exp.dataset
+    fit = seed_sweep.fit_seeds(
+        steps.train,
+        params,
+        state,
+        seed_sweep.init_opt_seeds(exp.optimizer, params),
+        seed_sweep.masks_like_seeds(params),
+        lambda epoch: seed_sweep.seed_batches((ds.x_train, ds.y_train), exp.batch_size, keys, epoch),
+        epochs,
     )
-    return [seed_sweep.seed_slice(res.params, i) for i in range(seeds)]
+    return [seed_sweep.seed_slice(fit.params, i) for i in range(seeds)]
 
 
 def _measure(model_fn: Any, params: Any, batch: Any, s: int, net: str, cfg: dict[str, Any]):
