@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pure_prune import mask
-from pure_prune.app import checkpoint, extras, run_context, runconfig
+from pure_prune.app import checkpoint, extras, run_context
 from pure_prune.app.runconfig import RunConfig, config_hash
 
 __all__ = ["COMMANDS", "preset", "report", "sweep", "table"]
@@ -61,11 +61,9 @@ def sweep(args: argparse.Namespace) -> int:
         threads=args.threads,
         save_dir=args.save_dir,
     )
-    # the sweep's settings, then the model/data fit checks of pure-prune run, before it trains or writes
-    cfg.check()
-    fit = runconfig.RunConfig(
-        model=cfg.model, data=cfg.data, root=cfg.root, model_cfg=dict(cfg.model_cfg), seed=cfg.seed
-    )
+    # the sweep's settings, then the model/data fit checks of its pure-prune run config (one_shot,
+    # the sweep's seeds), before it trains or writes
+    fit = cfg.check().run_config()
     run_context.check_fit(fit, *run_context.setup_eager(fit))
     t0 = time.perf_counter()
     res = grid.run(cfg, plots=not args.no_plots)
