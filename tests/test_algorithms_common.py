@@ -1,5 +1,5 @@
-"""The shared pieces of the algorithms: mask forms (masking), one-shot, the training callback (base)
-and the channel criteria of RSST/Refill (unit_criteria)."""
+"""The shared pieces of the algorithms: mask forms (masking), one-shot, the training callbacks
+(base.no_training, app.trainer.epoch_trainer) and the channel criteria of RSST/Refill (unit_criteria)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 
 from pure_prune import losses, mask, models, optim, tree
 from pure_prune.algorithms import base, masking, one_shot, unit_criteria
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app.experiment import setup
+from pure_prune.app.trainer import epoch_trainer
 from pure_prune.importance import magnitude
 from pure_prune.testing import invariants
 
@@ -97,10 +99,17 @@ def test_one_shot_prune_forms_and_fine_tuning_keeps_the_mask(exp):
     invariants.pruned_are_zero(p, m2)
     p_rows, m_rows = one_shot.prune(params, m, scores, 0.5, struct="rows")
     invariants.whole_rows(m_rows, 0.5)
-    tuned = one_shot.run(exp, params, state, m, scores, 0.75, finetune_epochs=1, key=3, progress=False)
+    # the rounds through RoundOps: no dense epochs, then the same pruning and one fine-tuning epoch
+    score = lambda p, s, masks, key: magnitude.magnitude(p, masks)  # noqa: E731
+    ops = RoundOps(exp.optimizer, epoch_trainer(exp), score)
+    first = one_shot.first_round(params, state, m, epochs=0, ops=ops, key=3)
+    assert first.history == [] and torch.equal(first.carry.params["fc1"]["weight"], params["fc1"]["weight"])
+    out = one_shot.next_round(first.carry, 0.75, finetune_epochs=1, ops=ops, key=3)
+    tuned = out.carry
     assert all(torch.equal(a, b) for a, b in zip(tree.leaves(tuned.masks), tree.leaves(m2)) if a is not None)
     invariants.pruned_are_zero(tuned.params, tuned.masks)
-    assert len(tuned.history) == 1
+    assert not torch.equal(tuned.params["fc2"]["weight"], p["fc2"]["weight"])  # it trained
+    assert len(out.history) == 1
 
 
 def test_one_shot_rounds_train_dense_then_prune_and_fine_tune():
@@ -112,22 +121,22 @@ def test_one_shot_rounds_train_dense_then_prune_and_fine_tune():
         calls.append((start, stop, int(o["count"]), masks))
         return base.Trained(p, s, o, [{"epoch": float(start)}])
 
-    kw = dict(optimizer=optim.sgd(0.1), train_fn=spy, key=5)
+    score = lambda p, s, masks, key: magnitude.magnitude(p, masks)  # noqa: E731
+    kw = dict(ops=RoundOps(optim.sgd(0.1), spy, score), key=5)
     first = one_shot.first_round(params, state, m, epochs=4, **kw)
     assert first.prune_seconds is None and first.carry.masks is m and calls[0][:3] == (0, 4, 0)
-    score = lambda p, s, masks, key: magnitude.magnitude(p, masks)  # noqa: E731
-    second = one_shot.next_round(first.carry, 0.5, finetune_epochs=2, score_fn=score, **kw)
+    second = one_shot.next_round(first.carry, 0.5, finetune_epochs=2, **kw)
     invariants.exact_sparsity(second.carry.masks, 0.5)
     assert calls[1][:3] == (0, 2, 0) and calls[1][3] is second.carry.masks and second.prune_seconds >= 0
 
 
-# ----------------------------------------------------------------------------- base
+# ----------------------------------------------------------------------------- training callbacks
 
 
-def test_fit_trainer_resumes_at_any_epoch_with_the_same_result(exp):
+def test_epoch_trainer_resumes_at_any_epoch_with_the_same_result(exp):
     params, state = exp.model.init(1, sizes=(64, 16, 16, 10))
     m = masking.initial(params)
-    fn = base.fit_trainer(exp, evaluate=True)
+    fn = epoch_trainer(exp, evaluate=True)
     opt0 = exp.optimizer.init(params)
     whole = fn(params, state, opt0, m, start=0, stop=3, key=7)
     a = fn(params, state, opt0, m, start=0, stop=1, key=7)
@@ -139,7 +148,7 @@ def test_fit_trainer_resumes_at_any_epoch_with_the_same_result(exp):
         fn(params, state, opt0, m, start=2, stop=1, key=7)
 
 
-def test_fit_trainer_maps_batches_and_uses_the_given_step(exp):
+def test_epoch_trainer_maps_batches_and_uses_the_given_step(exp):
     params, state = exp.model.init(1, sizes=(64, 16, 16, 10))
     m = masking.initial(params)
     seen = []
@@ -148,7 +157,7 @@ def test_fit_trainer_maps_batches_and_uses_the_given_step(exp):
         seen.append(len(batch))
         return p, s, o, {"accuracy": torch.tensor(0.5), "loss": torch.tensor(1.0)}
 
-    out = base.fit_trainer(exp)(
+    out = epoch_trainer(exp)(
         params, state, {}, m, start=0, stop=1, key=0, step=step, batch_map=lambda b: (*b, b[1])
     )
     seconds = out.history[0].pop("seconds")

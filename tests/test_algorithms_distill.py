@@ -8,7 +8,9 @@ import torch
 
 from pure_prune import losses, mask, optim, train, tree
 from pure_prune.algorithms import base, distill, masking
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app.experiment import setup
+from pure_prune.app.trainer import epoch_trainer
 from pure_prune.importance import magnitude
 from pure_prune.testing import close
 
@@ -72,16 +74,18 @@ def test_distillation_pulls_the_pruned_student_towards_its_teacher(exp):
     params, state = exp.model.init(2, sizes=SIZES)
     masks = masking.initial(params)
     s = distill.Settings(rate=0.8, rounds=1, epochs=4, finetune_epochs=3, alpha=1.0, T=3.0)
-    fn = base.fit_trainer(exp)
-    first = distill.first_round(params, state, masks, s, optimizer=exp.optimizer, train_fn=fn, key=3)
+    fn = epoch_trainer(exp)
+    first = distill.first_round(params, state, masks, s, ops=RoundOps(exp.optimizer, fn), key=3)
     teacher = first.carry.extra["teacher"]
     assert all(
         torch.equal(a, b) for a, b in zip(tree.leaves(teacher["params"]), tree.leaves(first.carry.params))
     )
     step = distill.make_step(exp.model, exp.optimizer, alpha=1.0, T=3.0, compile=False)
-    kw = dict(apply=exp.model.apply, optimizer=exp.optimizer, kd_step=step, score_fn=by_magnitude, key=3)
-    pruned = distill.next_round(first.carry, 1, s, train_fn=base.no_training, **kw).carry
-    tuned = distill.next_round(first.carry, 1, s, train_fn=fn, **kw).carry
+    kw = dict(apply=exp.model.apply, kd_step=step, key=3)
+    pruned = distill.next_round(
+        first.carry, 1, s, ops=RoundOps(exp.optimizer, base.no_training, by_magnitude), **kw
+    ).carry
+    tuned = distill.next_round(first.carry, 1, s, ops=RoundOps(exp.optimizer, fn, by_magnitude), **kw).carry
     assert mask.sparsity(tuned.masks) == pytest.approx(0.8, abs=1e-4)
     assert kl_to_teacher(exp, tuned, teacher) < 0.5 * kl_to_teacher(exp, pruned, teacher)
     assert tuned.extra["teacher"] is teacher
@@ -95,10 +99,8 @@ def test_run_prunes_each_round_to_the_imp_target(exp):
         masking.initial(params),
         distill.Settings(rate=0.5, rounds=2),
         apply=exp.model.apply,
-        optimizer=exp.optimizer,
         kd_step=None,
-        train_fn=base.no_training,
-        score_fn=by_magnitude,
+        ops=RoundOps(exp.optimizer, base.no_training, by_magnitude),
         key=0,
     )
     assert mask.sparsity(carry.masks) == pytest.approx(0.75, abs=1e-4) and len(histories) == 3
@@ -119,9 +121,7 @@ def test_settings_reject_bad_loss_knobs():
             1,
             distill.Settings(),
             apply=None,
-            optimizer=None,
             kd_step=None,
-            train_fn=base.no_training,
-            score_fn=by_magnitude,
+            ops=RoundOps(optim.sgd(0.1), base.no_training, by_magnitude),
             key=0,
         )

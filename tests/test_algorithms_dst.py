@@ -9,6 +9,7 @@ import torch
 
 from pure_prune import allocate, losses, mask, models, optim, rng, tree
 from pure_prune.algorithms import base, dst, masking
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app.experiment import setup
 
 SPEC = models.get("mlp")
@@ -73,7 +74,8 @@ def test_set_and_rigl_keep_every_leafs_count_through_training(exp):
         s = dst.Settings(
             kind=kind, sparsity=0.7, epochs=2, steps_per_epoch=11, update_every=3, distribution="erk"
         )
-        carry = dst.start(params, state, masking.initial(params), s, optimizer=exp.optimizer, key=2)
+        ops = RoundOps(exp.optimizer, base.no_training)
+        carry = dst.start(params, state, masking.initial(params), s, ops=ops, key=2)
         want = counts(carry.masks)
         first = carry.masks
         for epoch in range(2):
@@ -83,6 +85,7 @@ def test_set_and_rigl_keep_every_leafs_count_through_training(exp):
                 s,
                 exp.train_batches(2)(epoch),
                 step=exp.step,
+                ops=ops,
                 key=2,
                 apply=exp.model.apply,
                 loss=losses.cross_entropy,
@@ -129,8 +132,8 @@ def test_run_trains_every_epoch_at_the_target_sparsity(exp):
         masking.initial(params),
         s,
         exp.train_batches(1),
-        optimizer=exp.optimizer,
         step=exp.step,
+        ops=RoundOps(exp.optimizer, base.no_training),
         key=1,
     )
     assert [h["epoch"] for h in history] == [0.0, 1.0] and history[0]["mask_updates"] == 2.0  # t = 5, 10
@@ -153,7 +156,8 @@ def test_initial_masks_and_settings():
         dst.Settings(update_every=0).check()
     with pytest.raises(ValueError, match="'rigl' needs apply and loss"):
         carry = base.Carry(params, {}, {}, base_masks)
-        dst.train_epoch(carry, 0, dst.Settings(), [], step=None, key=rng.fold_in(0, 1))
+        ops = RoundOps(optim.sgd(0.1), base.no_training)
+        dst.train_epoch(carry, 0, dst.Settings(), [], step=None, ops=ops, key=rng.fold_in(0, 1))
 
 
 def test_update_due_by_hand():

@@ -7,6 +7,7 @@ import torch
 
 from pure_prune import mask, models, optim, tree
 from pure_prune.algorithms import base, gradual, masking
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.importance import magnitude
 from pure_prune.schedule import linear_steps, one_shot, polynomial
 
@@ -61,9 +62,7 @@ def test_masks_tighten_during_one_training_with_the_optimizer_state_carried():
         masks,
         linear_steps(0.6, steps=3, start=2, every=2),
         8,
-        optimizer=optim.sgd(0.1),
-        train_fn=rec,
-        score_fn=by_magnitude,
+        ops=RoundOps(optim.sgd(0.1), rec, by_magnitude),
         key=5,
     )
     assert [(c["start"], c["stop"]) for c in rec.calls] == [(0, 2), (2, 4), (4, 6), (6, 8)]
@@ -89,5 +88,9 @@ def test_next_round_checks_the_segment_index():
     carry = base.Carry(params, state, optim.sgd(0.1).init(params), masking.initial(params))
     with pytest.raises(ValueError, match="segment index"):
         gradual.next_round(
-            carry, 0, [(0, 1, 0.0), (1, 2, 0.5)], train_fn=base.no_training, score_fn=by_magnitude, key=0
+            carry,
+            0,
+            [(0, 1, 0.0), (1, 2, 0.5)],
+            ops=RoundOps(optim.sgd(0.1), base.no_training, by_magnitude),
+            key=0,
         )

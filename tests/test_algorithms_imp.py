@@ -10,6 +10,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from pure_prune import losses, mask, models, optim, rng, train, tree
 from pure_prune.algorithms import base, gradual, imp, masking
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.importance import magnitude
 from pure_prune.schedule import linear_steps
 
@@ -44,9 +45,7 @@ def test_rounds_are_nested_and_keep_exactly_the_rounding_rule(r, k, scope, key):
         state,
         masks,
         s,
-        optimizer=optim.sgd(0.1),
-        train_fn=base.no_training,
-        score_fn=by_magnitude,
+        ops=RoundOps(optim.sgd(0.1), base.no_training, by_magnitude),
         key=key,
     )
     assert len(res.masks) == k + 1
@@ -98,7 +97,7 @@ def test_rewind_keeps_masks_resets_optimizer_and_positions_the_lr_schedule():
     spy = Spy()
     s = imp.Settings(rate=0.5, rounds=2, epochs=5, rewind_epoch=2, steps_per_epoch=7)
     opt = optim.sgd(0.1, momentum=0.9)
-    res = imp.run(params, state, masks, s, optimizer=opt, train_fn=spy, score_fn=by_magnitude, key=1)
+    res = imp.run(params, state, masks, s, ops=RoundOps(opt, spy, by_magnitude), key=1)
     # round 0 trains [0, 2) then [2, 5) with the same data key; the rewind point is after epoch 2
     assert [(c["start"], c["stop"]) for c in spy.calls] == [(0, 2), (2, 5), (2, 5), (2, 5)]
     assert spy.calls[0]["key"] == spy.calls[1]["key"] != spy.calls[2]["key"]
@@ -115,17 +114,18 @@ def test_rewind_keeps_masks_resets_optimizer_and_positions_the_lr_schedule():
 def test_control_reinit_uses_fresh_weights_with_the_same_masks():
     params, state, masks = tiny(4)
     spy_a, spy_b = Spy(), Spy()
-    kw = dict(optimizer=optim.sgd(0.1), score_fn=by_magnitude, key=9)
-    imp.run(params, state, masks, imp.Settings(rate=0.5, rounds=1), train_fn=spy_a, **kw)
+    opt = optim.sgd(0.1)
+    imp.run(
+        params, state, masks, imp.Settings(rate=0.5, rounds=1), ops=RoundOps(opt, spy_a, by_magnitude), key=9
+    )
     init = lambda k: SPEC.init(k, sizes=(6, 5, 4, 3))  # noqa: E731
     imp.run(
         params,
         state,
         masks,
         imp.Settings(rate=0.5, rounds=1, control="reinit"),
-        train_fn=spy_b,
-        init_fn=init,
-        **kw,
+        ops=RoundOps(opt, spy_b, by_magnitude, init=init),
+        key=9,
     )
     a, b = spy_a.calls[-1], spy_b.calls[-1]
     assert all(
@@ -134,15 +134,20 @@ def test_control_reinit_uses_fresh_weights_with_the_same_masks():
     wa, wb = a["params"]["fc1"]["weight"], b["params"]["fc1"]["weight"]
     m = a["masks"]["fc1"]["weight"]
     assert torch.equal(wb == 0, ~m | (wb == 0)) and not torch.equal(wa, wb)  # masked, but other values
-    with pytest.raises(ValueError, match="init_fn"):
+    with pytest.raises(ValueError, match="RoundOps with init="):
         imp.run(
-            params, state, masks, imp.Settings(rate=0.5, rounds=1, control="reinit"), train_fn=Spy(), **kw
+            params,
+            state,
+            masks,
+            imp.Settings(rate=0.5, rounds=1, control="reinit"),
+            ops=RoundOps(opt, Spy(), by_magnitude),
+            key=9,
         )
 
 
 def test_control_random_masks_keeps_per_layer_counts_and_nesting():
     params, state, masks = tiny(5, sizes=(10, 9, 8, 3))
-    kw = dict(optimizer=optim.sgd(0.1), train_fn=base.no_training, score_fn=by_magnitude, key=2)
+    kw = dict(ops=RoundOps(optim.sgd(0.1), base.no_training, by_magnitude), key=2)
     plain = imp.run(params, state, masks, imp.Settings(rate=0.4, rounds=3), **kw)
     rand = imp.run(params, state, masks, imp.Settings(rate=0.4, rounds=3, control="random_masks"), **kw)
     # round 1 sees the same weights: the same per-layer sparsity as magnitude pruning, other positions
@@ -173,9 +178,7 @@ def test_settings_reject_bad_knobs():
     with pytest.raises(ValueError, match="first_round"):
         params, state, masks = tiny(0)
         carry = base.Carry(params, state, {}, masks)
-        imp.next_round(
-            carry, 1, imp.Settings(), optimizer=optim.sgd(0.1), train_fn=Spy(), score_fn=by_magnitude, key=0
-        )
+        imp.next_round(carry, 1, imp.Settings(), ops=RoundOps(optim.sgd(0.1), Spy(), by_magnitude), key=0)
 
 
 def test_structured_rounds_prune_whole_rows_by_the_same_rule():
@@ -185,9 +188,7 @@ def test_structured_rounds_prune_whole_rows_by_the_same_rule():
         state,
         masks,
         imp.Settings(rate=0.3, rounds=2, struct="rows"),
-        optimizer=optim.sgd(0.1),
-        train_fn=base.no_training,
-        score_fn=by_magnitude,
+        ops=RoundOps(optim.sgd(0.1), base.no_training, by_magnitude),
         key=0,
     )
     w = res.masks[2]["fc2"]["weight"]
@@ -222,15 +223,13 @@ def test_compiled_step_compiles_once_across_imp_rounds_and_gradual_segments(comp
     counter, opt, step = compiled
     params, state, masks = tiny(7, sizes=(8, 16, 16, 4))
     batches = [(rng.normal(rng.fold_in(1, i), (32, 8)), torch.arange(32) % 4) for i in range(3)]
-    fn = batch_trainer(step, batches)
+    ops = RoundOps(opt, batch_trainer(step, batches), by_magnitude)
     res = imp.run(
         params,
         state,
         masks,
         imp.Settings(rate=0.5, rounds=3, epochs=2, rewind_epoch=1),
-        optimizer=opt,
-        train_fn=fn,
-        score_fn=by_magnitude,
+        ops=ops,
         key=3,
     )
     assert mask.sparsity(res.masks[-1]) == pytest.approx(0.875, abs=0.01)
@@ -240,9 +239,7 @@ def test_compiled_step_compiles_once_across_imp_rounds_and_gradual_segments(comp
         masks,
         linear_steps(0.6, steps=3, start=1, every=1),
         4,
-        optimizer=opt,
-        train_fn=fn,
-        score_fn=by_magnitude,
+        ops=ops,
         key=4,
     )
     assert [round(mask.sparsity(m), 2) for m in seg_masks] == [0.0, 0.2, 0.4, 0.6]

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from pure_prune import mask, models, tree
-from pure_prune.algorithms import base, imp, masking, refill
+from pure_prune.algorithms import imp, masking, refill
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app.experiment import setup
+from pure_prune.app.trainer import epoch_trainer
 from pure_prune.importance import magnitude
 
 SPEC = models.get("mlp")
@@ -77,9 +79,7 @@ def run_imp(exp, mask_fn):
         state,
         masking.initial(params),
         imp.Settings(rate=0.5, rounds=2, epochs=1),
-        optimizer=exp.optimizer,
-        train_fn=base.fit_trainer(exp),
-        score_fn=by_magnitude,
+        ops=RoundOps(exp.optimizer, epoch_trainer(exp), by_magnitude),
         key=4,
         mask_fn=mask_fn,
     )

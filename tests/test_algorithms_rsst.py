@@ -8,7 +8,9 @@ import torch
 from pure_prune import losses, mask, optim, train, tree
 from pure_prune import schedule as schedules
 from pure_prune.algorithms import base, masking, rsst, unit_criteria
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app.experiment import setup
+from pure_prune.app.trainer import epoch_trainer
 from pure_prune.testing import invariants
 
 SIZES = (64, 16, 16, 10)
@@ -102,7 +104,7 @@ def test_penalty_drives_chosen_units_to_zero_and_spares_the_others(exp):
     spe, epochs = 11, 4
     growth = schedules.penalty_growth("x", 4.0, spe * epochs)
     st = rsst.set_penalty(pen.init(params), chosen, growth, spe * epochs)
-    out = base.fit_trainer(exp)(params, state, st, masks, start=0, stop=epochs, key=1, step=step)
+    out = epoch_trainer(exp)(params, state, st, masks, start=0, stop=epochs, key=1, step=step)
     assert float(rsst.coefficient(out.opt_state)) == pytest.approx(4.0)  # grew to the granularity
     before, after = unit_norms(params, groups), unit_norms(out.params, groups)
     for g in groups:
@@ -122,9 +124,8 @@ def test_rsst_rounds_remove_whole_channels(exp):
         state,
         masks,
         s,
-        optimizer=exp.optimizer,
         penalty_step_fn=lambda o: train.make_step(exp.model, losses.cross_entropy, o, compile=False),
-        train_fn=base.fit_trainer(exp),
+        ops=RoundOps(exp.optimizer, epoch_trainer(exp)),
         groups=groups,
         key=3,
         steps_per_epoch=11,
@@ -152,10 +153,9 @@ def test_settings_and_round_checks():
             carry,
             3,
             rsst.Settings(rounds=1),
-            optimizer=optim.sgd(0.1),
             penalized_optimizer=optim.sgd(0.1),
             penalty_step=None,
-            train_fn=base.no_training,
+            ops=RoundOps(optim.sgd(0.1), base.no_training),
             groups=(),
             key=0,
         )

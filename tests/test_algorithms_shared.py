@@ -1,12 +1,13 @@
-"""The helpers the algorithms share: train_fresh, carry_out, score_and_prune, setup_eager, fc_head."""
+"""The helpers the algorithms share: a first round's fresh start, carry_out, score_and_prune, setup_eager, fc_head."""
 
 from __future__ import annotations
 
 import torch
 
-from pure_prune import mask, optim
+from pure_prune import mask, optim, rng
 from pure_prune import models as model_registry
-from pure_prune.algorithms import base, imp
+from pure_prune.algorithms import base, distill, imp, one_shot, rsst
+from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app import runconfig
 from pure_prune.app.runner import setup_eager
 from pure_prune.importance import magnitude
@@ -18,19 +19,52 @@ def _tiny():
     return params, state, mask.ones_like(params)
 
 
-def test_train_fresh_passes_a_fresh_optimizer_state_and_the_epoch_range():
+def test_first_rounds_train_from_a_fresh_optimizer_state_over_the_epoch_range():
+    """The fresh start ``ops.train(..., ops.fresh_opt_state(params), start=0, stop=...)`` that the
+    first rounds share (it replaced ``base.train_fresh``)."""
+    params, state, masks = _tiny()
+    seen = []
+
+    def train_fn(p, s, o, m, *, start, stop, key, **kw):
+        seen.append(dict(params=p, start=start, stop=stop, key=key, opt=o, kw=kw))
+        return base.Trained(p, s, o, [{"loss": 1.0}] * (stop - start))
+
+    ops = RoundOps(optim.sgd(0.1, momentum=0.9), train_fn)
+    outs = [
+        one_shot.first_round(params, state, masks, epochs=3, ops=ops, key=7),
+        distill.first_round(params, state, masks, distill.Settings(epochs=3), ops=ops, key=7),
+        rsst.first_round(params, state, masks, rsst.Settings(epochs=3), ops=ops, key=7),
+    ]
+    for got, out in zip(seen, outs, strict=True):
+        assert (got["start"], got["stop"], got["kw"]) == (0, 3, {})
+        assert got["key"] == rng.fold_in(7, 0)
+        assert torch.equal(got["opt"]["momentum"]["fc1"]["weight"], torch.zeros(5, 6))
+        assert int(got["opt"]["count"]) == 0
+        assert torch.equal(got["params"]["fc1"]["weight"], params["fc1"]["weight"])  # all kept
+        assert len(out.history) == 3 and out.carry.params is got["params"]
+
+
+def test_distill_fine_tuning_passes_its_step_and_batch_map_to_a_fresh_state():
     params, state, masks = _tiny()
     seen = {}
 
     def train_fn(p, s, o, m, *, start, stop, key, **kw):
-        seen.update(start=start, stop=stop, key=key, opt=o, kw=kw)
+        seen.update(start=start, stop=stop, opt=o, kw=kw)
         return base.Trained(p, s, o, [{"loss": 1.0}] * (stop - start))
 
-    opt = optim.sgd(0.1, momentum=0.9)
-    out = base.train_fresh(train_fn, opt, params, state, masks, stop=3, key=7, step="s")
-    assert (seen["start"], seen["stop"], seen["key"], seen["kw"]) == (0, 3, 7, {"step": "s"})
+    score = lambda p, s, m, k: magnitude.magnitude(p, m)  # noqa: E731
+    ops = RoundOps(optim.sgd(0.1, momentum=0.9), train_fn, score)
+    teacher = {"params": params, "state": state}
+    carry = base.Carry(params, state, None, masks, None, {"teacher": teacher})
+    s = distill.Settings(rate=0.5, rounds=1, finetune_epochs=2)
+    apply = model_registry.get("mlp").apply
+    out = distill.next_round(carry, 1, s, apply=apply, kd_step="s", ops=ops, key=7)
+    assert (seen["start"], seen["stop"], seen["kw"]["step"]) == (0, 2, "s")
     assert torch.equal(seen["opt"]["momentum"]["fc1"]["weight"], torch.zeros(5, 6))
-    assert len(out.history) == 3 and out.params is params
+    assert int(seen["opt"]["count"]) == 0 and len(out.history) == 2
+    x = torch.ones(4, 6)
+    xb, yb, tb = seen["kw"]["batch_map"]((x, "y"))
+    assert xb is x and yb == "y" and torch.equal(tb, apply(params, state, x, train=False)[0])
 
 
 def test_carry_out_copies_history_and_keeps_trees():
@@ -47,10 +81,11 @@ def test_score_and_prune_reaches_the_round_target_and_nests():
     carry = base.Carry(params, state, None, masks, None, {})
     settings = imp.Settings(rate=0.5, rounds=2)
     score = lambda p, s, m, k: magnitude.magnitude(p, m)  # noqa: E731
-    new = imp.score_and_prune(carry, 1, settings, score_fn=score, key=0)
+    ops = RoundOps(optim.sgd(0.1), base.no_training, score)
+    new = imp.score_and_prune(carry, 1, settings, ops=ops, key=0)
     kept, total = mask.count(new)
     assert total - kept == round(0.5 * total) and mask.is_nested(new, masks)
-    newer = imp.score_and_prune(carry._replace(masks=new), 2, settings, score_fn=score, key=0)
+    newer = imp.score_and_prune(carry._replace(masks=new), 2, settings, ops=ops, key=0)
     assert mask.is_nested(newer, new) and mask.count(newer)[0] == total - round(0.75 * total)
 
 
