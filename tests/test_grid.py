@@ -271,7 +271,10 @@ def test_a_point_equals_round_one_of_pure_prune_run(tmp_path):
     pruned = grid.evaluate(ctx, mask.apply(dense.params, point.carry.masks), dense.state, point.carry.masks)
     assert point.metrics["pruned_accuracy"] == pruned["accuracy"]
     assert point.metrics["sparsity"] == pytest.approx([0.75, 0.75], abs=1e-3)
-    for bad, needle in ((dict(criterion="oracle"), "registered name"), (dict(scope="block"), "scope must be")):
+    for bad, needle in (
+        (dict(criterion="oracle"), "registered name"),
+        (dict(scope="block"), "scope must be"),
+    ):
         kw = {"criterion": "magnitude", "scope": "global", "compression": 2, **bad}
         with pytest.raises(ValueError, match=needle):
             grid.run_point(ctx, dense, **kw)
@@ -281,7 +284,9 @@ def test_a_unit_level_point_equals_round_one_of_a_channel_run(tmp_path):
     """A unit-level criterion (l1_units) removes whole channels per seed: the point is round 1 of
     pure-prune run --method one_shot --struct channels with that criterion, exactly."""
     assert importance.get("l1_units").level == "unit"
-    run_cfg = _one_shot_config(tmp_path, importance="l1_units", struct="channels", scope="layer", sparsity=0.5)
+    run_cfg = _one_shot_config(
+        tmp_path, importance="l1_units", struct="channels", scope="layer", sparsity=0.5
+    )
     ran = runner.run(run_cfg, log=lambda _: None)
     sweep_cfg = grid.SweepConfig(**{**SMALL, "seed": 7}, save_dir=str(tmp_path / "s")).check()
     ctx = build_context(sweep_cfg.run_config())
@@ -295,6 +300,26 @@ def test_a_unit_level_point_equals_round_one_of_a_channel_run(tmp_path):
             assert int(dead.sum()) == 8
             assert not bool(m[layer]["bias"][dead].any()) and not bool(p[layer]["weight"][dead].any())
     assert point.summary["pruned_accuracy"]["n"] == 2 and len(point.history["finetune"]) == 1
+
+
+def test_one_seed_sweep_point_equals_round_one_of_a_one_seed_run(tmp_path):
+    """seeds=1: a single-seed context (no stack); the point's one-element lists are the run's rows."""
+    run_cfg = dataclasses.replace(
+        _one_shot_config(tmp_path, importance="magnitude", sparsity=0.5), seeds=1, seed=3
+    )
+    ran = runner.run(run_cfg, log=lambda _: None)
+    sweep_cfg = grid.SweepConfig(**{**SMALL, "seeds": 1, "seed": 3}, save_dir=str(tmp_path / "s")).check()
+    ctx = build_context(sweep_cfg.run_config())
+    assert ctx.seeds is None
+    dense, _ = grid.dense_round(ctx)
+    point = grid.run_point(ctx, dense, criterion="magnitude", scope="global", compression=2)
+    row0, row1 = ran.rounds
+    assert point.metrics["dense_accuracy"] == [row0["test_accuracy"]]
+    assert point.metrics["accuracy"] == [row1["test_accuracy"]] and point.metrics["loss"] == [
+        row1["test_loss"]
+    ]
+    for a, b in zip(tree.leaves(point.carry.masks), tree.leaves(ran.carry.masks), strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def _free_port() -> int:
