@@ -176,14 +176,14 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, tmp_path, c
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_run, "run", interrupted)
+    monkeypatch.setattr(cli_run, "prepare", interrupted)
     assert cli.main(argv) == 130
     assert capsys.readouterr().err == "pure-prune: interrupted\n"
 
     def bug(args):
         raise AssertionError("an internal invariant broke")
 
-    monkeypatch.setattr(cli_run, "run", bug)
+    monkeypatch.setattr(cli_run, "prepare", bug)
     with pytest.raises(AssertionError, match="internal invariant"):
         cli.main(argv)
     for error in (RuntimeError("inside torch"), KeyError("k"), IndexError("i")):
@@ -191,7 +191,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, tmp_path, c
         def raiser(args, e=error):
             raise e
 
-        monkeypatch.setattr(cli_run, "run", raiser)
+        monkeypatch.setattr(cli_run, "prepare", raiser)
         with pytest.raises(type(error)):
             cli.main(argv)
 

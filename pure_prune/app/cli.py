@@ -35,7 +35,6 @@ Start-up. The parser (:mod:`pure_prune.app.cli_parser`) imports neither torch no
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import sys
 import traceback
@@ -75,8 +74,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code: 0, 2 for a mistake in the input (one line on
     stderr; with ``--debug`` the traceback), 130 when interrupted (module docstring)."""
     args = parser().parse_args(argv)
-    try:
-        return _dispatch(args)
+    try:  # each command imports only its own module (and what that uses)
+        if args.command == "run":
+            from pure_prune.app import cli_run
+
+            cfg = cli_run.prepare(args)  # its first line is out before torch is imported
+            from pure_prune.app import runner
+
+            return cli_run.summary(runner.run(cfg, resume=args.resume))
+        if args.command == "llm":
+            from pure_prune.app import cli_llm
+
+            return cli_llm.run(args)
+        from pure_prune.app import cli_commands
+
+        return cli_commands.COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("pure-prune: interrupted", file=sys.stderr)
         return 130
@@ -85,21 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"pure-prune: error: {_one_line(e)}", file=sys.stderr)
         return 2
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    """Run the command ``args.command``, importing only its own module (and what that uses)."""
-    if args.command == "run":
-        from pure_prune.app import cli_run
-
-        return cli_run.run(args)
-    if args.command == "llm":
-        from pure_prune.app import cli_llm
-
-        return cli_llm.run(args)
-    from pure_prune.app import cli_commands
-
-    return cli_commands.COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pure_prune.app import runconfig
 
-__all__ = ["config", "first_line", "run"]
+__all__ = ["config", "first_line", "prepare", "summary"]
 
 
 def _flags_and_toml(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -52,14 +53,18 @@ def first_line(args: argparse.Namespace) -> str | None:
     return f"pure-prune run: {cfg.method} on {cfg.model}/{cfg.data}, save dir {cfg.save_dir}"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run (or resume) the experiment the flags describe; prints its first and last lines."""
+def prepare(args: argparse.Namespace) -> runconfig.RunConfig:
+    """Print the run's first line (from the flags and the TOML file alone, before torch is
+    imported) and return its config (:func:`config`)."""
     line = first_line(args)
     if line is not None:
         print(line, flush=True)
-    from pure_prune.app import runner
+    return config(args)
 
-    res = runner.run(config(args), resume=args.resume)
+
+def summary(res: Any) -> int:
+    """Print the last line of a finished run (``runner.RunResult``: rounds, final accuracy, kept
+    share, seconds) and return the exit status 0."""
     if res.rounds:
         last = res.rounds[-1]
         std = last.get("test_accuracy_std")

@@ -1,9 +1,9 @@
 """A run's divergence: a loss that turns NaN or infinite stops it, with a row that says where.
 
 Every epoch's training loss (and test loss, with ``eval_every_epoch``) is checked where the epoch's
-metrics are read anyway (no extra device sync per step): :func:`guarded` trains one epoch at a time
-and raises :class:`Diverged` at the end of the first non-finite epoch (a stack of seeds: any seed's
-loss). :func:`check_finite` checks a finished round's history and metrics row; :func:`diverged_row`
+metrics are read anyway (no extra device sync per step): :func:`check_epoch` (called by the run's
+trainer after each epoch) raises :class:`Diverged` at the end of the first non-finite epoch (a stack
+of seeds: any seed's loss). :func:`check_finite` checks a finished round's history and metrics row; :func:`diverged_row`
 and :func:`marked` build the row ``rounds.jsonl`` and ``summary.csv`` get (non-finite floats as
 ``None``, ``diverged`` naming the metric, value, round and epoch).
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 from typing import Any
-
-from tqdm import tqdm
 
 from pure_prune import mask
 from pure_prune.algorithms import base
@@ -27,7 +25,7 @@ __all__ = [
     "attaching",
     "check_finite",
     "diverged_row",
-    "guarded",
+    "check_epoch",
     "marked",
     "non_finite",
 ]
@@ -67,44 +65,28 @@ EPOCH_LOSSES = ("loss", "test_loss")  # an epoch's history entry
 ROW_LOSSES = ("train_loss", "test_loss")  # a round's metrics row
 
 
-def guarded(train_fn: base.TrainFn, r: int, *, progress: bool, desc: str) -> base.TrainFn:
-    """``train_fn`` called one epoch at a time (one progress bar over the epochs), raising
-    :class:`Diverged` after the first epoch whose loss is not finite. The trees flow from epoch to
-    epoch as inside ``train_fn`` (which masks the params on entry: a no-op on trained params)."""
-
-    def guarded(params, state, opt_state, masks, *, start, stop, key, step=None, batch_map=None) -> Trained:
-        history: list[dict[str, Any]] = []
-        for epoch in tqdm(range(start, stop), desc=desc, unit="epoch", disable=not progress, leave=False):
-            out = train_fn(
-                params,
-                state,
-                opt_state,
-                masks,
-                start=epoch,
-                stop=epoch + 1,
-                key=key,
-                step=step,
-                batch_map=batch_map,
-            )
-            params, state, opt_state = out.params, out.state, out.opt_state
-            history += out.history
-            bad = next((b for h in out.history if (b := non_finite(h, EPOCH_LOSSES))), None)
-            if bad is not None:
-                raise Diverged(r, epoch, *bad, history)
-        return Trained(params, state, opt_state, history)
-
-    return guarded
+def check_epoch(
+    r: int, entry: dict[str, Any], history: list[dict[str, Any]], masks: Any, params: Any
+) -> None:
+    """Raise :class:`Diverged` (carrying ``masks``/``params``, the trees the round trained) when the
+    epoch ``entry`` of round ``r`` has a loss that is not finite; ``history`` holds the round's
+    epochs so far, ``entry`` included."""
+    bad = non_finite(entry, EPOCH_LOSSES)
+    if bad is not None:
+        d = Diverged(r, int(entry["epoch"]), *bad, history)
+        d.masks, d.params = masks, params
+        raise d
 
 
 def attaching(train_fn: base.TrainFn) -> base.TrainFn:
-    """``train_fn`` whose :class:`Diverged` carries the (full-size) masks and params it was called with."""
+    """``train_fn`` whose :class:`Diverged` carries the masks and params it was called with (a
+    compacting trainer's inner trainer sees the small trees: this puts the full-size ones back)."""
 
     def attaching(params, state, opt_state, masks, **kw: Any) -> Trained:
         try:
             return train_fn(params, state, opt_state, masks, **kw)
         except Diverged as d:
-            if d.masks is None:
-                d.masks, d.params = masks, params
+            d.masks, d.params = masks, params
             raise
 
     return attaching

@@ -1,7 +1,7 @@
 """The rounds of each method of a run: settings from the config, the round count, round ``r``.
 
-Each method of ``pure_prune.algorithms`` is driven by one round function ``(ctx, _Round) ->
-RoundOut`` (:data:`_ROUNDS`): round 0 starts from the context's init and masks, later rounds take
+Each method of ``pure_prune.algorithms`` is driven by one round function ``(ctx, RoundArgs) ->
+RoundOut`` (:data:`ROUNDS`): round 0 starts from the context's init and masks, later rounds take
 the previous round's carry. The same function runs one seed or a stack of seeds: what differs is
 in the :class:`~pure_prune.algorithms.ops.RoundOps` built from the context (:func:`round_ops`).
 """
@@ -21,7 +21,7 @@ from pure_prune.app.run_context import RunCtx
 from pure_prune.app.runconfig import RunConfig, parse_nm
 from pure_prune.schedule import linear, linear_steps, polynomial
 
-__all__ = ["n_rounds"]
+__all__ = ["ROUNDS", "RoundArgs", "n_rounds", "round_ops", "run_round"]
 
 
 def gradual_schedule(cfg: RunConfig) -> Callable[[int], float]:
@@ -93,7 +93,7 @@ def _start(ctx: RunCtx, ops: RoundOps) -> tuple[Any, Any, Any]:
     return params, state, masks
 
 
-class _Round(NamedTuple):
+class RoundArgs(NamedTuple):
     """What a method's round function gets besides the context: the carry (``None`` at round 0),
     the round index and the round's operations."""
 
@@ -116,7 +116,7 @@ def imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
     ).check()
 
 
-def _imp_round(ctx: RunCtx, a: _Round) -> RoundOut:
+def _imp_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     cfg = ctx.cfg
     s = imp_settings(cfg, ctx.spe)
     if a.r == 0:
@@ -129,7 +129,7 @@ def _imp_round(ctx: RunCtx, a: _Round) -> RoundOut:
     return imp.next_round(a.carry, a.r, s, ops=a.ops, key=ctx.key, groups=ctx.groups, mask_fn=fn)
 
 
-def _one_shot_round(ctx: RunCtx, a: _Round) -> RoundOut:
+def _one_shot_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     cfg = ctx.cfg
     if a.r == 0:
         return one_shot.first_round(*_start(ctx, a.ops), epochs=cfg.epochs, ops=a.ops, key=ctx.key)
@@ -146,7 +146,7 @@ def _one_shot_round(ctx: RunCtx, a: _Round) -> RoundOut:
     )
 
 
-def _gradual_round(ctx: RunCtx, a: _Round) -> RoundOut:
+def _gradual_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     cfg = ctx.cfg
     segs = gradual.segments(gradual_schedule(cfg), cfg.epochs)
     kw = dict(ops=a.ops, key=ctx.key, struct=cfg.struct, scope=cfg.scope, groups=ctx.groups)
@@ -170,7 +170,7 @@ def rsst_settings(cfg: RunConfig) -> rsst.Settings:
     )
 
 
-def _rsst_round(ctx: RunCtx, a: _Round) -> RoundOut:
+def _rsst_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     s = rsst_settings(ctx.cfg)
     if a.r == 0:
         return rsst.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
@@ -203,7 +203,7 @@ def distill_settings(cfg: RunConfig) -> distill.Settings:
     )
 
 
-def _distill_round(ctx: RunCtx, a: _Round) -> RoundOut:
+def _distill_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     s = distill_settings(ctx.cfg)
     if a.r == 0:
         return distill.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
@@ -233,7 +233,7 @@ def dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
     )
 
 
-def _dst_round(ctx: RunCtx, a: _Round) -> RoundOut:
+def _dst_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     cfg, exp = ctx.cfg, ctx.exp
     s = dst_settings(cfg, ctx.spe)
     carry = dst.start(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key) if a.r == 0 else a.carry
@@ -257,7 +257,7 @@ def _dst_round(ctx: RunCtx, a: _Round) -> RoundOut:
     )
 
 
-_ROUNDS: dict[str, Callable[[RunCtx, _Round], RoundOut]] = {
+ROUNDS: dict[str, Callable[[RunCtx, RoundArgs], RoundOut]] = {
     "imp": _imp_round,
     "refill": _imp_round,
     "one_shot": _one_shot_round,
@@ -271,4 +271,4 @@ _ROUNDS: dict[str, Callable[[RunCtx, _Round], RoundOut]] = {
 def run_round(ctx: RunCtx, carry: Carry | None, r: int, train_fn: base.TrainFn) -> RoundOut:
     """Round ``r`` of the configured method (``carry`` is ``None`` at round 0), on one seed or the
     context's stack of seeds alike."""
-    return _ROUNDS[ctx.cfg.method](ctx, _Round(carry, r, round_ops(ctx, train_fn)))
+    return ROUNDS[ctx.cfg.method](ctx, RoundArgs(carry, r, round_ops(ctx, train_fn)))

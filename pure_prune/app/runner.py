@@ -64,7 +64,7 @@ import torch
 
 from pure_prune import compact_training, seeds
 from pure_prune.algorithms.base import Carry, RoundOut
-from pure_prune.app.divergence import Diverged, attaching, check_finite, diverged_row, guarded, marked
+from pure_prune.app.divergence import Diverged, attaching, check_finite, diverged_row, marked
 from pure_prune.app.run_context import Engine, RunCtx, build_context, compile_counter, setup_eager
 from pure_prune.app.run_dir import (
     FORMAT,
@@ -79,7 +79,7 @@ from pure_prune.app.run_dir import (
     write_info,
     write_tables,
 )
-from pure_prune.app.run_rounds import n_rounds, run_round
+from pure_prune.app.run_rounds import ROUNDS, RoundArgs, n_rounds, round_ops
 from pure_prune.app.run_rows import (
     ROUND_COLUMNS,
     SEED_METRICS,
@@ -153,9 +153,11 @@ def engine(cfg: RunConfig, digest: str, total: int) -> Engine:
     all_groups = ctx.exp.model.groups(ctx.init(ctx.k_init)[0]) if cfg.compact else ()
 
     def round_fn(carry: Carry | None, r: int) -> RoundOut:
-        train_fn = guarded(
-            epoch_trainer(ctx.exp, seeds_step=ctx.seed_steps, evaluate=cfg.eval_every_epoch),
-            r,
+        train_fn = epoch_trainer(
+            ctx.exp,
+            seeds_step=ctx.seed_steps,
+            evaluate=cfg.eval_every_epoch,
+            round=r,
             progress=cfg.progress,
             desc=f"round {r}/{total - 1}",
         )
@@ -181,7 +183,8 @@ def engine(cfg: RunConfig, digest: str, total: int) -> Engine:
                 on_form=on_form,
                 memo=memo,
             )
-        return run_round(ctx, carry, r, attaching(train_fn))
+            train_fn = attaching(train_fn)
+        return ROUNDS[cfg.method](ctx, RoundArgs(carry, r, round_ops(ctx, train_fn)))
 
     def metrics(r: int, out: RoundOut, timing: dict[str, Any]) -> dict[str, Any]:
         return {**_metrics(ctx, r, out, timing), **forms.get(r, {})}

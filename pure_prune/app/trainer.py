@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from tqdm import tqdm
+
 from pure_prune import mask, seeds, train
 from pure_prune.algorithms.base import Trained, TrainFn
+from pure_prune.app.divergence import check_epoch
 from pure_prune.app.experiment import Experiment
 
 __all__ = ["check_epochs", "epoch_trainer"]
@@ -37,6 +40,9 @@ def epoch_trainer(
     *,
     seeds_step: seeds.SeedSteps | None = None,
     evaluate: bool = False,
+    round: int | None = None,  # noqa: A002 - the run's word for it
+    progress: bool = False,
+    desc: str = "train",
 ) -> TrainFn:
     """A ``TrainFn`` over ``exp``'s training split, one epoch at a time.
 
@@ -46,7 +52,9 @@ def epoch_trainer(
     batch (e.g. appends teacher logits). With ``evaluate`` each epoch's entry also holds
     ``test_accuracy``/``test_loss``; ``seconds`` is the epoch's training time (a first epoch
     includes compiling a new step). The params are masked once on entry, so a step built with
-    ``premasked=True`` gives the results of an unpremasked one.
+    ``premasked=True`` gives the results of an unpremasked one. With ``round`` set, an epoch whose
+    loss is not finite raises ``divergence.Diverged`` naming that round and epoch (checked where the
+    epoch's metrics are read anyway). ``progress`` shows one tqdm bar (``desc``) over the epochs.
     """
 
     def train_fn(
@@ -74,7 +82,8 @@ def epoch_trainer(
                 return seeds.seed_batches((ds.x_train, ds.y_train), exp.batch_size, list(key), epoch)
 
         history: list[dict[str, Any]] = []
-        for epoch in range(start, stop):
+        given = params
+        for epoch in tqdm(range(start, stop), desc=desc, unit="epoch", disable=not progress, leave=False):
 
             def batches(_: int, e: int = epoch) -> Any:
                 it = order(e)
@@ -93,6 +102,8 @@ def epoch_trainer(
                 )
                 entry.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
             history.append(entry)
+            if round is not None:
+                check_epoch(round, entry, history, masks, given)
         return Trained(params, state, opt_state, history)
 
     return train_fn
