@@ -1,0 +1,289 @@
+"""Train and eval steps over stacked seeds, and the training and evaluation loops that run them.
+
+:func:`make_seed_step` is ``train.make_step`` vmapped over ``S`` seeds (compiled once per chunk
+size); :func:`seed_step_of` does the same for any single-seed step; :func:`make_seed_eval_step`
+and :func:`evaluate_seeds` evaluate every seed (``{"accuracy": [S], "loss": [S], "count"}``);
+:func:`fit_seeds` is ``train.fit`` for stacked seeds (:class:`SeedFitResult`);
+:func:`make_seed_steps` builds a train and an eval step at once (:class:`SeedSteps`). A
+:class:`SeedStep` checks the stacked trees (:func:`check_stacked`) and the batch
+(:func:`check_batch`) eagerly before it runs. Batches are shared by all seeds (``x (B, ...)``) or
+one per seed (``x (S, B, ...)``): ``per_seed_batches`` has no default. Seed ``i`` of every result
+equals the single-seed computation on seed ``i``'s slice, to float tolerance. Re-exported by
+:mod:`pure_prune.seeds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from pure_prune import mask, stage, train, tree
+from pure_prune.optim import Optimizer, OptState
+from pure_prune.seeds_stack import Batch, check_bool, num_seeds
+from pure_prune.seeds_vmap import SeedFn, stacked_in_dims
+
+__all__ = [
+    "SeedFitResult",
+    "SeedStep",
+    "SeedSteps",
+    "check_batch",
+    "check_stacked",
+    "evaluate_seeds",
+    "fit_seeds",
+    "make_seed_eval_step",
+    "make_seed_step",
+    "make_seed_steps",
+    "seed_step_of",
+]
+
+
+def check_stacked(params: Any, state: Any, masks: Any, others: Mapping[str, Any]) -> int:
+    """Eager checks before a seed step: one seed count, masks that fit params. Returns ``S``."""
+    n = num_seeds(params, "params")
+    for name, t in {"state": state, **others}.items():
+        if t is not None and tree.leaves(t):
+            k = num_seeds(t, name)
+            if k != n:
+                raise ValueError(f"{name} has {k} seeds but params has {n}")
+    if masks is not None:
+        mask.validate(params, masks)
+    return n
+
+
+def check_batch(batch: Any, per_seed: bool, n: int) -> None:
+    """Eager batch check: a tuple ``(x, y, *extra)``; per seed, every tensor has ``n`` seeds on axis 0."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError(f"batch must be a tuple (x, y, *extra), got {type(batch).__name__}")
+    if per_seed:
+        for i, b in enumerate(batch):
+            if not isinstance(b, Tensor) or b.ndim == 0 or b.shape[0] != n:
+                shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(
+                    f"per-seed batch[{i}] must have the {n} seeds on axis 0, got {shape} "
+                    "(pass per_seed_batches=False for one batch shared by all seeds)"
+                )
+
+
+class SeedStep(SeedFn):
+    """A :class:`SeedFn` that checks stacked trees and the batch eagerly before running.
+
+    ``bytes_masks=True`` hands the checked bool masks to ``fn`` as their uint8 views
+    (``mask.as_bytes``, no copy), for a compiled ``fn`` that reads either (``train.make_step``'s
+    and ``make_eval_step``'s bodies): inductor loads a bool tensor one element at a time, so the
+    masked 32-seed step of ``bench/seeds.py`` took ~1.35x the dense one with bool masks and the
+    same time with their bytes.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        seeded: Sequence[bool],
+        chunk_size: int | None,
+        *,
+        opt_state: bool,
+        bytes_masks: bool = False,
+    ) -> None:
+        super().__init__(fn, seeded, chunk_size)
+        self._has_opt_state = opt_state  # train steps: (params, state, opt_state, masks, batch)
+        self._bytes_masks = check_bool("bytes_masks", bytes_masks)
+
+    @property
+    def per_seed_batches(self) -> bool:
+        """Whether the batch carries a seed axis (``x (S, B, ...)``) or is shared (``x (B, ...)``)."""
+        return self.seeded[-1]
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) != len(self.seeded):
+            raise TypeError(f"expected {len(self.seeded)} arguments, got {len(args)}")
+        params, state, *rest = args
+        others = {"opt_state": rest[0]} if self._has_opt_state else {}
+        n = check_stacked(params, state, rest[-2], others)
+        check_batch(args[-1], self.per_seed_batches, n)
+        if self._bytes_masks and rest[-2] is not None:
+            args = (*args[:-2], mask.as_bytes(rest[-2]), args[-1])
+        return self._run(args, n)
+
+
+def make_seed_step(
+    model: Any,
+    loss: Callable[..., Tensor],
+    optimizer: Optimizer,
+    *,
+    per_seed_batches: bool,
+    compile: bool = True,  # noqa: A002 - the switch's natural name
+    chunk_size: int | None = None,
+    backend: str | Callable = "inductor",
+) -> SeedStep:
+    """``train.make_step`` for stacked seeds, vmapped (and compiled once per chunk size).
+
+    ``step(params, state, opt_state, masks, batch) -> (params, state, opt_state, metrics)`` with
+    every tree stacked over ``S`` seeds (``masks`` may be ``None`` for dense training; its ``None``
+    leaves stay unbatched), the new BatchNorm state stacked, and ``metrics`` ``{"accuracy": (S,),
+    "loss": (S,)}``. ``per_seed_batches=True``: ``batch`` is ``(x (S, B, ...), y (S, B), ...)``,
+    one batch per seed; ``False``: ``(x (B, ...), y (B,), ...)`` shared by all seeds. Seed ``i``'s
+    result equals ``train.make_step(...)`` on seed ``i``'s slice. ``chunk_size`` bounds the seeds
+    run at once (see :class:`SeedFn`).
+    """
+    single = train.make_step(model, loss, optimizer, compile=False)
+    compiled = check_bool("compile", compile)
+    return seed_step_of(
+        single,
+        per_seed_batches=per_seed_batches,
+        compile=compiled,
+        chunk_size=chunk_size,
+        backend=backend,
+        bytes_masks=compiled,  # make_step's body reads uint8 masks; compiled, they are faster
+    )
+
+
+def seed_step_of(
+    step: train.Step,
+    *,
+    per_seed_batches: bool,
+    compile: bool = True,  # noqa: A002 - the switch's natural name
+    chunk_size: int | None = None,
+    backend: str | Callable = "inductor",
+    bytes_masks: bool = False,
+) -> SeedStep:
+    """Any single-seed train step mapped over stacked seeds (vmapped, compiled once per chunk size).
+
+    ``step(params, state, opt_state, masks, batch) -> (params, state, opt_state, metrics)`` is a
+    pure single-seed step with ``train.make_step``'s signature, built *uncompiled* (e.g.
+    ``algorithms.dst.make_ste_step(..., compile=False)``, or a step over ``rsst.penalized``'s
+    optimizer); its metrics must be 0-d tensors. The result behaves as :func:`make_seed_step`'s:
+    every tree stacked over ``S`` seeds, ``per_seed_batches`` as there, metrics ``(S,)``.
+    ``bytes_masks=True`` passes the (checked) bool masks to ``step`` as their uint8 views, for a
+    step that reads either (see :class:`SeedStep`).
+    """
+    if not callable(step):
+        raise TypeError(f"step must be a train step function, got {step!r}")
+    per_seed = check_bool("per_seed_batches", per_seed_batches)
+    batch_dim = 0 if per_seed else None
+
+    def seeds_step(params: Any, state: Any, opt_state: OptState, masks: Any, batch: Batch):
+        mapped = torch.func.vmap(step, in_dims=(0, 0, 0, stacked_in_dims(masks), batch_dim))
+        return mapped(params, state, opt_state, masks, batch)
+
+    run = seeds_step
+    if check_bool("compile", compile):
+        run = stage.compile_fresh(seeds_step, fullgraph=True, dynamic=False, backend=backend)
+    return SeedStep(
+        run, (True, True, True, True, per_seed), chunk_size, opt_state=True, bytes_masks=bytes_masks
+    )
+
+
+def make_seed_eval_step(
+    model: Any,
+    loss: Callable[..., Tensor],
+    *,
+    per_seed_batches: bool,
+    compile: bool = True,  # noqa: A002 - the switch's natural name
+    chunk_size: int | None = None,
+    backend: str | Callable = "inductor",
+) -> SeedStep:
+    """``train.make_eval_step`` for stacked seeds.
+
+    ``eval_step(params, state, masks, batch) -> {"correct": (S,) int64, "count": (S,) int64,
+    "loss_sum": (S,) float32}``; the batch is shared (``per_seed_batches=False``, the usual test
+    split) or per seed, as in :func:`make_seed_step`. See :func:`evaluate_seeds`.
+    """
+    per_seed = check_bool("per_seed_batches", per_seed_batches)
+    single = train.make_eval_step(model, loss, compile=False)
+    batch_dim = 0 if per_seed else None
+
+    def seeds_eval(params: Any, state: Any, masks: Any, batch: Batch) -> dict[str, Tensor]:
+        mapped = torch.func.vmap(single, in_dims=(0, 0, stacked_in_dims(masks), batch_dim))
+        return mapped(params, state, masks, batch)
+
+    run = seeds_eval
+    compiled = check_bool("compile", compile)
+    if compiled:
+        run = stage.compile_fresh(seeds_eval, fullgraph=True, dynamic=False, backend=backend)
+    return SeedStep(run, (True, True, True, per_seed), chunk_size, opt_state=False, bytes_masks=compiled)
+
+
+def evaluate_seeds(
+    eval_step: SeedFn, params: Any, state: Any, masks: Any, batches: Iterable[Batch]
+) -> dict[str, Any]:
+    """Run a seed eval step over ``batches``: ``{"accuracy": [S floats], "loss": [S floats], "count": int}``.
+
+    Per seed, ``accuracy`` and ``loss`` are means over every label entry, as ``train.evaluate``;
+    ``count`` is the number of label entries each seed saw. Raises ``ValueError`` on no batches.
+    """
+    totals = train.sum_metrics(eval_step, params, state, masks, batches, where="evaluate_seeds")
+    count = totals["count"].to(torch.float64)
+    return {
+        "accuracy": (totals["correct"].to(torch.float64) / count).tolist(),
+        "loss": (totals["loss_sum"].to(torch.float64) / count).tolist(),
+        "count": int(totals["count"][0]),
+    }
+
+
+class SeedFitResult(NamedTuple):
+    """Stacked trees after :func:`fit_seeds`, and per epoch ``{"accuracy": [S], "loss": [S]}``."""
+
+    params: Any
+    state: Any
+    opt_state: OptState
+    history: list[dict[str, list[float]]]
+
+
+def fit_seeds(
+    step: SeedStep,
+    params: Any,
+    state: Any,
+    opt_state: OptState,
+    masks: Any,
+    batches_fn: Callable[[int], Iterable[Batch]],
+    epochs: int,
+) -> SeedFitResult:
+    """:func:`train.fit` for stacked seeds: ``epochs`` epochs of ``step`` with fixed ``masks``.
+
+    ``batches_fn(epoch)`` yields batches in the form the step expects (per seed, e.g.
+    ``lambda e: seed_batches((x, y), 64, keys, e)``, or shared). Each history entry holds, per seed,
+    the step metrics averaged over the epoch weighted by label entries, as ``train.fit`` does.
+    """
+    if not isinstance(step, SeedStep) or len(step.seeded) != 5:
+        raise TypeError(f"step must come from make_seed_step, got {step!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    n = num_seeds(params, "params")
+    history: list[dict[str, list[float]]] = []
+    for epoch in range(epochs):
+        sums: dict[str, Tensor] = {}
+        count = 0
+        for batch in batches_fn(epoch):
+            params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+            per = batch[1].numel() // n if step.per_seed_batches else batch[1].numel()
+            sums = {k: sums.get(k, 0.0) + v * per for k, v in metrics.items()}
+            count += per
+        if count == 0:
+            raise ValueError(f"fit_seeds: batches_fn({epoch}) yielded no batches")
+        history.append({k: (v.to(torch.float64) / count).tolist() for k, v in sorted(sums.items())})
+    return SeedFitResult(params, state, opt_state, history)
+
+
+class SeedSteps(NamedTuple):
+    """A compiled seed train step (per-seed batches) and eval step (shared test batches)."""
+
+    train: SeedStep
+    eval: SeedStep
+
+
+def make_seed_steps(
+    model: Any,
+    loss: Callable[..., Tensor],
+    optimizer: Optimizer,
+    *,
+    compile: bool = True,  # noqa: A002 - the switch's natural name
+    chunk_size: int | None = None,
+) -> SeedSteps:
+    """A train step (per-seed batches) and an eval step (shared batches) over stacked seeds; build
+    them once to reuse the compiled code across runs."""
+    return SeedSteps(
+        make_seed_step(model, loss, optimizer, per_seed_batches=True, compile=compile, chunk_size=chunk_size),
+        make_seed_eval_step(model, loss, per_seed_batches=False, compile=compile, chunk_size=chunk_size),
+    )
