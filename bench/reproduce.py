@@ -15,7 +15,8 @@ CSVs) and the PNGs it links. Sections:
    one-shot from the trained dense models to compression 2–32×, before and after fine-tuning, on
    the digits MLP and the MNIST-1D 1-D CNN (``pure_prune.app.sweep.run``).
 2b. **init** — SNIP, GraSP, magnitude and random applied where SNIP and GraSP are meant to be: to
-   the untrained nets of section 2, which then train with their masks fixed (``grid.run_point``).
+   the untrained nets of section 2, which then train with their masks fixed
+   (``pure_prune.app.sweep.run_point``).
 3. **hessian** — Hutchinson's diagonal against the exact one (basis-vector HVPs on a small MLP, the
    GGN diagonal, exact for ReLU nets, on the LeNet-300-100-style MLP): error and seconds per probe count.
 4. **speed** — ``bench/inference.py`` rerun with a short rep count (masked vs compacted vs FLOP

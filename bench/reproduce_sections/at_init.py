@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pure_prune.app import runner
 from pure_prune.app import sweep as grid
+from pure_prune.app.run_context import build_context
 
 from .common import (
     Checks,
@@ -32,36 +32,53 @@ from .common import (
 from .criteria import cell, sweep_config
 
 
+def _untrained(ctx: Any) -> Any:
+    """The carry a point starts from at initialisation: every seed's *untrained* ``(params, state)``
+    (the model's own init from the context's init keys, as round 0 of the run starts), all-kept
+    masks (``masking.initial``), a fresh optimizer state; stacked over the seeds for a stack."""
+    from pure_prune import seeds as seeds_mod
+    from pure_prune.algorithms import masking
+    from pure_prune.algorithms.base import Carry
+
+    cfg = ctx.cfg
+
+    def all_kept(p: Any) -> Any:
+        return masking.initial(p, cfg.struct, ctx.groups, exclude=cfg.exclude)
+
+    if ctx.seeds is None:
+        params, state = ctx.init(ctx.k_init)
+        return Carry(params, state, ctx.exp.optimizer.init(params), all_kept(params), None, {})
+    params, state = seeds_mod.init_seeds(ctx.init, list(ctx.k_init))
+    masks = seeds_mod.stack([all_kept(seeds_mod.seed_slice(params, i)) for i in range(ctx.seeds)])
+    return Carry(params, state, seeds_mod.init_opt_seeds(ctx.exp.optimizer, params), masks, None, {})
+
+
 def runs(cfg: dict[str, Any], ccfg: dict[str, Any], seeds: int) -> dict[str, Any]:
     """Pruning at initialisation, as SNIP and GraSP are meant to be used: every criterion of
-    ``cfg["criteria"]`` scores the *untrained* net (``grid.run_point`` with the model's own init),
-    the masks are fixed and the net trains for the dense epochs of ``ccfg``'s net."""
-    from pure_prune import losses
-    from pure_prune import seeds as seeds_mod
-
+    ``cfg["criteria"]`` scores the *untrained* net (``pure_prune.app.sweep.run_point`` from the
+    model's own init instead of the dense round), the masks are fixed and the net trains for the
+    dense epochs of ``ccfg``'s net (the run config's ``finetune_epochs``)."""
     out = {}
     for name, n in ccfg["nets"].items():
-        sc = sweep_config(n, seeds, ccfg["eager"]).check()
-        exp, init = runner.setup_eager(sc)
+        sc = sweep_config(
+            n, seeds, ccfg["eager"], finetune_epochs=n["epochs"], score_batches=ccfg["score_batches"]
+        ).check()
         fresh_compile_caches()
-        steps = seeds_mod.make_seed_steps(
-            exp.model, losses.cross_entropy, exp.optimizer, compile=not sc.eager
-        )
+        ctx = build_context(sc.run_config())
+        start = _untrained(ctx)
+        before = grid.evaluate(ctx, start.params, start.state, start.masks)
         t0 = time.perf_counter()
         rows = []
         for crit in cfg["criteria"]:
             for comp in ccfg["compression"]:
                 t1 = time.perf_counter()
                 res = grid.run_point(
-                    exp,
-                    init,
-                    sc.keys(),
+                    ctx,
+                    start,
                     criterion=crit,
                     scope="global",
                     compression=float(comp),
-                    finetune_epochs=n["epochs"],
-                    steps=steps,
-                    score_batches=ccfg["score_batches"],
+                    dense_metrics=before,
                 )
                 acc = res.summary["accuracy"]
                 rows.append(
@@ -247,8 +264,8 @@ def chapter(ctx: Context, res: dict[str, Any]) -> list[str]:
         "### 2b. SNIP and GraSP where their papers use them: at initialisation\n",
         "SNIP (Lee et al. 2019) and GraSP (Wang et al. 2020) are pruning-at-initialisation methods. Here every "
         "seed's *untrained* net is scored (the same batches as above), pruned once to each compression, and "
-        "trained from there with the mask fixed for as many epochs as the dense net (`grid.run_point` with the "
-        "model's own initialisation).\n",
+        "trained from there with the mask fixed for as many epochs as the dense net "
+        "(`pure_prune.app.sweep.run_point` from the model's own initialisation).\n",
         res["markdown"],
     ]
 
