@@ -1085,15 +1085,15 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "batches-with-replacement",
-        "data.batches samples indices with replacement",
-        "pure_prune.app.data_batches:batches",
+        "batching.batches samples indices with replacement",
+        "pure_prune.batching:batches",
         _batches_with_replacement,
         ("tests/test_data.py::test_batches_properties",),
     ),
     Mutant(
         "batches-ignore-key",
-        "data.batches shuffles with key 0 whatever the key",
-        "pure_prune.app.data_batches:batches",
+        "batching.batches shuffles with key 0 whatever the key",
+        "pure_prune.batching:batches",
         _batches_ignore_key,
         ("tests/test_data.py::test_batches_different_keys_give_different_orders",),
     ),
@@ -1160,7 +1160,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "select-seeds-seed0-scores",
         "select_seeds ranks every seed by seed 0's scores",
-        "pure_prune.seeds:select_seeds",
+        "pure_prune.seeds_scores:select_seeds",
         _select_seeds_seed0,
         (
             "tests/test_sweep.py::test_select_seeds_equals_per_seed_select_exactly",
