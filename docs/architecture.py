@@ -21,11 +21,11 @@ BEGIN, END = "<!-- layout:begin -->", "<!-- layout:end -->"
 def summary(path: Path) -> str:
     """The first sentence of the module docstring of ``path`` (``""`` when it has none)."""
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-    first = " ".join(doc.strip().split("\n\n")[0].split())
-    for stop in (". ", ": "):
-        if stop in first:
-            first = first[: first.index(stop) + 1].rstrip(":") + ("" if stop == ". " else "")
-            break
+    first = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "`")
+    if ". " in first:
+        first = first[: first.index(". ") + 1]
+    if len(first) > 180:
+        first = first[:180].rsplit(" ", 1)[0] + " …"
     return first.replace("|", "\\|")
 
 
@@ -64,7 +64,11 @@ def main(argv: list[str]) -> int:
         return 0
     if new != text:
         diff = next(
-            (f"line {i + 1}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(text.splitlines(), new.splitlines())) if a != b),
+            (
+                f"line {i + 1}: {a!r} != {b!r}"
+                for i, (a, b) in enumerate(zip(text.splitlines(), new.splitlines()))
+                if a != b
+            ),
             "lengths differ",
         )
         print(f"docs/architecture.md is stale ({diff}); run python docs/architecture.py --write")

@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 LIBRARY_MODULES = (
+    "algorithms",
     "allocate",
+    "batching",
     "compact",
+    "compact_training",
     "groups",
     "importance",
     "interop",
@@ -36,6 +39,7 @@ LIBRARY_MODULES = (
     "resize",
     "rng",
     "schedule",
+    "seeds",
     "select",
     "stage",
     "testing",
@@ -48,8 +52,11 @@ __all__ = [*LIBRARY_MODULES, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from pure_prune import (  # noqa: F401
+        algorithms,
         allocate,
+        batching,
         compact,
+        compact_training,
         groups,
         importance,
         interop,
@@ -61,6 +68,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         resize,
         rng,
         schedule,
+        seeds,
         select,
         stage,
         testing,

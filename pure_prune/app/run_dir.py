@@ -56,7 +56,6 @@ except ImportError:  # Windows: the lock is an O_EXCL file (module docstring)
 from pure_prune.algorithms.base import Carry
 from pure_prune.app import checkpoint
 from pure_prune.app.experiment import Experiment
-from pure_prune.app.run_rows import ROUND_COLUMNS
 from pure_prune.app.runconfig import NOT_HASHED, RunConfig, config_hash, from_mapping
 
 __all__ = ["FORMAT", "LOCK", "claim", "holder", "read_info", "refuse_if_in_use", "remove_partials"]
@@ -353,7 +352,7 @@ def save_round(
     checkpoint.save(save / _CKPT_DIR / f"round_{r:04d}.safetensors", trees, meta)
 
 
-def write_tables(save: Path, rounds: list[dict[str, Any]], columns: tuple[str, ...] = ROUND_COLUMNS) -> None:
+def write_tables(save: Path, rounds: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     """``rounds.jsonl`` and ``summary.csv`` (``columns``) from the metrics (rewritten whole: they are derived)."""
     _write_text(save / "rounds.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
     buf = io.StringIO()

@@ -18,21 +18,10 @@ from pure_prune.algorithms import base, distill, dst, gradual, imp, masking, one
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.algorithms.ops import RoundOps
 from pure_prune.app.run_context import RunCtx
+from pure_prune.app.run_rows import gradual_schedule
 from pure_prune.app.runconfig import RunConfig, parse_nm
-from pure_prune.schedule import linear, linear_steps, polynomial
 
 __all__ = ["ROUNDS", "RoundArgs", "n_rounds", "round_ops", "run_round"]
-
-
-def gradual_schedule(cfg: RunConfig) -> Callable[[int], float]:
-    if cfg.schedule == "linear_steps":
-        return linear_steps(
-            cfg.sparsity, steps=cfg.gradual_steps, start=cfg.gradual_start, every=cfg.gradual_every
-        )
-    make = linear if cfg.schedule == "linear" else polynomial
-    return make(
-        0.0, cfg.sparsity, start=cfg.gradual_start, every=cfg.gradual_every, updates=cfg.gradual_steps
-    )
 
 
 def n_rounds(cfg: RunConfig) -> int:

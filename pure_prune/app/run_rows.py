@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pure_prune import mask, seeds
 from pure_prune.algorithms import gradual, imp
-from pure_prune.app.run_rounds import gradual_schedule
 from pure_prune.app.runconfig import RunConfig, parse_nm
+from pure_prune.schedule import linear, linear_steps, polynomial
 
-__all__ = ["ROUND_COLUMNS", "SEED_METRICS", "SUMMARY_COLUMNS", "TIME_COLUMNS", "aggregate", "round_row"]
+__all__ = [
+    "ROUND_COLUMNS",
+    "SEED_METRICS",
+    "SUMMARY_COLUMNS",
+    "TIME_COLUMNS",
+    "aggregate",
+    "gradual_schedule",
+    "round_row",
+]
 
 SEED_METRICS = (
     "sparsity",
@@ -113,6 +122,18 @@ def round_row(
         "compiled_graphs": timing["graphs"],
         "compile_seconds": timing["compile_seconds"],
     }
+
+
+def gradual_schedule(cfg: RunConfig) -> Callable[[int], float]:
+    """Gradual pruning's ``schedule(epoch) -> target sparsity`` of the (resolved) config ``cfg``."""
+    if cfg.schedule == "linear_steps":
+        return linear_steps(
+            cfg.sparsity, steps=cfg.gradual_steps, start=cfg.gradual_start, every=cfg.gradual_every
+        )
+    make = linear if cfg.schedule == "linear" else polynomial
+    return make(
+        0.0, cfg.sparsity, start=cfg.gradual_start, every=cfg.gradual_every, updates=cfg.gradual_steps
+    )
 
 
 def _target(cfg: RunConfig, r: int) -> float | None:
