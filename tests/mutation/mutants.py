@@ -675,6 +675,55 @@ def _strategy_labels_one_past(orig, mod):
 
 
 # ---------------------------------------------------------------------------------- the list
+# ------------------------------------------------------------------------------ algorithms/ops.py
+OPS = "tests/test_algorithms_ops.py::"
+
+
+def _ops_with(**methods: Any) -> Callable[[Any, ModuleType], Any]:
+    """A RoundOps subclass whose ``methods`` (name -> (original method) -> replacement) are buggy."""
+
+    def make(orig, mod):
+        return type("BuggyRoundOps", (orig,), {name: fn(getattr(orig, name)) for name, fn in methods.items()})
+
+    return make
+
+
+def _fold_seed0(fold):
+    def buggy(self, key, offset):
+        if not self.stacked:
+            return fold(self, key, offset)
+        keys = self.keys(key)
+        return tuple(_fold_in(keys[0], offset) for _ in keys)
+
+    return buggy
+
+
+def _fold_in(key, offset):
+    from pure_prune import rng
+
+    return rng.fold_in(key, offset)
+
+
+def _each_key0(each):
+    def buggy(self, fn, *trees, key=None):
+        if self.stacked and key is not None:
+            key = (self.keys(key)[0],) * self.seeds
+        return each(self, fn, *trees, key=key)
+
+    return buggy
+
+
+def _prune_as_one(prune):
+    def buggy(self, scores, target, masks, **kw):
+        if self.stacked and kw.get("struct", "unstructured") == "unstructured" and self.level == "element":
+            from pure_prune import select
+
+            return select.unstructured(scores, target, scope=kw.get("scope", "global"), masks=masks)
+        return prune(self, scores, target, masks, **kw)
+
+    return buggy
+
+
 MUTANTS: tuple[Mutant, ...] = (
     # select: norms, counts, tie-breaks, old masks, axes, scopes
     Mutant(
@@ -1371,6 +1420,27 @@ MUTANTS: tuple[Mutant, ...] = (
         "pure_prune.testing.transform_invariants:_close",
         lambda orig, mod: _noop,
         (TESTING + "test_vmapped_equals_loop_catches_hidden_state",),
+    ),
+    Mutant(
+        "ops-fold-seed0-key",
+        "a stack folds seed 0's key for every seed (all seeds draw one data order and control)",
+        "pure_prune.algorithms.ops:RoundOps",
+        _ops_with(fold=_fold_seed0),
+        (OPS + "test_fold_is_fold_in_of_each_seeds_own_key",),
+    ),
+    Mutant(
+        "ops-each-key0",
+        "each hands seed 0's key to every seed's host step",
+        "pure_prune.algorithms.ops:RoundOps",
+        _ops_with(each=_each_key0),
+        (OPS + "test_each_on_a_stack_is_the_per_seed_calls_stacked",),
+    ),
+    Mutant(
+        "ops-prune-stack-as-one",
+        "a stack's unstructured selection ranks all seeds' scores together instead of per seed",
+        "pure_prune.algorithms.ops:RoundOps",
+        _ops_with(prune=_prune_as_one),
+        (OPS + "test_unstructured_prune_on_a_stack_equals_each_seeds_prune_to",),
     ),
 )
 
