@@ -14,7 +14,9 @@ A masked model costs what the dense one does; a model whose pruned units are phy
 Training the compacted model is training the masked one: a removed unit's weights, bias and
 optimizer state are zero and stay zero under the masked step, and it feeds nothing downstream. The
 params and optimizer state agree up to float rounding (different GEMM shapes sum in a different
-order); a test holds them together. One difference: a removed unit's model state (BatchNorm running
+order); a test holds them together, in float64: in float32 that rounding (~1e-6 of the params
+after a few steps) can move a pre-activation across a ReLU's kink, after which the two runs'
+gradients differ by a share of themselves (both runs are right; neither is closer to exact). One difference: a removed unit's model state (BatchNorm running
 statistics) is left as it was, where the masked step would decay it towards the zero statistics of
 a dead channel; the unit's output is zero either way (its BatchNorm scale and shift are pruned).
 
