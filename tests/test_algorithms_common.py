@@ -9,6 +9,7 @@ import torch
 from pure_prune import losses, mask, models, optim, tree
 from pure_prune.algorithms import base, masking, one_shot, unit_criteria
 from pure_prune.algorithms.ops import RoundOps
+from pure_prune.app import trainer
 from pure_prune.app.experiment import setup
 from pure_prune.app.trainer import epoch_trainer
 from pure_prune.importance import magnitude
@@ -168,6 +169,9 @@ def test_no_training_and_fresh_opt_state():
     params, state = SPEC.init(0, sizes=(3, 2))
     out = base.no_training(params, state, {"x": 1}, None, start=0, stop=5, key=0)
     assert out.params is params and out.opt_state == {"x": 1} and out.history == []
+    with pytest.raises(ValueError, match="stop epoch 1 is before start epoch 2"):
+        base.no_training(params, state, {}, None, start=2, stop=1, key=0)
+    assert base.check_epochs is trainer.check_epochs  # one check, the trainer's and the stub's
     st = base.fresh_opt_state(optim.sgd(0.1, momentum=0.9), params, 42)
     assert int(st["count"]) == 42 and st["count"].dtype == torch.int64
     with pytest.raises(ValueError, match="count must be an int >= 0"):

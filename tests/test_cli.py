@@ -260,3 +260,24 @@ def test_every_knob_is_declared_once_and_every_command_reads_it_from_there():
     # a knob that a method does not read is refused with the methods that do
     with pytest.raises(ValueError, match="has no effect with method 'imp'.*used by: distill"):
         runconfig.RunConfig(method="imp", alpha=0.9).check()
+
+
+def test_sweep_flags_shared_with_run_are_its_knobs_with_the_sweep_defaults():
+    """``sweep``'s flags that are ``RunConfig`` knobs take run's help (knobs.KNOBS) and parse, given
+    nothing, to ``SweepConfig``'s defaults; its run config copies every such setting by name."""
+    import dataclasses
+
+    from pure_prune.app.knobs import KNOBS
+    from pure_prune.app.sweep_config import SWEEP_ONLY, SweepConfig
+
+    args = vars(cli_parser.parser().parse_args(["sweep"]))
+    defaults = dataclasses.asdict(SweepConfig())
+    shared = [k for k in defaults if k not in SWEEP_ONLY and k != "save_dir"]
+    assert {k: args[k] for k in shared} == {k: defaults[k] for k in shared}
+    sub = next(a for a in cli_parser.parser()._subparsers._actions if a.choices)
+    helps = {a.dest: a.help for a in sub.choices["sweep"]._actions}
+    assert all(helps[k].startswith(KNOBS[k].help.replace("%", "%%")) for k in shared)
+    cfg = SweepConfig(seeds=2, epochs=3, lr=0.1, seed=4, eager=True, model_cfg={"sizes": [64, 8, 10]})
+    run = cfg.check().run_config()
+    assert {k: getattr(run, k) for k in shared} == {k: getattr(cfg, k) for k in shared}
+    assert (run.method, run.compile, run.progress, run.eval_every_epoch) == ("one_shot", False, False, False)

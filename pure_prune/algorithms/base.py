@@ -31,6 +31,7 @@ __all__ = [
     "TrainFn",
     "Trained",
     "carry_out",
+    "check_epochs",
     "fresh_opt_state",
     "no_training",
 ]
@@ -93,19 +94,22 @@ class TrainFn(Protocol):
     ) -> Trained: ...
 
 
+def check_epochs(start: int, stop: int) -> None:
+    """Raise ``ValueError`` unless ``0 <= start <= stop`` are ints (naming the bad one): the epoch
+    range every :data:`TrainFn` is given."""
+    for name, v in (("start", start), ("stop", stop)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} epoch must be an int >= 0, got {v!r}")
+    if stop < start:
+        raise ValueError(f"stop epoch {stop} is before start epoch {start}")
+
+
 def no_training(
-    params: Any,
-    state: Any,
-    opt_state: Any,
-    masks: Any,
-    *,
-    start: int,
-    stop: int,
-    key: int,
-    step: train.Step | None = None,
-    batch_map: Callable[[Batch], Batch] | None = None,
+    params: Any, state: Any, opt_state: Any, masks: Any, *, start: int, stop: int, **_: Any
 ) -> Trained:
-    """A :data:`TrainFn` that trains nothing: returns its trees unchanged and an empty history."""
+    """A :data:`TrainFn` that trains nothing: checks the epoch range (:func:`check_epochs`) and
+    returns its trees unchanged and an empty history (``key``/``step``/``batch_map`` unused)."""
+    check_epochs(start, stop)
     return Trained(params, state, opt_state, [])
 
 

@@ -111,10 +111,7 @@ def first_round(
 ) -> RoundOut:
     """Round 0: train the dense teacher; the carry's ``extra["teacher"]`` holds its trees."""
     s = settings.check()
-    params = mask.apply(params, masks)
-    out = ops.train(
-        params, state, ops.fresh_opt_state(params), masks, start=0, stop=s.epochs, key=ops.fold(key, _TRAIN)
-    )
+    out = ops.train_fresh(params, state, masks, epochs=s.epochs, key=ops.fold(key, _TRAIN))
     return carry_out(out, masks, extra={"teacher": {"params": out.params, "state": out.state}})
 
 
@@ -148,13 +145,11 @@ def next_round(
         with torch.no_grad():
             return forward(teacher["params"], teacher["state"], x).detach()
 
-    out = ops.train(
+    out = ops.train_fresh(
         params,
         carry.state,
-        ops.fresh_opt_state(params),
         masks,
-        start=0,
-        stop=s.finetune_epochs,
+        epochs=s.finetune_epochs,
         key=ops.fold(key, _TRAIN + round),
         step=kd_step,
         batch_map=with_teacher(logits),

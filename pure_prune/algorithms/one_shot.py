@@ -46,10 +46,7 @@ def prune(
 
 def first_round(params: Any, state: Any, masks: Any, *, epochs: int, ops: RoundOps, key: Key) -> RoundOut:
     """Round 0: train ``params ⊙ masks`` (usually dense) for ``epochs`` epochs from a fresh optimizer state."""
-    params = mask.apply(params, masks)
-    out = ops.train(
-        params, state, ops.fresh_opt_state(params), masks, start=0, stop=epochs, key=ops.fold(key, 0)
-    )
+    out = ops.train_fresh(params, state, masks, epochs=epochs, key=ops.fold(key, 0))
     return carry_out(out, masks, extra={})
 
 
@@ -72,13 +69,5 @@ def next_round(
     masks = ops.prune(scores, sparsity, carry.masks, struct=struct, scope=scope, groups=groups, nm=nm)
     params = mask.apply(carry.params, masks)
     seconds = time.perf_counter() - t0
-    out = ops.train(
-        params,
-        carry.state,
-        ops.fresh_opt_state(params),
-        masks,
-        start=0,
-        stop=finetune_epochs,
-        key=ops.fold(key, 1),
-    )
+    out = ops.train_fresh(params, carry.state, masks, epochs=finetune_epochs, key=ops.fold(key, 1))
     return carry_out(out, masks, extra=carry.extra, seconds=seconds)

@@ -5,6 +5,9 @@ The rounds never look at whether they run one seed or ``S`` stacked seeds; they 
 
 - ``ops.train(params, state, opt_state, masks, start=, stop=, key=, step=, batch_map=)`` — train
   epochs ``start .. stop-1`` (a :data:`~pure_prune.algorithms.base.TrainFn`);
+- ``ops.train_fresh(params, state, masks, epochs=, key=, step=, batch_map=)`` — train
+  ``params ⊙ masks`` for epochs ``0 .. epochs-1`` from a fresh optimizer state (a first round, a
+  fine-tuning after pruning);
 - ``ops.score(params, state, masks, key)`` — scores by the configured criterion, at ``ops.level``
   (``"element"`` or ``"unit"``);
 - ``ops.prune(scores, target, masks, struct=, scope=, groups=, nm=)`` — masks pruned further to
@@ -32,9 +35,9 @@ from typing import Any
 
 import torch
 
-from pure_prune import rng, seeds, tree
+from pure_prune import mask, rng, seeds, tree
 from pure_prune.algorithms import masking
-from pure_prune.algorithms.base import ScoreFn, TrainFn, fresh_opt_state
+from pure_prune.algorithms.base import ScoreFn, Trained, TrainFn, fresh_opt_state
 from pure_prune.groups import ChannelGroup
 from pure_prune.optim import Optimizer
 
@@ -142,6 +145,17 @@ class RoundOps:
         if not self.stacked:
             return fresh_opt_state(self.optimizer, params, count)
         return self.each(lambda p: fresh_opt_state(self.optimizer, p, count), params)
+
+    def train_fresh(
+        self, params: Any, state: Any, masks: Any, *, epochs: int, key: Key, **kw: Any
+    ) -> Trained:
+        """``train`` ``params ⊙ masks`` for epochs ``0 .. epochs-1`` from :meth:`fresh_opt_state`
+        (step counter 0) on ``key``: a first round, or a fine-tuning after pruning. ``kw``
+        (``step=``, ``batch_map=``) passes on to ``train``."""
+        params = mask.apply(params, masks)
+        return self.train(
+            params, state, self.fresh_opt_state(params), masks, start=0, stop=epochs, key=key, **kw
+        )
 
     def scores(self, params: Any, state: Any, masks: Any, key: Key) -> Any:
         """``score(params, state, masks, key)``; ``ValueError`` when the ops have no score."""

@@ -213,10 +213,7 @@ def first_round(
 ) -> RoundOut:
     """Round 0: dense training (``masks`` all kept) for ``settings.epochs`` epochs."""
     s = settings.check()
-    params = mask.apply(params, masks)
-    out = ops.train(
-        params, state, ops.fresh_opt_state(params), masks, start=0, stop=s.epochs, key=ops.fold(key, _TRAIN)
-    )
+    out = ops.train_fresh(params, state, masks, epochs=s.epochs, key=ops.fold(key, _TRAIN))
     return carry_out(out, masks, extra={"target": None})
 
 

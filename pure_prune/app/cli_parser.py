@@ -14,8 +14,6 @@ import json
 
 from pure_prune.app import runconfig
 from pure_prune.app.cli_choices import (
-    DATA,
-    MODELS,
     OPTIMIZERS,
     SWEEP_COMPRESSIONS,
     SWEEP_CRITERIA,
@@ -91,23 +89,42 @@ def knob_flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
     p.add_argument("--" + name.replace("_", "-"), dest=name, default=default, **kw)
 
 
+_SHARED_KW = {
+    "optimizer": {"choices": OPTIMIZERS},
+    "threads": {"type": positive_int},
+    "model_cfg": {"type": json_object},
+}
+
+
+def _shared(p: argparse.ArgumentParser, names: tuple[str, ...], defaults: dict | None = None) -> None:
+    """``--<name>`` for each ``RunConfig`` knob of ``names`` that ``demo``/``train``/``sweep`` share
+    with ``run`` (:func:`knob_flag`: the same help; the default ``RunConfig``'s, or ``defaults[name]``)."""
+    for name in names:
+        kw = dict(_SHARED_KW.get(name, {}))
+        if defaults is not None and name in defaults:
+            kw["default"] = defaults[name]
+        knob_flag(p, name, **kw)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     """The flags ``demo`` and ``train`` share with ``run`` (same knobs, help and defaults)."""
-    for name in (
-        "model",
-        "data",
-        "root",
-        "epochs",
-        "batch_size",
-        "optimizer",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "seed",
-    ):
-        knob_flag(p, name, **({"choices": OPTIMIZERS} if name == "optimizer" else {}))
+    _shared(
+        p,
+        (
+            "model",
+            "data",
+            "root",
+            "epochs",
+            "batch_size",
+            "optimizer",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "seed",
+        ),
+    )
     p.add_argument("--eager", action="store_true", help="do not torch.compile the steps (default: compiled)")
-    knob_flag(p, "threads", type=positive_int)
+    _shared(p, ("threads",))
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     _debug(p)
 
@@ -136,6 +153,27 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+_SWITCHES = (
+    ("--eager", "compile", "store_false", "no torch.compile (default: compiled)"),
+    (
+        "--compact",
+        "compact",
+        "store_true",
+        "train each stage with the pruned units removed (struct channels; one_shot, gradual, imp): "
+        "one compile per form, see pure_prune.compact_training (default: off)",
+    ),
+    ("--no-progress", "progress", "store_false", "hide progress bars (default: shown)"),
+    (
+        "--no-eval-every-epoch",
+        "eval_every_epoch",
+        "store_false",
+        "evaluate only at the end of each round (default: after every epoch)",
+    ),
+)
+"""``run``'s on/off flags: ``(flag, RunConfig knob, argparse action, help)``; each sets its knob
+only when given (the TOML file and a resumed run's config keep theirs otherwise)."""
+
+
 def _run_parser(sub) -> None:
     """``pure-prune run``: one flag per RunConfig knob (dashes for underscores), none with a default
     here, so that only the flags given override the TOML file and the stored config; the help of
@@ -149,61 +187,27 @@ def _run_parser(sub) -> None:
         action="store_true",
         help="finish the run in --save-dir from its last checkpoint (default: start a new run)",
     )
-    special = {"compile", "progress", "eval_every_epoch", "compact"}
+    special = {dest for _, dest, _, _ in _SWITCHES}
     types = {"decreasing_lr": int_list, "exclude": str_list, "model_cfg": json_object}
     for f in dataclasses.fields(runconfig.RunConfig):
         if f.name not in special:
             knob_flag(
                 rp, f.name, default=argparse.SUPPRESS, **({"type": types[f.name]} if f.name in types else {})
             )
-    rp.add_argument(
-        "--eager",
-        dest="compile",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="no torch.compile (default: compiled)",
-    )
-    rp.add_argument(
-        "--compact",
-        dest="compact",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="train each stage with the pruned units removed (struct channels; one_shot, gradual, imp): "
-        "one compile per form, see pure_prune.compact_training (default: off)",
-    )
-    rp.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="hide progress bars (default: shown)",
-    )
-    rp.add_argument(
-        "--no-eval-every-epoch",
-        dest="eval_every_epoch",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="evaluate only at the end of each round (default: after every epoch)",
-    )
+    for flag, dest, action, text in _SWITCHES:
+        rp.add_argument(flag, dest=dest, action=action, default=argparse.SUPPRESS, help=text)
     _debug(rp)
 
 
 def _sweep_parser(sub) -> None:
-    """``pure-prune sweep``: the flags of ``grid.SweepConfig``."""
-    d = SWEEP_DEFAULTS
+    """``pure-prune sweep``: the flags of ``grid.SweepConfig``; those it shares with ``run`` are
+    ``run``'s knobs (:func:`knob_flag`) with the sweep's defaults (``cli_choices.SWEEP_DEFAULTS``)."""
     sp = sub.add_parser(
         "sweep",
         help="accuracy vs compression for many criteria over seeds (pure_prune.app.sweep); "
         "torchrun --nproc_per_node N -m pure_prune sweep ... shards the points",
     )
-    sp.add_argument("--model", default=d["model"], help=f"one of: {', '.join(MODELS)} (default: %(default)s)")
-    sp.add_argument("--data", default=d["data"], help=f"one of: {', '.join(DATA)} (default: %(default)s)")
-    sp.add_argument(
-        "--root", default=None, help="folder (or .npz file) for data sets you already have (default: none)"
-    )
-    sp.add_argument(
-        "--model-cfg", type=json_object, default={}, help="model options as a JSON object (default: {})"
-    )
+    _shared(sp, ("model", "data", "root", "model_cfg"), SWEEP_DEFAULTS)
     sp.add_argument(
         "--criteria",
         default=None,
@@ -215,47 +219,12 @@ def _sweep_parser(sub) -> None:
         default=",".join(f"{c:g}" for c in SWEEP_COMPRESSIONS),
         help="compression ratios c >= 1, comma separated; sparsity 1 - 1/c (default: %(default)s)",
     )
-    sp.add_argument("--seeds", type=int, default=d["seeds"], help="seeds per point (default: %(default)s)")
-    sp.add_argument(
-        "--epochs", type=int, default=d["epochs"], help="dense training epochs (default: %(default)s)"
-    )
-    sp.add_argument(
-        "--finetune-epochs",
-        type=int,
-        default=d["finetune_epochs"],
-        help="epochs after pruning (default: %(default)s)",
-    )
-    sp.add_argument(
-        "--batch-size", type=int, default=d["batch_size"], help="batch size (default: %(default)s)"
-    )
-    sp.add_argument(
-        "--optimizer",
-        default=d["optimizer"],
-        choices=OPTIMIZERS,
-        help=f"one of: {', '.join(OPTIMIZERS)} (default: %(default)s)",
-    )
-    sp.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default: %(default)s)")
-    sp.add_argument(
-        "--momentum", type=float, default=d["momentum"], help="SGD momentum (default: %(default)s)"
-    )
-    sp.add_argument(
-        "--weight-decay", type=float, default=d["weight_decay"], help="weight decay (default: %(default)s)"
-    )
-    sp.add_argument(
-        "--score-batches",
-        type=int,
-        default=d["score_batches"],
-        help="batches for data-driven criteria (default: %(default)s)",
-    )
-    sp.add_argument(
-        "--seed", type=int, default=d["seed"], help="key of the first seed (default: %(default)s)"
-    )
+    shared = ("seeds", "epochs", "finetune_epochs", "batch_size", "optimizer", "lr", "momentum")
+    _shared(sp, (*shared, "weight_decay", "score_batches", "seed"), SWEEP_DEFAULTS)
     sp.add_argument("--save-dir", default=None, help="results folder (default: runs/sweep-<model>-<data>)")
     sp.add_argument(
         "--eager", action="store_true", help="do not torch.compile the vmapped steps (default: compiled)"
     )
-    sp.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads, >= 1 (default: torch's)"
-    )
+    _shared(sp, ("threads",))
     sp.add_argument("--no-plots", action="store_true", help="skip sweep.png (default: drawn)")
     _debug(sp)

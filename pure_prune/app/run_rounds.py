@@ -9,7 +9,7 @@ in the :class:`~pure_prune.algorithms.ops.RoundOps` built from the context (:fun
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from tqdm import tqdm
 
@@ -21,7 +21,9 @@ from pure_prune.app.run_context import RunCtx
 from pure_prune.app.run_rows import gradual_schedule
 from pure_prune.app.runconfig import RunConfig, parse_nm
 
-__all__ = ["ROUNDS", "RoundArgs", "n_rounds", "round_ops", "run_round"]
+__all__ = ["RENAMED", "ROUNDS", "RoundArgs", "n_rounds", "round_ops", "run_round", "settings_of"]
+
+S = TypeVar("S", bound=tuple)
 
 
 def n_rounds(cfg: RunConfig) -> int:
@@ -91,31 +93,64 @@ class RoundArgs(NamedTuple):
     ops: RoundOps
 
 
+RENAMED = {
+    "rounds": "pruning_times",
+    "criterion": "criteria",
+    "growth": "rst_schedule",
+    "granularity": "reg_granularity",
+    "T": "temperature",
+    "kind": "dst",
+}
+"""``{Settings field: RunConfig knob}`` where a method's settings name a knob otherwise (the names of
+the lottery-ticket code live on in the config); every other field is the knob of the same name."""
+
+
+def settings_of(settings: type[S], cfg: RunConfig, **given: Any) -> S:
+    """A method's ``settings`` NamedTuple (``imp.Settings``, ``rsst.Settings``, ...) filled from
+    ``cfg``: each field from the knob of its name (or its :data:`RENAMED` knob); ``given`` holds the
+    fields the config does not have (``steps_per_epoch``, from the data set). Raises ``TypeError``
+    naming a field that neither supplies."""
+    values = {}
+    for field in settings._fields:
+        if field in given:
+            values[field] = given[field]
+        elif hasattr(cfg, RENAMED.get(field, field)):
+            values[field] = getattr(cfg, RENAMED.get(field, field))
+        else:
+            raise TypeError(f"{settings.__name__}.{field}: no knob of that name in RunConfig; pass it")
+    return settings(**values)
+
+
 def imp_settings(cfg: RunConfig, spe: int) -> imp.Settings:
-    return imp.Settings(
-        rate=cfg.rate,
-        rounds=cfg.pruning_times,
-        epochs=cfg.epochs,
-        rewind_epoch=cfg.rewind_epoch,
-        steps_per_epoch=spe,
-        schedule=cfg.schedule,
-        scope=cfg.scope,
-        struct=cfg.struct,
-        control=cfg.control,
-    ).check()
+    return settings_of(imp.Settings, cfg, steps_per_epoch=spe).check()
+
+
+def rsst_settings(cfg: RunConfig) -> rsst.Settings:
+    return settings_of(rsst.Settings, cfg)
+
+
+def distill_settings(cfg: RunConfig) -> distill.Settings:
+    return settings_of(distill.Settings, cfg)
+
+
+def dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
+    return settings_of(dst.Settings, cfg, steps_per_epoch=spe)
+
+
+def _with_settings(method: Any, s: Any, ctx: RunCtx, a: RoundArgs, **next_kw: Any) -> RoundOut:
+    """Round ``a.r`` of a method whose rounds take its settings ``s`` (``imp``/``refill``, ``rsst``,
+    ``distill``): its ``first_round`` from the context's start at round 0, else its ``next_round`` of
+    the carry (with the context's groups and the method's own ``next_kw``)."""
+    if a.r == 0:
+        return method.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
+    return method.next_round(a.carry, a.r, s, ops=a.ops, key=ctx.key, groups=ctx.groups, **next_kw)
 
 
 def _imp_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     cfg = ctx.cfg
-    s = imp_settings(cfg, ctx.spe)
-    if a.r == 0:
-        return imp.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
-    fn = (
-        refill.mask_fn(ctx.groups, cfg.fillback_rate, criterion=cfg.criteria)
-        if cfg.method == "refill"
-        else None
-    )
-    return imp.next_round(a.carry, a.r, s, ops=a.ops, key=ctx.key, groups=ctx.groups, mask_fn=fn)
+    refills = cfg.method == "refill" and a.r > 0
+    fn = refill.mask_fn(ctx.groups, cfg.fillback_rate, criterion=cfg.criteria) if refills else None
+    return _with_settings(imp, imp_settings(cfg, ctx.spe), ctx, a, mask_fn=fn)
 
 
 def _one_shot_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
@@ -144,82 +179,23 @@ def _gradual_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
     return gradual.next_round(a.carry, a.r, segs, **kw)
 
 
-def rsst_settings(cfg: RunConfig) -> rsst.Settings:
-    return rsst.Settings(
-        rate=cfg.rate,
-        rounds=cfg.pruning_times,
-        epochs=cfg.epochs,
-        finetune_epochs=cfg.finetune_epochs,
-        criterion=cfg.criteria,
-        growth=cfg.rst_schedule,
-        granularity=cfg.reg_granularity,
-        exponent=cfg.exponent,
-        scope=cfg.scope,
-        schedule=cfg.schedule,
-    )
-
-
 def _rsst_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
-    s = rsst_settings(ctx.cfg)
-    if a.r == 0:
-        return rsst.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
-    return rsst.next_round(
-        a.carry,
-        a.r,
-        s,
+    return _with_settings(
+        rsst,
+        rsst_settings(ctx.cfg),
+        ctx,
+        a,
         penalized_optimizer=ctx.steps["penalized"],
         penalty_step=ctx.steps["rsst"],
-        ops=a.ops,
-        key=ctx.key,
-        groups=ctx.groups,
         apply=ctx.exp.model.apply,
         batches=ctx.score_batches,
         steps_per_epoch=ctx.spe,
     )
 
 
-def distill_settings(cfg: RunConfig) -> distill.Settings:
-    return distill.Settings(
-        rate=cfg.rate,
-        rounds=cfg.pruning_times,
-        epochs=cfg.epochs,
-        finetune_epochs=cfg.finetune_epochs,
-        alpha=cfg.alpha,
-        T=cfg.temperature,
-        schedule=cfg.schedule,
-        scope=cfg.scope,
-        struct=cfg.struct,
-    )
-
-
 def _distill_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:
-    s = distill_settings(ctx.cfg)
-    if a.r == 0:
-        return distill.first_round(*_start(ctx, a.ops), s, ops=a.ops, key=ctx.key)
-    return distill.next_round(
-        a.carry,
-        a.r,
-        s,
-        apply=ctx.exp.model.apply,
-        kd_step=ctx.steps["distill"],
-        ops=a.ops,
-        key=ctx.key,
-        groups=ctx.groups,
-    )
-
-
-def dst_settings(cfg: RunConfig, spe: int) -> dst.Settings:
-    return dst.Settings(
-        kind=cfg.dst,
-        sparsity=cfg.sparsity,
-        epochs=cfg.epochs,
-        steps_per_epoch=spe,
-        update_every=cfg.update_every,
-        drop_fraction=cfg.drop_fraction,
-        end_fraction=cfg.end_fraction,
-        distribution=cfg.distribution,
-        scope=cfg.scope,
-    )
+    kw = dict(apply=ctx.exp.model.apply, kd_step=ctx.steps["distill"])
+    return _with_settings(distill, distill_settings(ctx.cfg), ctx, a, **kw)
 
 
 def _dst_round(ctx: RunCtx, a: RoundArgs) -> RoundOut:

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_CRITERIA",
     "FORMAT",
     "SCOPES",
+    "SWEEP_ONLY",
     "SweepConfig",
     "default_criteria",
     "parse_criteria",
@@ -106,6 +107,11 @@ def parse_criteria(text: str | Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
+SWEEP_ONLY = ("criteria", "compression", "eager")
+"""The settings of :class:`SweepConfig` that are not ``RunConfig`` knobs; the others are, by name
+(their defaults ``RunConfig``'s, but for ``seeds``/``epochs``/``finetune_epochs``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """The settings of a sweep (the flags of ``pure-prune sweep``).
@@ -116,8 +122,8 @@ class SweepConfig:
     ``save_dir`` defaults to ``runs/sweep-<model>-<data>``.
     """
 
-    model: str = "mlp"
-    data: str = "digits"
+    model: str = RunConfig.model
+    data: str = RunConfig.data
     model_cfg: dict = dataclasses.field(default_factory=dict)
     root: str | None = None
     criteria: tuple[tuple[str, str], ...] = ()
@@ -125,13 +131,13 @@ class SweepConfig:
     seeds: int = 5
     epochs: int = 20
     finetune_epochs: int = 5
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    score_batches: int = 1
-    seed: int = 0
+    batch_size: int = RunConfig.batch_size
+    optimizer: str = RunConfig.optimizer
+    lr: float = RunConfig.lr
+    momentum: float = RunConfig.momentum
+    weight_decay: float = RunConfig.weight_decay
+    score_batches: int = RunConfig.score_batches
+    seed: int = RunConfig.seed
     eager: bool = False
     threads: int | None = None
     save_dir: str | None = None
@@ -179,28 +185,15 @@ class SweepConfig:
     def run_config(self) -> RunConfig:
         """The ``pure-prune run --method one_shot`` config of these settings (checked): round 0 is
         the dense training every point starts from, round 1 (with a point's ``importance``,
-        ``scope``, ``sparsity`` and ``struct``) is the point. ``compile`` is ``not eager``."""
+        ``scope``, ``sparsity`` and ``struct``) is the point: every setting but :data:`SWEEP_ONLY` is
+        the knob of its name; ``compile`` is ``not eager``."""
+        knobs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in SWEEP_ONLY}
         return RunConfig(
-            model=self.model,
-            data=self.data,
-            root=self.root,
-            model_cfg=dict(self.model_cfg),
+            **{**knobs, "model_cfg": dict(self.model_cfg)},
             method="one_shot",
-            seeds=self.seeds,
-            seed=self.seed,
-            epochs=self.epochs,
-            finetune_epochs=self.finetune_epochs,
-            score_batches=self.score_batches,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
             compile=not self.eager,
             eval_every_epoch=False,
-            threads=self.threads,
             progress=False,
-            save_dir=self.save_dir,
         ).check()
 
     def dense_config(self) -> dict[str, Any]:

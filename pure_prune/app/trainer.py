@@ -17,22 +17,13 @@ from typing import Any
 from tqdm import tqdm
 
 from pure_prune import mask, seeds, train
-from pure_prune.algorithms.base import Trained, TrainFn
+from pure_prune.algorithms.base import Trained, TrainFn, check_epochs
 from pure_prune.app.divergence import check_epoch
 from pure_prune.app.experiment import Experiment
 
 __all__ = ["check_epochs", "epoch_trainer"]
 
 Batch = tuple[Any, ...]
-
-
-def check_epochs(start: int, stop: int) -> None:
-    """Raise ``ValueError`` unless ``0 <= start <= stop`` are ints (naming the bad one)."""
-    for name, v in (("start", start), ("stop", stop)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} epoch must be an int >= 0, got {v!r}")
-    if stop < start:
-        raise ValueError(f"stop epoch {stop} is before start epoch {start}")
 
 
 def epoch_trainer(
