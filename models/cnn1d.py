@@ -41,13 +41,7 @@ def init(
     """Params and (empty) state; ``length`` (the input length) fixes ``fc1``'s input size."""
     channels = structure.check_sizes("channels", channels)
     hidden = structure.check_sizes("hidden", hidden, min_len=0)
-    for name, v in (
-        ("kernel", kernel),
-        ("length", length),
-        ("num_classes", num_classes),
-        ("in_channels", in_channels),
-    ):
-        structure.check_sizes(name, v)
+    structure.check_all_sizes(kernel=kernel, length=length, num_classes=num_classes, in_channels=in_channels)
     out_len = length
     for _ in channels:
         out_len = (out_len + 2 * (kernel // 2) - kernel) // 2 + 1

@@ -16,6 +16,7 @@ hidden fc layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,9 +43,7 @@ def init(
     """Params and (empty) state of Conv-``depth`` (2, 4 or 6); ``image_size`` fixes ``fc1``'s input size."""
     if depth not in (2, 4, 6):
         raise ValueError(f"depth must be 2, 4 or 6, got {depth!r}")
-    structure.check_sizes("width", width)
-    structure.check_sizes("num_classes", num_classes)
-    structure.check_sizes("in_channels", in_channels)
+    structure.check_all_sizes(width=width, num_classes=num_classes, in_channels=in_channels)
     hidden = structure.check_sizes("hidden", hidden, min_len=0)
     side = structure.check_sizes("image_size", image_size)[0] >> (depth // 2)
     if side <= 0:
@@ -91,21 +90,24 @@ def apply(
     return (out, state, {**acts, **fc_acts}) if capture else (out, state)
 
 
-def fc_head(params: dict[str, Any], h: Tensor, x_shape: tuple[int, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+def fc_head(
+    params: dict[str, Any],
+    h: Tensor,
+    x_shape: tuple[int, ...],
+    *,
+    hidden: Callable[[str, Tensor], Tensor] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The classifier after the convolutions: flatten ``h (N, ...)`` and run ``fc1 .. fc<k>`` (ReLU
-    on every layer but the last). ``x_shape`` (the model input's shape) names the input in the error
-    raised when the flattened width does not fit ``fc1.weight``.
+    on every layer but the last, :func:`~models.layers.relu_stack`). ``x_shape`` (the model input's
+    shape) names the input in the error raised when the flattened width does not fit ``fc1.weight``;
+    ``hidden(name, h) -> h`` transforms each hidden activation after it is recorded (VGG's dropout).
 
     Returns the logits ``(N, classes)`` and the hidden activations ``{"fc<i>": (N, h_i)}``."""
     fcs = structure.numbered(params, "fc")
     h = layers.flatten(h)
     w_fc = params[fcs[0]]["weight"]
     structure.check_features(h, w_fc.shape[1], f"{fcs[0]}.weight", w_fc, what=f"x {x_shape} flattened")
-    acts: dict[str, Tensor] = {}
-    for name in fcs[:-1]:
-        h = torch.relu(layers.linear(h, params[name]["weight"], params[name]["bias"]))
-        acts[name] = h
-    return layers.linear(h, params[fcs[-1]]["weight"], params[fcs[-1]]["bias"]), acts
+    return layers.relu_stack(h, params, fcs, hidden=hidden)
 
 
 def groups(params: dict[str, Any]) -> tuple[ChannelGroup, ...]:

@@ -9,7 +9,8 @@ Initialisers draw from an explicit ``pure_prune.rng`` key; same key, same tensor
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ __all__ = [
     "lstm_init",
     "lstm_layer",
     "max_pool",
+    "relu_stack",
     "uniform",
 ]
 
@@ -173,6 +175,25 @@ def embedding(x: Tensor, weight: Tensor) -> Tensor:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias``: ``(N, ..., in) -> (N, ..., out)`` with ``weight (out, in)``."""
     return F.linear(x, weight, bias)
+
+
+def relu_stack(
+    h: Tensor,
+    params: Mapping[str, Any],
+    names: Sequence[str],
+    *,
+    hidden: Callable[[str, Tensor], Tensor] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The linear layers ``params[name]`` of ``names`` in order on ``h (N, in)``, ReLU after every one
+    but the last. Returns the last layer's output and the post-ReLU activations ``{name: (N, h_i)}``;
+    ``hidden(name, h) -> h`` (e.g. dropout) transforms each hidden output after it is recorded."""
+    acts: dict[str, Tensor] = {}
+    for name in names[:-1]:
+        h = torch.relu(linear(h, params[name]["weight"], params[name]["bias"]))
+        acts[name] = h
+        if hidden is not None:
+            h = hidden(name, h)
+    return linear(h, params[names[-1]]["weight"], params[names[-1]]["bias"]), acts
 
 
 def conv2d(

@@ -24,6 +24,7 @@ from pure_prune import rng, tree
 from pure_prune.groups import ChannelGroup
 
 from . import layers, structure
+from .conv import fc_head
 
 __all__ = ["apply", "groups", "init"]
 
@@ -74,15 +75,8 @@ def apply(
     acts["conv1"] = h
     h = torch.relu(layers.conv2d(layers.max_pool(h), params["conv2"]["weight"], params["conv2"]["bias"]))
     acts["conv2"] = h
-    h = layers.flatten(layers.max_pool(h))
-    fcs = structure.numbered(params, "fc")
-    w_fc = params[fcs[0]]["weight"]
-    structure.check_features(h, w_fc.shape[1], f"{fcs[0]}.weight", w_fc, what=f"x {tuple(x.shape)} flattened")
-    for name in fcs[:-1]:
-        h = torch.relu(layers.linear(h, params[name]["weight"], params[name]["bias"]))
-        acts[name] = h
-    out = layers.linear(h, params[fcs[-1]]["weight"], params[fcs[-1]]["bias"])
-    return (out, state, acts) if capture else (out, state)
+    out, fc_acts = fc_head(params, layers.max_pool(h), tuple(x.shape))
+    return (out, state, {**acts, **fc_acts}) if capture else (out, state)
 
 
 def groups(params: dict[str, Any]) -> tuple[ChannelGroup, ...]:

@@ -40,9 +40,15 @@ def init(
     ``n_heads`` must be a multiple of ``n_kv_heads``. ``ValueError``/``TypeError`` naming the config
     key otherwise.
     """
-    for name, value in (("vocab", vocab), ("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads),
-                        ("n_kv_heads", n_kv_heads), ("ffn", ffn), ("context", context)):  # fmt: skip
-        structure.check_sizes(name, value)
+    structure.check_all_sizes(
+        vocab=vocab,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        ffn=ffn,
+        context=context,
+    )
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
     if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) or rope_theta <= 1:

@@ -49,9 +49,7 @@ def init(
     tie_weights: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Params and (empty) state; ``hidden`` is one width for all ``num_layers`` layers or one per layer."""
-    structure.check_sizes("vocab", vocab)
-    structure.check_sizes("embed", embed)
-    structure.check_sizes("num_layers", num_layers)
+    structure.check_all_sizes(vocab=vocab, embed=embed, num_layers=num_layers)
     hidden = structure.check_sizes("hidden", hidden)
     hidden = hidden * num_layers if len(hidden) == 1 else hidden
     if len(hidden) != num_layers:

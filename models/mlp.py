@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from pure_prune import rng, tree
@@ -45,12 +44,7 @@ def apply(
     names = structure.numbered(params, "fc")
     first = params[names[0]]["weight"]
     structure.check_features(x, first.shape[1], f"{names[0]}.weight", first)
-    h = layers.flatten(x)
-    acts: dict[str, Tensor] = {}
-    for name in names[:-1]:
-        h = torch.relu(layers.linear(h, params[name]["weight"], params[name]["bias"]))
-        acts[name] = h
-    out = layers.linear(h, params[names[-1]]["weight"], params[names[-1]]["bias"])
+    out, acts = layers.relu_stack(layers.flatten(x), params, names)
     return (out, state, acts) if capture else (out, state)
 
 

@@ -41,8 +41,7 @@ def init(
     """Params and BN state of ResNet-``depth`` (``depth = 6n + 2``: 20, 32, 56, 110, ...)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
         raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 56, ...), got {depth!r}")
-    for name, v in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
-        structure.check_sizes(name, v)
+    structure.check_all_sizes(width=width, num_classes=num_classes, in_channels=in_channels)
     n = (depth - 2) // 6
     key_stem, key_fc, *key_blocks = rng.split(key, 2 + 3 * n)
     params: dict[str, Any] = {

@@ -26,6 +26,7 @@ from pure_prune import tree
 from pure_prune.groups import ChannelGroup, Member
 
 __all__ = [
+    "check_all_sizes",
     "check_features",
     "check_sizes",
     "chain_groups",
@@ -160,3 +161,9 @@ def check_sizes(name: str, values: Any, *, min_len: int = 1) -> tuple[int, ...]:
     if len(seq) < min_len or any(v <= 0 for v in seq):
         raise ValueError(f"{name} must hold at least {min_len} positive ints, got {values!r}")
     return tuple(seq)
+
+
+def check_all_sizes(**values: Any) -> None:
+    """:func:`check_sizes` of each keyword (a config key and its int or ints), in the order given."""
+    for name, v in values.items():
+        check_sizes(name, v)

@@ -33,6 +33,7 @@ from pure_prune import rng
 from pure_prune.groups import ChannelGroup
 
 from . import layers, structure
+from .conv import fc_head
 
 __all__ = ["CONFIGS", "apply", "groups", "draw_noise", "init", "noise_shapes"]
 
@@ -57,13 +58,7 @@ def init(
     """Params and BN state of VGG-``depth`` (11 or 16) with first-block width ``width``."""
     if depth not in CONFIGS:
         raise ValueError(f"depth must be one of {sorted(CONFIGS)}, got {depth!r}")
-    for name, v in (
-        ("width", width),
-        ("hidden", hidden),
-        ("num_classes", num_classes),
-        ("in_channels", in_channels),
-    ):
-        structure.check_sizes(name, v)
+    structure.check_all_sizes(width=width, hidden=hidden, num_classes=num_classes, in_channels=in_channels)
     side = structure.check_sizes("image_size", image_size)[0] // 32
     if side == 0 or image_size % 32 != 0:
         raise ValueError(f"image_size must be a multiple of 32 (five 2x2 poolings), got {image_size}")
@@ -128,7 +123,6 @@ def apply(
         raise ValueError(
             f"input x of shape {tuple(x.shape)} must be (N, {w1.shape[1]}, H, W) for {convs[0]}.conv.weight"
         )
-    fcs = structure.numbered(params, "fc")
     if noise is not None and train:
         layers.check_noise(noise, noise_shapes(params, x.shape[0]))
     acts: dict[str, Tensor] = {}
@@ -144,17 +138,10 @@ def apply(
         acts[f"{path}.conv"] = h
         if i == structure.indexed(params[block])[-1]:
             h = layers.max_pool(h)
-    h = layers.flatten(h)
-    w_fc = params[fcs[0]]["weight"]
-    structure.check_features(h, w_fc.shape[1], f"{fcs[0]}.weight", w_fc, what=f"x {tuple(x.shape)} flattened")
-    for name in fcs[:-1]:
-        h = torch.relu(layers.linear(h, params[name]["weight"], params[name]["bias"]))
-        acts[name] = h
-        if noise is not None and train:
-            h = layers.dropout(h, noise[name], dropout)
-    out = layers.linear(h, params[fcs[-1]]["weight"], params[fcs[-1]]["bias"])
+    drop = None if noise is None or not train else (lambda name, v: layers.dropout(v, noise[name], dropout))
+    out, fc_acts = fc_head(params, h, tuple(x.shape), hidden=drop)
     new_state = structure.nest(new_state)
-    return (out, new_state, acts) if capture else (out, new_state)
+    return (out, new_state, {**acts, **fc_acts}) if capture else (out, new_state)
 
 
 def groups(params: dict[str, Any]) -> tuple[ChannelGroup, ...]:

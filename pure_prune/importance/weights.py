@@ -128,6 +128,21 @@ def _check_tol(where: str, tol: float) -> float:
     return float(tol)
 
 
+def _alive_share(
+    where: str, params: tree.Tree, groups: Groups, masks: tree.Tree | None, tol: float, *, incoming: bool
+) -> Units:
+    """Share of each unit's incoming (or outgoing) entries with ``|w| > tol``, in ``[0, 1]``."""
+    t = _check_tol(where, tol)
+    return _per_group(
+        where,
+        params,
+        groups,
+        masks,
+        lambda v: reduce((v.abs() > t).to(v.dtype), "u n -> u", "mean"),
+        incoming=incoming,
+    )
+
+
 def _abs_cosine(v: torch.Tensor) -> torch.Tensor:
     """``(size, n)`` -> ``(size, size)`` ``|cos|`` between rows, 0 on the diagonal and for zero rows."""
     norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
@@ -162,15 +177,7 @@ def weight_nonzero_ratio(
     params: tree.Tree, groups: Groups, *, tol: float = 1e-8, masks: tree.Tree | None = None
 ) -> Units:
     """Share of each unit's incoming entries with ``|w| > tol`` (``tol=1e-8``), in ``[0, 1]``."""
-    t = _check_tol("weight_nonzero_ratio", tol)
-    return _per_group(
-        "weight_nonzero_ratio",
-        params,
-        groups,
-        masks,
-        lambda v: reduce((v.abs() > t).to(v.dtype), "u n -> u", "mean"),
-        incoming=True,
-    )
+    return _alive_share("weight_nonzero_ratio", params, groups, masks, tol, incoming=True)
 
 
 def weight_entropy(params: tree.Tree, groups: Groups, *, masks: tree.Tree | None = None) -> Units:
@@ -297,15 +304,7 @@ def degree_centrality(
     The unit's degree in the (weighted) graph of the network, divided by the largest possible degree.
     Returns ``{group: (size,)}``.
     """
-    t = _check_tol("degree_centrality", tol)
-    return _per_group(
-        "degree_centrality",
-        params,
-        groups,
-        masks,
-        lambda v: reduce((v.abs() > t).to(v.dtype), "u n -> u", "mean"),
-        incoming=False,
-    )
+    return _alive_share("degree_centrality", params, groups, masks, tol, incoming=False)
 
 
 def cooperation_ability(params: tree.Tree, groups: Groups, *, masks: tree.Tree | None = None) -> Units:
