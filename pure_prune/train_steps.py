@@ -8,13 +8,14 @@ params' leaf list (``_leaf_step``: ``torch._foreach_*`` kernels, ``torch.autogra
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pure_prune import mask, stage, tree
+from pure_prune import mask, stage, stage_saved, tree
 from pure_prune.losses import accuracy, class_labels, correct
 from pure_prune.optim import Optimizer, OptState, apply_factors, apply_updates, mask_factors
 from pure_prune.train_checks import apply_fn, check_metrics, checker, forward_masker
@@ -117,12 +118,25 @@ def _as_input(masks: Params | None, compiled: bool) -> Params | None:
     return mask.as_bytes(masks) if compiled and masks is not None else masks
 
 
-def _compiled(fn: Callable, compile: bool, backend: str | Callable, compiler: Compiler | None) -> Callable:  # noqa: A002
+def _compiled(
+    fn: Callable,
+    compile: bool,  # noqa: A002
+    backend: str | Callable,
+    compiler: Compiler | None,
+    cache_dir: str | os.PathLike | None,
+    form: str,
+) -> Callable:
     if compiler is not None:
         if not callable(compiler):
             raise TypeError(f"compiler must be callable (body -> compiled body), got {compiler!r}")
         return compiler(fn)
-    return stage.compile_fresh(fn, fullgraph=True, backend=backend) if compile else fn
+    if not compile:
+        return fn
+    if cache_dir is None:
+        return stage.compile_fresh(fn, fullgraph=True, backend=backend)
+    if backend != "inductor":
+        raise ValueError(f"cache_dir saves inductor's code: backend must be 'inductor', got {backend!r}")
+    return stage_saved.Saved(fn, cache_dir, form=form)
 
 
 def make_step(
@@ -135,6 +149,7 @@ def make_step(
     premasked: bool = False,
     compiler: Compiler | None = None,
     metrics: Metrics | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Step:
     """A masked training step.
 
@@ -166,6 +181,11 @@ def make_step(
     ``compiler`` compiles the step's body instead of ``torch.compile`` (e.g. ``lambda body:
     stage.Compiled(body, backend=...)``: one static graph per shape, counted per stage); the checks
     and the uint8 masks are as with ``compile=True``.
+
+    ``cache_dir`` (with ``compile=True`` and ``backend="inductor"``): the compiled step is saved
+    there and a later process with the same step loads it instead of tracing and compiling
+    (:class:`pure_prune.stage_saved.Saved`; the same results, bit for bit). The library writes no file
+    unless given a directory.
 
     ``premasked=True`` promises that every pruned entry of ``params`` is already ``0.0`` on entry,
     as it is after ``mask.apply(params, masks)`` and after every step of this function (which
@@ -208,7 +228,7 @@ def make_step(
             return leaf_step(params, state, opt_state, masks, batch)
         return body(params, state, opt_state, masks, batch)
 
-    run = _compiled(step, compile, backend, compiler)
+    run = _compiled(step, compile, backend, compiler, cache_dir, "train")
     check = checker(apply)
 
     def checked_step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
@@ -227,6 +247,7 @@ def make_eval_step(
     premasked: bool = False,
     compiler: Compiler | None = None,
     metrics: Metrics | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> EvalStep:
     """A masked evaluation step (``apply(..., train=False)``; the state is not changed).
 
@@ -234,7 +255,7 @@ def make_eval_step(
     where the targets are class labels, ``"correct": int64 ()``; each extra metric (``metrics=``, as
     in :func:`make_step`) adds ``"<name>_sum"``. Sums over the entries of the batch's targets ``y``,
     so that they add up across batches (``loss_sum = loss * count``, as ``loss`` is a mean). See
-    :func:`evaluate`. ``compile``,
+    :func:`evaluate`. ``compile``, ``cache_dir``,
     ``compiler`` and ``premasked`` (params promised zero at pruned entries: the forward pass skips
     the masking) as in :func:`make_step`.
     """
@@ -255,7 +276,7 @@ def make_eval_step(
         sums.update({f"{name}_sum": fn(out, *targets).detach() * n for name, fn in extra.items()})
         return sums
 
-    run = _compiled(eval_step, compile, backend, compiler)
+    run = _compiled(eval_step, compile, backend, compiler, cache_dir, "eval")
     compiled = compile or compiler is not None
     check = checker(apply)
 

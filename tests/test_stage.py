@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch._dynamo.utils as dynamo_utils
 
-from pure_prune import compact, losses, mask, optim, select, stage, train, tree
+from pure_prune import compact, losses, mask, optim, select, stage, stage_saved, train, tree
 from pure_prune import models as model_registry
 
 SIZES = (16, 8, 8, 4)
@@ -227,3 +227,66 @@ def test_compile_fresh_gives_every_built_step_its_own_dynamo_cache():
     for n in range(1, 13):
         fn = stage.compile_fresh(factory(float(n)), fullgraph=True, dynamic=False, backend="eager")
         torch.testing.assert_close(fn(torch.ones(n)), torch.full((n,), n + 1.0))
+
+
+# ------------------------------------------------------------------------------------ Saved
+def _run_steps(step, params, state, opt_state, masks, batch, n=3):
+    outs = []
+    for _ in range(n):
+        params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+        outs.append((params, metrics))
+    return outs
+
+
+def _identical(a, b) -> bool:
+    la, lb = tree.leaves(a), tree.leaves(b)
+    return len(la) == len(lb) and all(
+        (x is None and y is None) or (x.dtype == y.dtype and torch.equal(x, y)) for x, y in zip(la, lb)
+    )
+
+
+def test_saved_step_is_bit_identical_to_the_compiled_step_and_loads_in_a_new_step(mlp, tmp_path):
+    """``make_step(cache_dir=...)``: the first step compiles and writes one file; a step built again
+    (as a second process would) loads it; both give the uncached compiled step's values, bit for bit."""
+    spec, params, state, batch = mlp
+    masks = select.unstructured(tree.map(torch.abs, params), 0.5, masks=mask.ones_like(params))
+    params = mask.apply(params, masks)
+    opt = optim.sgd(0.05, momentum=0.9)
+    opt_state = opt.init(params)
+    args = (params, state, opt_state, masks, batch)
+    ref = _run_steps(train.make_step(spec, losses.cross_entropy, opt, premasked=True), *args)
+    first = train.make_step(spec, losses.cross_entropy, opt, premasked=True, cache_dir=tmp_path)
+    assert _identical(_run_steps(first, *args), ref)
+    assert len(list(tmp_path.glob("*.aot"))) == 1
+    again = train.make_step(spec, losses.cross_entropy, opt, premasked=True, cache_dir=tmp_path)
+    assert _identical(_run_steps(again, *args), ref)
+
+
+def test_saved_reloads_and_refuses_what_it_cannot_save(tmp_path):
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x) * 2.0
+
+    x = torch.linspace(0, 1, 7)
+    saved = stage_saved.Saved(fn, tmp_path, form="f")
+    torch.testing.assert_close(saved(x), fn(x))
+    assert saved.stats() == {"loaded": 0, "saved": 1, "fresh": 0}
+    loaded = stage_saved.Saved(fn, tmp_path, form="f")
+    assert torch.equal(loaded(x), saved(x)) and loaded.stats()["loaded"] == 1
+    assert torch.equal(loaded(torch.ones(3)), torch.sin(torch.ones(3)) * 2.0)  # another signature: saved
+    assert loaded.stats() == {"loaded": 1, "saved": 1, "fresh": 0}
+    for path in tmp_path.glob("*.aot"):  # a torn file is compiled again and rewritten, not fatal
+        path.write_bytes(b"torn")
+    torn = stage_saved.Saved(fn, tmp_path, form="f")
+    assert torch.equal(torn(x), saved(x)) and torn.stats() == {"loaded": 0, "saved": 1, "fresh": 0}
+
+    def scaled(k: float):
+        return lambda x: x * k  # the closure is part of the key: another value, another file
+
+    assert torch.equal(stage_saved.Saved(scaled(3.0), tmp_path / "k", form="f")(x), x * 3.0)
+    assert torch.equal(stage_saved.Saved(scaled(5.0), tmp_path / "k", form="f")(x), x * 5.0)
+    assert len(list((tmp_path / "k").glob("*.aot"))) == 2
+    spec = model_registry.get("mlp")
+    with pytest.raises(ValueError, match="backend must be 'inductor'"):
+        train.make_step(spec, losses.cross_entropy, optim.sgd(0.1), backend="eager", cache_dir=tmp_path)
+    with pytest.raises(TypeError, match="callable"):
+        stage_saved.Saved(3, tmp_path)
