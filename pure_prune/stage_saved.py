@@ -58,7 +58,7 @@ class Saved:
     lines dynamo inlined are unchanged; otherwise, or when none is there, ``fn`` is compiled with
     ``torch.compile(fullgraph=True).aot_compile`` and written to ``cache_dir`` (created if needed).
     ``fn`` that cannot be pickled, or arguments the saved guards reject, fall back to
-    :func:`compile_fresh` (not saved). The results are those of ``torch.compile(fn)``, bit for bit.
+    :func:`pure_prune.stage.compile_fresh` (not saved). The results are those of ``torch.compile(fn)``, bit for bit.
     ``bench/compile_latency.py``: the digits-MLP train step's first call takes 2.7 s loaded, 4.2 s
     traced with inductor's warm on-disk cache (both with ~2.5 s of torch imports and CPU checks). ``stats()`` counts ``{"loaded", "saved", "fresh"}``.
     """
