@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce
+from einops import reduce
 from torch import Tensor
 
 from pure_prune import rng
@@ -221,8 +221,11 @@ def global_avg_pool(x: Tensor) -> Tensor:
 
 
 def flatten(x: Tensor) -> Tensor:
-    """``(N, ...) -> (N, prod(...))`` in C order (a ``(C, H, W)`` map becomes ``c*H*W + h*W + w``)."""
-    return rearrange(x, "n ... -> n (...)")
+    """``(N, ...) -> (N, prod(...))`` in C order (a ``(C, H, W)`` map becomes ``c*H*W + h*W + w``).
+
+    A plain reshape, not einops: it runs inside compiled steps, where Dynamo would trace einops'
+    pattern parsing on every compile (``bench/compile_latency.py``)."""
+    return x.reshape(x.shape[0], -1)
 
 
 def _per_channel(v: Tensor, ndim: int) -> Tensor:

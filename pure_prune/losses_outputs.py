@@ -68,12 +68,14 @@ def cross_entropy(logits: Tensor, labels: Tensor, *, label_smoothing: float = 0.
     """
     _check_logits(logits, labels)
     e = _fraction("label_smoothing", label_smoothing)
-    logp = torch.log_softmax(rearrange(logits, "... c -> (...) c"), dim=-1)
-    picked = torch.gather(logp, 1, rearrange(labels, "... -> (...) 1").long())
-    nll = reduce(-picked, "n 1 -> ", "mean")
+    # plain reshapes, not einops: this runs inside every compiled train step, and Dynamo traces
+    # einops' pattern parsing anew each time (~0.4 s of a step's compile; bench/compile_latency.py)
+    logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
+    picked = torch.gather(logp, 1, labels.reshape(-1, 1).long())
+    nll = (-picked).mean()
     if e == 0.0:
         return nll
-    return (1.0 - e) * nll + e * reduce(-logp, "n c -> ", "mean")
+    return (1.0 - e) * nll + e * (-logp).mean()
 
 
 def correct(logits: Tensor, labels: Tensor) -> Tensor:
