@@ -9,6 +9,8 @@ and start-up included), one thread each (``--threads 1``; ``OMP_NUM_THREADS=1`` 
 * ``peer``: ``bench/peer_lottery.py`` (nn.Module, ``torch.nn.utils.prune`` hooks, ``torch.optim.SGD``)
 * ``cold``: ``pure-prune run --method imp`` with an empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``)
 * ``warm``: the same with the cache the cold run filled
+* ``--step-cache``: a run that saves its compiled steps (``stage_saved.Saved``), then a later one that
+  loads them (no dynamo, no inductor; bit-identical results)
 * ``eager``: ``pure-prune run --eager``
 * ``seeds``: ``pure-prune run --seeds N`` (one vmapped program; same cache dir, whose single-seed
   entries do not cover the vmapped graph) against ``N sequential peers`` (seeds 0..N-1)
@@ -123,6 +125,15 @@ def main() -> None:
     one("peer (eager nn.Module + prune hooks + torch.optim)", peer)
     one("pure-prune run, cold (empty inductor cache)", [*run, "--save-dir", str(tmp / "cold")])
     one("pure-prune run, warm (cache filled)", [*run, "--save-dir", str(tmp / "warm")])
+    steps_dir = str(tmp / "steps")
+    one(
+        "pure-prune run --step-cache, first (saves the steps)",
+        [*run, "--step-cache", steps_dir, "--save-dir", str(tmp / "save")],
+    )
+    one(
+        "pure-prune run --step-cache, later (loads them)",
+        [*run, "--step-cache", steps_dir, "--save-dir", str(tmp / "load")],
+    )
     one("pure-prune run --eager", [*run, "--eager", "--save-dir", str(tmp / "eager")])
     one(
         f"pure-prune run --seeds {args.seeds}",

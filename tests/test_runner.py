@@ -227,3 +227,28 @@ def test_cli_run_prints_errors_and_results(tmp_path, capsys):
 
 
 # kill -9 at any point, then --resume: tests/test_run_dir.py
+
+
+def test_step_cache_is_checked_and_a_second_run_loads_the_saved_steps_with_identical_results(tmp_path):
+    """``--step-cache``: the first run saves its compiled train and eval steps, a later run with the
+    same steps loads them (no dynamo, no inductor) and ends bit-identical to the uncached compiled run;
+    it is refused where it cannot apply, and it does not change the run's config hash."""
+    cache = str(tmp_path / "steps")
+    for bad in (dict(compile=False), dict(compile=True, backend="eager"), dict(compile=True, seeds=2)):
+        with pytest.raises(ValueError, match="step_cache .* needs compile on, backend 'inductor', one seed"):
+            tiny(tmp_path, step_cache=cache, **bad).check()
+    plain = runner.run(tiny(tmp_path, "plain", compile=True, pruning_times=1), log=lambda msg: None)
+    first = runner.run(
+        tiny(tmp_path, "first", compile=True, pruning_times=1, step_cache=cache), log=lambda msg: None
+    )
+    saved = sorted(p.name for p in Path(cache).iterdir())
+    assert len(saved) >= 2, saved  # one train step and one eval step at least
+    second = runner.run(
+        tiny(tmp_path, "second", compile=True, pruning_times=1, step_cache=cache), log=lambda msg: None
+    )
+    assert sorted(p.name for p in Path(cache).iterdir()) == saved  # loaded, nothing new written
+    for res in (first, second):
+        assert [r["test_accuracy"] for r in res.rounds] == [r["test_accuracy"] for r in plain.rounds]
+        for a, b in zip(tree.leaves(res.carry.params), tree.leaves(plain.carry.params), strict=True):
+            assert torch.equal(a, b)
+    assert runconfig.config_hash(tiny(tmp_path, step_cache=cache)) == runconfig.config_hash(tiny(tmp_path))

@@ -103,6 +103,8 @@ _HELP: dict[str, str] = {
     "one compile per form, see pure_prune.compact_training",
     "eval_every_epoch": "evaluate on the test split after every epoch (--no-eval-every-epoch: at the end of each round only)",
     "progress": "show progress bars (--no-progress hides them)",
+    "step_cache": "folder where the compiled train and eval steps are saved (torch's aot_compile) and "
+    "loaded by later runs with the same steps, which then skip dynamo and inductor (unset: no saving)",
     "save_dir": "the run's folder (unset: runs/<method>-<model>-<data>-seed<seed>)",
 }
 

@@ -218,18 +218,20 @@ def build_context(cfg: RunConfig) -> RunCtx:
         compiler = (
             (lambda body: stage.Compiled(body, backend=backend)) if cfg.compact and cfg.compile else None
         )
+        # --step-cache: inductor's steps saved and loaded (stage_saved.Saved); its compiles are not counted
+        kw = dict(backend="inductor", cache_dir=cfg.step_cache) if cfg.step_cache else dict(backend=backend)
         exp = exp._replace(
             step=train.make_step(  # premasked: the trainer masks the params when a round starts
                 exp.model,
                 losses.cross_entropy,
                 exp.optimizer,
                 compile=cfg.compile,
-                backend=backend,
                 premasked=True,
                 compiler=compiler,
+                **kw,
             ),
             eval_step=train.make_eval_step(
-                exp.model, losses.cross_entropy, compile=cfg.compile, backend=backend, compiler=compiler
+                exp.model, losses.cross_entropy, compile=cfg.compile, compiler=compiler, **kw
             ),
         )
         steps = {"train": exp.step, "eval": exp.eval_step, **_steps(cfg, exp, backend)}

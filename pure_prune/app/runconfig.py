@@ -34,7 +34,7 @@ from pure_prune.app.knobs import BACKENDS, GRADUAL_SCHEDULES, ITERATIVE_SCHEDULE
 __all__ = ["METHODS", "RunConfig", "config_hash", "from_mapping", "load_toml", "parse_nm"]
 
 # knobs that never change a run's results: excluded from the hash, allowed to differ on --resume
-NOT_HASHED = ("save_dir", "progress", "threads", "root")
+NOT_HASHED = ("save_dir", "progress", "threads", "root", "step_cache")
 # knobs added after runs were first saved: left out of the hash at these values, so the hash of a run
 # saved before the knob existed stays the same
 HASH_NEUTRAL: dict[str, Any] = {
@@ -101,6 +101,7 @@ class RunConfig:
     threads: int | None = None
     progress: bool = True
     save_dir: str | None = None
+    step_cache: str | None = None
 
     # ------------------------------------------------------------------------------ derived
     def resolved(self) -> RunConfig:
@@ -152,6 +153,14 @@ class RunConfig:
         for knob in ("pruning_times", "rewind_epoch", "finetune_epochs", "gradual_start", "seed"):
             if getattr(c, knob) < 0:
                 raise ValueError(f"{knob} must be >= 0, got {getattr(c, knob)!r}")
+        if c.step_cache is not None and (
+            not c.compile or c.backend != "inductor" or c.compact or c.seeds > 1
+        ):
+            raise ValueError(
+                f"step_cache {c.step_cache!r} saves inductor's compiled single-seed steps: it needs compile on, "
+                f"backend 'inductor', one seed and no compact stages (got compile={c.compile}, backend "
+                f"{c.backend!r}, seeds={c.seeds}, compact={c.compact})"
+            )
         if c.threads is not None and c.threads < 1:
             raise ValueError(f"threads must be >= 1 (leave it unset for torch's default), got {c.threads!r}")
         if c.method in ("imp", "refill") and c.rewind_epoch >= c.epochs:
