@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # nine subprocesses, each importing torch
+@pytest.mark.slow  # eleven subprocesses, each importing torch
 def test_end_to_end_quick_writes_its_table(tmp_path):
     out = tmp_path / "e2e.json"
     cmd = [sys.executable, str(ROOT / "bench" / "end_to_end.py"), "--quick", "--backend", "eager"]
@@ -31,6 +31,8 @@ def test_end_to_end_quick_writes_its_table(tmp_path):
         "peer (eager nn.Module + prune hooks + torch.optim)",
         "pure-prune run, cold (empty inductor cache)",
         "pure-prune run, warm (cache filled)",
+        "pure-prune run --step-cache, first (saves the steps)",
+        "pure-prune run --step-cache, later (loads them)",
         "pure-prune run --eager",
         "pure-prune run --seeds 2",
         "2 peers one after another",
@@ -49,3 +51,8 @@ def test_end_to_end_quick_writes_its_table(tmp_path):
     ] == pytest.approx(2 * limit)
     assert len(result["loadavg_before"]) == 3 and result["machine"]["threads"] == 1
     assert "| program" in done.stdout and "load average" in done.stdout
+    saved, loaded = (
+        rows[f"pure-prune run --step-cache, {w}"]["last_line"].split("final test accuracy")[1].split(",")[0]
+        for w in ("first (saves the steps)", "later (loads them)")
+    )
+    assert saved == loaded  # the loaded steps give the saving run's accuracy
