@@ -3,7 +3,7 @@
 Round 0 trains the dense model for ``epochs`` epochs and keeps the weights of epoch
 ``rewind_epoch`` (``0``: the initialisation). Round ``k = 1 .. rounds``:
 
-1. score the trained weights (``score_fn``, usually ``|w|``) and prune to the target of round ``k``
+1. score the trained weights (``ops.score``, usually ``|w|``) and prune to the target of round ``k``
    — ``schedule="geometric"``: ``1 − (1 − r)^k``; ``"progressive"``: a decaying
    rate, ``1 − Π_{j<k} (1 − r_j)`` with ``r_j = r × 1.0 / 0.8 / 0.6 / 0.4`` (``schedule.progressive``);
 2. rewind the surviving weights to the kept ones (``W_rewind ⊙ M``), masks kept, a fresh optimizer
