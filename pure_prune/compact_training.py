@@ -14,11 +14,16 @@ A masked model costs what the dense one does; a model whose pruned units are phy
 Training the compacted model is training the masked one: a removed unit's weights, bias and
 optimizer state are zero and stay zero under the masked step, and it feeds nothing downstream. The
 params and optimizer state agree up to float rounding (different GEMM shapes sum in a different
-order); a test holds them together, in float64: in float32 that rounding (~1e-6 of the params
-after a few steps) can move a pre-activation across a ReLU's kink, after which the two runs'
-gradients differ by a share of themselves (both runs are right; neither is closer to exact). One difference: a removed unit's model state (BatchNorm running
-statistics) is left as it was, where the masked step would decay it towards the zero statistics of
-a dead channel; the unit's output is zero either way (its BatchNorm scale and shift are pruned).
+order); a test holds them together, in float64: in float32 that rounding (~1e-6 of the params after
+a few steps) can move a pre-activation across a ReLU's kink, after which the two runs' gradients
+differ by a share of themselves (both runs are right; neither is closer to exact). One difference:
+a removed unit's model state (BatchNorm running statistics) is left as it was, where the masked
+step would decay it towards the zero statistics of a dead channel; the unit's output is zero either
+way (its BatchNorm scale and shift are pruned). One more: a unit left without any input (a whole
+upstream layer pruned) whose bias is zero is removed by the compaction rule
+(:mod:`pure_prune.compact_units`) even where its consumer's weights are still kept; those weights
+come back as zero, where the masked run keeps their values. They multiply a zero output, so the
+outputs agree, but a later magnitude score sees 0 instead of the kept value.
 
 **When a new form is made.** Each new shape is a new graph for a compiled step (one compile per
 stage). The recompilation knobs decide when the run re-materialises: at a compression (the masks'

@@ -90,6 +90,7 @@ RTOL = 1e-9
 @settings(max_examples=9, deadline=None)
 @example(name="vgg11", s=0.5, key=15840)  # a ReLU kink 6.2e-2 apart in float32 (see above)
 @example(name="vgg11", s=0.25, key=384)  # 2.3e-3 apart in float32
+@example(name="conv2", s=0.75, key=3485)  # round 2 prunes all of conv2 (see the note in the test)
 @given(name=st.sampled_from(sorted(CASES)), s=st.sampled_from([0.25, 0.5, 0.75]), key=st.integers(0, 2**16))
 def test_training_the_compacted_form_equals_training_the_masked_model(name, s, key):
     cfg, shape, classes = CASES[name]
@@ -122,6 +123,11 @@ def test_training_the_compacted_form_equals_training_the_masked_model(name, s, k
     # a 2nd round, pruned further: the knobs keep the form, so the alive units are padded with removed
     # ones (trained under their all-False masks); it starts from the 1st round's non-zero moments
     masks = _unit_masks(spec, params, s + (1 - s) / 2, key + 1, masks=masks)[0]
+    if any(m is not None and m.ndim > 1 and not m.any() for m in tree.leaves(masks)):
+        # a whole layer pruned: the next layer's units then have no input, and one whose bias is 0
+        # is removable (compact_units' rule) although its consumer weights are kept; they come back
+        # as 0 where the masked run keeps their (unused) values (compact_training's docstring)
+        return
     params = mask.apply(want.params, masks)
     before = want  # the 1st round's masked run: both runs of the 2nd round start from it
     want = plain(params, before.state, before.opt_state, masks, start=0, stop=1, key=0)
