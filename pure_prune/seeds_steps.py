@@ -14,13 +14,14 @@ equals the single-seed computation on seed ``i``'s slice, to float tolerance. Re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from pure_prune import mask, stage, train, tree
+from pure_prune import mask, stage, stage_saved, train, tree
 from pure_prune.optim import Optimizer, OptState
 from pure_prune.seeds_stack import Batch, check_bool, num_seeds
 from pure_prune.seeds_vmap import SeedFn, stacked_in_dims
@@ -116,6 +117,7 @@ def make_seed_step(
     compile: bool = True,  # noqa: A002 - the switch's natural name
     chunk_size: int | None = None,
     backend: str | Callable = "inductor",
+    cache_dir: str | os.PathLike | None = None,
 ) -> SeedStep:
     """``train.make_step`` for stacked seeds, vmapped (and compiled once per chunk size).
 
@@ -136,6 +138,7 @@ def make_seed_step(
         chunk_size=chunk_size,
         backend=backend,
         bytes_masks=compiled,  # make_step's body reads uint8 masks; compiled, they are faster
+        cache_dir=cache_dir,
     )
 
 
@@ -147,6 +150,7 @@ def seed_step_of(
     chunk_size: int | None = None,
     backend: str | Callable = "inductor",
     bytes_masks: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> SeedStep:
     """Any single-seed train step mapped over stacked seeds (vmapped, compiled once per chunk size).
 
@@ -156,7 +160,8 @@ def seed_step_of(
     optimizer); its metrics must be 0-d tensors. The result behaves as :func:`make_seed_step`'s:
     every tree stacked over ``S`` seeds, ``per_seed_batches`` as there, metrics ``(S,)``.
     ``bytes_masks=True`` passes the (checked) bool masks to ``step`` as their uint8 views, for a
-    step that reads either (see :class:`SeedStep`).
+    step that reads either (see :class:`SeedStep`). ``cache_dir`` (compiled, inductor): the vmapped
+    step is saved there and loaded by later processes (:class:`pure_prune.stage_saved.Saved`).
     """
     if not callable(step):
         raise TypeError(f"step must be a train step function, got {step!r}")
@@ -167,9 +172,7 @@ def seed_step_of(
         mapped = torch.func.vmap(step, in_dims=(0, 0, 0, stacked_in_dims(masks), batch_dim))
         return mapped(params, state, opt_state, masks, batch)
 
-    run = seeds_step
-    if check_bool("compile", compile):
-        run = stage.compile_fresh(seeds_step, fullgraph=True, dynamic=False, backend=backend)
+    run = _compiled(seeds_step, check_bool("compile", compile), backend, cache_dir)
     return SeedStep(
         run, (True, True, True, True, per_seed), chunk_size, opt_state=True, bytes_masks=bytes_masks
     )
@@ -183,6 +186,7 @@ def make_seed_eval_step(
     compile: bool = True,  # noqa: A002 - the switch's natural name
     chunk_size: int | None = None,
     backend: str | Callable = "inductor",
+    cache_dir: str | os.PathLike | None = None,
 ) -> SeedStep:
     """``train.make_eval_step`` for stacked seeds.
 
@@ -198,11 +202,22 @@ def make_seed_eval_step(
         mapped = torch.func.vmap(single, in_dims=(0, 0, stacked_in_dims(masks), batch_dim))
         return mapped(params, state, masks, batch)
 
-    run = seeds_eval
     compiled = check_bool("compile", compile)
-    if compiled:
-        run = stage.compile_fresh(seeds_eval, fullgraph=True, dynamic=False, backend=backend)
+    run = _compiled(seeds_eval, compiled, backend, cache_dir)
     return SeedStep(run, (True, True, True, per_seed), chunk_size, opt_state=False, bytes_masks=compiled)
+
+
+def _compiled(
+    fn: Callable, compiled: bool, backend: str | Callable, cache_dir: str | os.PathLike | None
+) -> Callable:
+    """``fn`` as is, compiled once per chunk shape, or saved to and loaded from ``cache_dir``."""
+    if not compiled:
+        return fn
+    if cache_dir is None:
+        return stage.compile_fresh(fn, fullgraph=True, dynamic=False, backend=backend)
+    if backend != "inductor":
+        raise ValueError(f"cache_dir saves inductor's code: backend must be 'inductor', got {backend!r}")
+    return stage_saved.Saved(fn, cache_dir, form="seeds")
 
 
 def evaluate_seeds(

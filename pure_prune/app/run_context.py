@@ -242,7 +242,12 @@ def build_context(cfg: RunConfig) -> RunCtx:
         tuple(torch.stack([seed[b][j] for seed in per_seed]) for j in range(2))
         for b in range(len(per_seed[0]))
     )
-    kw = dict(compile=cfg.compile, backend=backend)
+    # --step-cache: inductor's vmapped steps saved and loaded (stage_saved.Saved), not counted
+    kw = (
+        dict(compile=cfg.compile, backend="inductor", cache_dir=cfg.step_cache)
+        if cfg.step_cache
+        else dict(compile=cfg.compile, backend=backend)
+    )
     seed_steps = seeds.SeedSteps(
         seeds.make_seed_step(exp.model, losses.cross_entropy, exp.optimizer, per_seed_batches=True, **kw),
         seeds.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, **kw),

@@ -153,13 +153,11 @@ class RunConfig:
         for knob in ("pruning_times", "rewind_epoch", "finetune_epochs", "gradual_start", "seed"):
             if getattr(c, knob) < 0:
                 raise ValueError(f"{knob} must be >= 0, got {getattr(c, knob)!r}")
-        if c.step_cache is not None and (
-            not c.compile or c.backend != "inductor" or c.compact or c.seeds > 1
-        ):
+        if c.step_cache is not None and (not c.compile or c.backend != "inductor" or c.compact):
             raise ValueError(
-                f"step_cache {c.step_cache!r} saves inductor's compiled single-seed steps: it needs compile on, "
-                f"backend 'inductor', one seed and no compact stages (got compile={c.compile}, backend "
-                f"{c.backend!r}, seeds={c.seeds}, compact={c.compact})"
+                f"step_cache {c.step_cache!r} saves inductor's compiled steps: it needs compile on, "
+                f"backend 'inductor' and no compact stages (got compile={c.compile}, backend "
+                f"{c.backend!r}, compact={c.compact})"
             )
         if c.threads is not None and c.threads < 1:
             raise ValueError(f"threads must be >= 1 (leave it unset for torch's default), got {c.threads!r}")
