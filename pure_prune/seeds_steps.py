@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from pure_prune import mask, stage, stage_saved, train, tree
+from pure_prune import mask, stage_saved, train, tree
 from pure_prune.optim import Optimizer, OptState
 from pure_prune.seeds_stack import Batch, check_bool, num_seeds
 from pure_prune.seeds_vmap import SeedFn, stacked_in_dims
@@ -172,7 +172,11 @@ def seed_step_of(
         mapped = torch.func.vmap(step, in_dims=(0, 0, 0, stacked_in_dims(masks), batch_dim))
         return mapped(params, state, opt_state, masks, batch)
 
-    run = _compiled(seeds_step, check_bool("compile", compile), backend, cache_dir)
+    run = seeds_step
+    if check_bool("compile", compile):  # once per chunk shape (dynamic=False), or saved to cache_dir
+        run = stage_saved.compile_step(
+            seeds_step, backend=backend, cache_dir=cache_dir, form="seeds", dynamic=False
+        )
     return SeedStep(
         run, (True, True, True, True, per_seed), chunk_size, opt_state=True, bytes_masks=bytes_masks
     )
@@ -202,22 +206,13 @@ def make_seed_eval_step(
         mapped = torch.func.vmap(single, in_dims=(0, 0, stacked_in_dims(masks), batch_dim))
         return mapped(params, state, masks, batch)
 
+    run = seeds_eval
     compiled = check_bool("compile", compile)
-    run = _compiled(seeds_eval, compiled, backend, cache_dir)
+    if compiled:
+        run = stage_saved.compile_step(
+            seeds_eval, backend=backend, cache_dir=cache_dir, form="seeds", dynamic=False
+        )
     return SeedStep(run, (True, True, True, per_seed), chunk_size, opt_state=False, bytes_masks=compiled)
-
-
-def _compiled(
-    fn: Callable, compiled: bool, backend: str | Callable, cache_dir: str | os.PathLike | None
-) -> Callable:
-    """``fn`` as is, compiled once per chunk shape, or saved to and loaded from ``cache_dir``."""
-    if not compiled:
-        return fn
-    if cache_dir is None:
-        return stage.compile_fresh(fn, fullgraph=True, dynamic=False, backend=backend)
-    if backend != "inductor":
-        raise ValueError(f"cache_dir saves inductor's code: backend must be 'inductor', got {backend!r}")
-    return stage_saved.Saved(fn, cache_dir, form="seeds")
 
 
 def evaluate_seeds(

@@ -23,7 +23,7 @@ import torch
 
 from pure_prune import stage
 
-__all__ = ["Saved"]
+__all__ = ["Saved", "compile_step"]
 
 
 def _fingerprint(fn: Callable) -> str | None:
@@ -114,6 +114,25 @@ class Saved:
     def stats(self) -> dict[str, int]:
         """``{"loaded": files loaded, "saved": files written, "fresh": compiles not saved}``."""
         return dict(self._stats)
+
+
+def compile_step(
+    fn: Callable,
+    *,
+    backend: str | Callable,
+    cache_dir: str | os.PathLike | None,
+    form: str,
+    **compile_kwargs: Any,
+) -> Callable:
+    """``fn`` compiled with ``fullgraph=True`` (:func:`pure_prune.stage.compile_fresh`, ``compile_kwargs``
+    passed on), or, given ``cache_dir``, a :class:`Saved` that saves it there and loads it in later
+    processes (``form`` tags its signature). ``ValueError`` for a ``cache_dir`` with a backend other
+    than ``"inductor"`` (only inductor's code is saved)."""
+    if cache_dir is None:
+        return stage.compile_fresh(fn, fullgraph=True, backend=backend, **compile_kwargs)
+    if backend != "inductor":
+        raise ValueError(f"cache_dir saves inductor's code: backend must be 'inductor', got {backend!r}")
+    return Saved(fn, cache_dir, form=form)
 
 
 def _load(path: str) -> Callable:

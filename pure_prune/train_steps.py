@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pure_prune import mask, stage, stage_saved, tree
+from pure_prune import mask, stage_saved, tree
 from pure_prune.losses import accuracy, class_labels, correct
 from pure_prune.optim import Optimizer, OptState, apply_factors, apply_updates, mask_factors
 from pure_prune.train_checks import apply_fn, check_metrics, checker, forward_masker
@@ -132,11 +132,7 @@ def _compiled(
         return compiler(fn)
     if not compile:
         return fn
-    if cache_dir is None:
-        return stage.compile_fresh(fn, fullgraph=True, backend=backend)
-    if backend != "inductor":
-        raise ValueError(f"cache_dir saves inductor's code: backend must be 'inductor', got {backend!r}")
-    return stage_saved.Saved(fn, cache_dir, form=form)
+    return stage_saved.compile_step(fn, backend=backend, cache_dir=cache_dir, form=form)
 
 
 def make_step(

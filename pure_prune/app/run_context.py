@@ -202,6 +202,10 @@ def build_context(cfg: RunConfig) -> RunCtx:
     Raises ``ValueError`` for settings, a model or data that do not fit (:func:`check_fit`)."""
     su = setup_run(cfg)
     exp, init, backend = su.exp, su.init, su.backend
+    # --step-cache: inductor's steps saved and loaded (stage_saved.Saved); those compiles are not counted
+    compiling = (
+        dict(backend="inductor", cache_dir=cfg.step_cache) if cfg.step_cache else dict(backend=backend)
+    )
     ds = exp.dataset
     stacked = cfg.seeds > 1
     keys = list(cfg.seed_keys()) if stacked else [cfg.seed]
@@ -218,8 +222,6 @@ def build_context(cfg: RunConfig) -> RunCtx:
         compiler = (
             (lambda body: stage.Compiled(body, backend=backend)) if cfg.compact and cfg.compile else None
         )
-        # --step-cache: inductor's steps saved and loaded (stage_saved.Saved); its compiles are not counted
-        kw = dict(backend="inductor", cache_dir=cfg.step_cache) if cfg.step_cache else dict(backend=backend)
         exp = exp._replace(
             step=train.make_step(  # premasked: the trainer masks the params when a round starts
                 exp.model,
@@ -228,10 +230,10 @@ def build_context(cfg: RunConfig) -> RunCtx:
                 compile=cfg.compile,
                 premasked=True,
                 compiler=compiler,
-                **kw,
+                **compiling,
             ),
             eval_step=train.make_eval_step(
-                exp.model, losses.cross_entropy, compile=cfg.compile, compiler=compiler, **kw
+                exp.model, losses.cross_entropy, compile=cfg.compile, compiler=compiler, **compiling
             ),
         )
         steps = {"train": exp.step, "eval": exp.eval_step, **_steps(cfg, exp, backend)}
@@ -242,12 +244,7 @@ def build_context(cfg: RunConfig) -> RunCtx:
         tuple(torch.stack([seed[b][j] for seed in per_seed]) for j in range(2))
         for b in range(len(per_seed[0]))
     )
-    # --step-cache: inductor's vmapped steps saved and loaded (stage_saved.Saved), not counted
-    kw = (
-        dict(compile=cfg.compile, backend="inductor", cache_dir=cfg.step_cache)
-        if cfg.step_cache
-        else dict(compile=cfg.compile, backend=backend)
-    )
+    kw = dict(compile=cfg.compile, **compiling)
     seed_steps = seeds.SeedSteps(
         seeds.make_seed_step(exp.model, losses.cross_entropy, exp.optimizer, per_seed_batches=True, **kw),
         seeds.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, **kw),
