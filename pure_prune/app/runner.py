@@ -105,7 +105,7 @@ __all__ = [
     "setup_eager",
 ]
 
-VMAPPED_METHODS = ("one_shot", "gradual", "imp", "refill", "rsst", "distill", "dst")
+VMAPPED_METHODS = tuple(ROUNDS)
 """Methods whose seeds run as one vmapped program (the round functions of ``run_rounds``): all of them."""
 
 

@@ -692,16 +692,9 @@ def _fold_seed0(fold):
     def buggy(self, key, offset):
         if not self.stacked:
             return fold(self, key, offset)
-        keys = self.keys(key)
-        return tuple(_fold_in(keys[0], offset) for _ in keys)
+        return fold(self, (self.keys(key)[0],) * self.seeds, offset)
 
     return buggy
-
-
-def _fold_in(key, offset):
-    from pure_prune import rng
-
-    return rng.fold_in(key, offset)
 
 
 def _each_key0(each):
