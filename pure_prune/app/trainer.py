@@ -10,6 +10,7 @@ so epochs ``k .. E-1`` after a rewind see the data order of an uninterrupted run
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -64,13 +65,17 @@ def epoch_trainer(
         if masks is not None:
             params = mask.apply(params, masks)
         if seeds_step is None:
-            run, fit, order = exp.step if step is None else step, train.fit, exp.train_batches(key)
+            run, order = exp.step if step is None else step, exp.train_batches(key)
+            fit, test = functools.partial(train.fit, progress=False), exp.evaluate
         else:
             ds = exp.dataset
             run, fit = seeds_step.train if step is None else step, seeds.fit_seeds
 
             def order(epoch: int) -> Iterator[Batch]:
                 return seeds.seed_batches((ds.x_train, ds.y_train), exp.batch_size, list(key), epoch)
+
+            def test(params: Any, state: Any, masks: Any) -> dict[str, Any]:
+                return seeds.evaluate_seeds(seeds_step.eval, params, state, masks, exp.test_batches())
 
         history: list[dict[str, Any]] = []
         given = params
@@ -81,17 +86,12 @@ def epoch_trainer(
                 return it if batch_map is None else map(batch_map, it)
 
             t0 = time.perf_counter()
-            kw = {} if seeds_step is not None else {"progress": False}
-            res = fit(run, params, state, opt_state, masks, batches, 1, **kw)
+            res = fit(run, params, state, opt_state, masks, batches, 1)
             params, state, opt_state = res.params, res.state, res.opt_state
             entry = {"epoch": float(epoch), **res.history[0], "seconds": time.perf_counter() - t0}
             if evaluate:
-                test = (
-                    exp.evaluate(params, state, masks)
-                    if seeds_step is None
-                    else seeds.evaluate_seeds(seeds_step.eval, params, state, masks, exp.test_batches())
-                )
-                entry.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+                metrics = test(params, state, masks)
+                entry.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
             history.append(entry)
             if round is not None:
                 check_epoch(round, entry, history, masks, given)
