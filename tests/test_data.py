@@ -9,6 +9,8 @@ import pickle
 import random
 import re
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -134,6 +136,27 @@ def test_digits_identical_across_loads_and_options(digits):
     assert small.x_test.shape == (100, 64) and not torch.equal(small.y_train[:100], digits.y_train[:100])
     with pytest.raises(ValueError, match="test_size must be an int in"):
         data.load("digits", test_size=1797)
+
+
+def test_bundled_digits_equal_sklearns_load_digits_without_importing_it(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from pure_prune.app import data_sets
+
+    expected = load_digits()
+    pixels, labels = data_sets.bundled_digits()
+    np.testing.assert_array_equal(pixels, expected.data)
+    np.testing.assert_array_equal(labels, expected.target)
+    assert pixels.dtype == np.float64 and labels.dtype == np.int64
+    # where the bundled file is not found, the same arrays come from sklearn's loader
+    monkeypatch.setattr(data_sets.importlib.util, "find_spec", lambda name: None)
+    fallback = data_sets.bundled_digits()
+    np.testing.assert_array_equal(fallback[0], expected.data)
+    np.testing.assert_array_equal(fallback[1], expected.target)
+    # a fresh process loads digits without importing sklearn (its import costs about a second)
+    code = "import sys; from pure_prune.app import data; data.load('digits'); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 # -------------------------------------------------------------------------------------------- mnist1d

@@ -17,6 +17,7 @@ loader by name.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 import zipfile
 import zlib
@@ -31,7 +32,7 @@ from pure_prune import rng
 from pure_prune.app import extras
 from pure_prune.app.data_checks import Dataset, check_label_array, check_num_classes, make_dataset
 
-__all__ = ["load_digits", "load_mnist", "load_mnist1d", "load_npz", "read_idx"]
+__all__ = ["bundled_digits", "load_digits", "load_mnist", "load_mnist1d", "load_npz", "read_idx"]
 
 
 # ---------------------------------------------------------------------------------- bundled / generated
@@ -41,17 +42,36 @@ def load_digits(*, test_size: int = 360, key: int = 0) -> Dataset:
     """sklearn's bundled 8x8 digits (1797 images): inputs ``(N, 64)`` = pixel / 16 in [0, 1].
     Split: ``perm = torch.randperm(1797, generator=rng.generator(key))``; test = ``perm[:test_size]``,
     train = ``perm[test_size:]`` (default 1437/360), both in permutation order."""
-    bunch = extras.require("sklearn.datasets", "the digits data set").load_digits()
-    n = len(bunch.target)
+    pixels, labels = bundled_digits()
+    n = len(labels)
     if isinstance(test_size, bool) or not isinstance(test_size, int) or not 0 < test_size < n:
         raise ValueError(f"test_size must be an int in (0, {n}), got {test_size!r}")
     perm = torch.randperm(n, generator=rng.generator(key)).numpy()
-    x, y = bunch.data / 16.0, bunch.target.astype(np.int64)
+    x, y = pixels / 16.0, labels
     test, train = perm[:test_size], perm[test_size:]
     split = f"randperm({n}, rng.generator({key})): first {test_size} test, other {n - test_size} train"
     meta = {"source": "sklearn.datasets.load_digits (bundled, no download)", "split": split}
     splits = {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
     return make_dataset("digits", splits, 10, meta)
+
+
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The digits scikit-learn ships: pixels ``(1797, 64)`` float64 in 0..16 and labels ``(1797,)``
+    int64, the arrays of ``sklearn.datasets.load_digits()``.
+
+    Read straight from the package's ``datasets/data/digits.csv.gz`` (found with
+    ``importlib.util.find_spec``, ~25 ms) instead of importing ``sklearn.datasets``, which imports
+    scipy.stats and costs about a second of every run's start-up; falls back to ``load_digits()``
+    where that file is not there. ``tests/test_data.py`` holds the two equal.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        table = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if table.is_file():
+            rows = np.loadtxt(table, delimiter=",", dtype=np.float64, ndmin=2)
+            return rows[:, :-1], rows[:, -1].astype(np.int64)
+    bunch = extras.require("sklearn.datasets", "the digits data set").load_digits()
+    return bunch.data, bunch.target.astype(np.int64)
 
 
 def load_mnist1d() -> Dataset:
