@@ -59,15 +59,29 @@ class Saved:
     ``torch.compile(fullgraph=True).aot_compile`` and written to ``cache_dir`` (created if needed).
     ``fn`` that cannot be pickled, or arguments the saved guards reject, fall back to
     :func:`pure_prune.stage.compile_fresh` (not saved). The results are those of ``torch.compile(fn)``, bit for bit.
+    ``backend``: ``"inductor"`` or a callable that returns inductor's compiled code (e.g. a wrapper
+    that counts and times the compiles, as the application's ``compile_counter``); it runs only for
+    the signatures compiled here, not for those loaded. A compile whose result cannot be saved
+    (a backend that is not inductor underneath) is used as it is and counted ``fresh``.
     ``bench/compile_latency.py``: the digits-MLP train step's first call takes 2.7 s loaded, 4.2 s
     traced with inductor's warm on-disk cache (both with ~2.5 s of torch imports and CPU checks). ``stats()`` counts ``{"loaded", "saved", "fresh"}``.
     """
 
-    def __init__(self, fn: Callable, cache_dir: str | os.PathLike, *, form: str = "masked", key: str = ""):
+    def __init__(
+        self,
+        fn: Callable,
+        cache_dir: str | os.PathLike,
+        *,
+        form: str = "masked",
+        key: str = "",
+        backend: str | Callable = "inductor",
+    ):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
+        if backend != "inductor" and not callable(backend):
+            raise ValueError(f"backend must be 'inductor' or a callable wrapping it, got {backend!r}")
         stage.signature(form)  # checks the form tag
-        self._fn, self._dir, self._form = fn, os.fspath(cache_dir), form
+        self._fn, self._dir, self._form, self._backend = fn, os.fspath(cache_dir), form, backend
         self._print = _fingerprint(fn)
         self._key = f"{torch.__version__}|{key}|{self._print}"
         self._runs: dict[str, Callable] = {}
@@ -84,13 +98,13 @@ class Saved:
             if not str(err).startswith("GuardManager check failed"):
                 raise
             self._stats["fresh"] += 1
-            run = self._runs[key] = stage.compile_fresh(self._fn, fullgraph=True)
+            run = self._runs[key] = self._fresh()
             return run(*args)
 
     def _build(self, key: str, args: tuple) -> Callable:
         if self._print is None:
             self._stats["fresh"] += 1
-            return stage.compile_fresh(self._fn, fullgraph=True)
+            return self._fresh()
         text = self._key + "|" + key
         path = os.path.join(self._dir, hashlib.sha256(text.encode()).hexdigest()[:32] + ".aot")
         if os.path.exists(path):
@@ -102,14 +116,23 @@ class Saved:
                 pass
         options = {"guard_filter_fn": _serializable}
         try:
-            run = stage.compile_fresh(self._fn, fullgraph=True, options=options).aot_compile((args, {}))
+            compiled = stage.compile_fresh(self._fn, fullgraph=True, backend=self._backend, options=options)
+            run = compiled.aot_compile((args, {}))
         except torch._dynamo.exc.TensorifyScalarRestartAnalysis:  # a restart aot_compile cannot take
             self._stats["fresh"] += 1
-            return stage.compile_fresh(self._fn, fullgraph=True)
+            return self._fresh()
         os.makedirs(self._dir, exist_ok=True)
-        run.save_compiled_function(path)  # written to a temporary file, then renamed
+        try:
+            run.save_compiled_function(path)  # written to a temporary file, then renamed
+        except Exception:  # noqa: BLE001 - a backend whose code cannot be saved: use it unsaved
+            self._stats["fresh"] += 1
+            return run
         self._stats["saved"] += 1
         return run
+
+    def _fresh(self) -> Callable:
+        """``fn`` compiled as ``torch.compile(fn, fullgraph=True, backend=...)`` would, not saved."""
+        return stage.compile_fresh(self._fn, fullgraph=True, backend=self._backend)
 
     def stats(self) -> dict[str, int]:
         """``{"loaded": files loaded, "saved": files written, "fresh": compiles not saved}``."""
@@ -126,13 +149,13 @@ def compile_step(
 ) -> Callable:
     """``fn`` compiled with ``fullgraph=True`` (:func:`pure_prune.stage.compile_fresh`, ``compile_kwargs``
     passed on), or, given ``cache_dir``, a :class:`Saved` that saves it there and loads it in later
-    processes (``form`` tags its signature). ``ValueError`` for a ``cache_dir`` with a backend other
-    than ``"inductor"`` (only inductor's code is saved)."""
+    processes (``form`` tags its signature; ``backend`` ``"inductor"`` or a callable wrapping it).
+    ``ValueError`` for a ``cache_dir`` with another backend name (only inductor's code is saved)."""
     if cache_dir is None:
         return stage.compile_fresh(fn, fullgraph=True, backend=backend, **compile_kwargs)
-    if backend != "inductor":
+    if backend != "inductor" and not callable(backend):
         raise ValueError(f"cache_dir saves inductor's code: backend must be 'inductor', got {backend!r}")
-    return Saved(fn, cache_dir, form=form)
+    return Saved(fn, cache_dir, form=form, backend=backend)
 
 
 def _load(path: str) -> Callable:

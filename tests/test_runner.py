@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pure_prune import tree
-from pure_prune.app import checkpoint, cli, runconfig, runner
+from pure_prune.app import checkpoint, cli, run_context, runconfig, runner
 from pure_prune.app.runconfig import RunConfig
 
 TINY = {"sizes": (64, 16, 16, 10)}
@@ -239,7 +239,9 @@ def test_step_cache_is_checked_and_a_second_run_loads_the_saved_steps_with_ident
             ValueError, match="step_cache .* needs compile on, backend 'inductor' and no compact"
         ):
             tiny(tmp_path, step_cache=cache, **bad).check()
-    plain = runner.run(tiny(tmp_path, "plain", compile=True, pruning_times=1), log=lambda msg: None)
+    plain = runner.run(
+        tiny(tmp_path, "plain", compile=True, pruning_times=1, step_cache="off"), log=lambda msg: None
+    )
     first = runner.run(
         tiny(tmp_path, "first", compile=True, pruning_times=1, step_cache=cache), log=lambda msg: None
     )
@@ -249,6 +251,9 @@ def test_step_cache_is_checked_and_a_second_run_loads_the_saved_steps_with_ident
         tiny(tmp_path, "second", compile=True, pruning_times=1, step_cache=cache), log=lambda msg: None
     )
     assert sorted(p.name for p in Path(cache).iterdir()) == saved  # loaded, nothing new written
+    # the saving run's compiles go through the run's counting backend; loaded steps compile nothing
+    assert [r["compiled_graphs"] for r in first.rounds] == [2, 0]
+    assert [r["compiled_graphs"] for r in second.rounds] == [0, 0]
     for res in (first, second):
         assert [r["test_accuracy"] for r in res.rounds] == [r["test_accuracy"] for r in plain.rounds]
         for a, b in zip(tree.leaves(res.carry.params), tree.leaves(plain.carry.params), strict=True):
@@ -256,12 +261,33 @@ def test_step_cache_is_checked_and_a_second_run_loads_the_saved_steps_with_ident
     assert runconfig.config_hash(tiny(tmp_path, step_cache=cache)) == runconfig.config_hash(tiny(tmp_path))
 
 
+def test_step_cache_auto_is_inductors_cache_folder_where_steps_compile_with_inductor(tmp_path, monkeypatch):
+    """``step_cache="auto"`` (the default) resolves to ``pure_prune_steps`` in the inductor cache
+    folder (``TORCHINDUCTOR_CACHE_DIR``) for inductor-compiled steps without compact stages, and
+    to no folder otherwise; ``"off"`` is none; a folder given is used as it is."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    assert RunConfig().step_cache == "auto"
+    auto = tiny(tmp_path, compile=True)
+    assert run_context.step_cache_dir(auto) == str(tmp_path / "inductor" / "pure_prune_steps")
+    for none in (
+        dict(compile=False),
+        dict(compile=True, backend="aot_eager"),
+        dict(compile=True, compact=True, method="one_shot", struct="channels"),
+        dict(compile=True, step_cache="off"),
+        dict(compile=True, step_cache=None),
+    ):
+        cfg = tiny(tmp_path, **none)
+        assert run_context.step_cache_dir(cfg) is None, none
+        cfg.check()  # "auto" and "off" are accepted whatever the backend
+    assert run_context.step_cache_dir(tiny(tmp_path, compile=True, step_cache="/x/y")) == "/x/y"
+
+
 def test_step_cache_serves_the_vmapped_seed_steps_with_identical_results(tmp_path):
     """``--step-cache`` with several seeds: the vmapped train and eval steps are saved, a later run
     loads them, and both end bit-identical to the uncached compiled several-seed run."""
     cache = str(tmp_path / "steps")
     knobs = dict(compile=True, pruning_times=1, seeds=2)
-    plain = runner.run(tiny(tmp_path, "plain", **knobs), log=lambda msg: None)
+    plain = runner.run(tiny(tmp_path, "plain", step_cache="off", **knobs), log=lambda msg: None)
     first = runner.run(tiny(tmp_path, "first", step_cache=cache, **knobs), log=lambda msg: None)
     saved = sorted(p.name for p in Path(cache).iterdir())
     second = runner.run(tiny(tmp_path, "second", step_cache=cache, **knobs), log=lambda msg: None)

@@ -290,3 +290,28 @@ def test_saved_reloads_and_refuses_what_it_cannot_save(tmp_path):
         train.make_step(spec, losses.cross_entropy, optim.sgd(0.1), backend="eager", cache_dir=tmp_path)
     with pytest.raises(TypeError, match="callable"):
         stage_saved.Saved(3, tmp_path)
+
+
+def test_saved_compiles_through_a_wrapping_backend_and_loads_without_it(tmp_path):
+    """``Saved(backend=callable)``: a backend wrapping inductor (as the application's compile
+    counter does) runs for each signature compiled and saved, not for one loaded; the loaded step
+    gives the same values; a backend name other than inductor is refused."""
+    calls = []
+    inductor = torch._dynamo.lookup_backend("inductor")
+
+    def counting(gm, example_inputs):
+        calls.append(len(example_inputs))
+        return inductor(gm, example_inputs)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.cos(x) + x
+
+    x = torch.linspace(-1, 1, 5)
+    first = stage_saved.Saved(fn, tmp_path, form="f", backend=counting)
+    assert torch.equal(first(x), torch.compile(fn, backend="inductor")(x))
+    assert len(calls) == 1 and first.stats() == {"loaded": 0, "saved": 1, "fresh": 0}
+    later = stage_saved.Saved(fn, tmp_path, form="f", backend=counting)
+    assert torch.equal(later(x), first(x))
+    assert len(calls) == 1 and later.stats() == {"loaded": 1, "saved": 0, "fresh": 0}
+    with pytest.raises(ValueError, match="backend must be 'inductor' or a callable"):
+        stage_saved.Saved(fn, tmp_path, backend="eager")

@@ -104,7 +104,9 @@ _HELP: dict[str, str] = {
     "eval_every_epoch": "evaluate on the test split after every epoch (--no-eval-every-epoch: at the end of each round only)",
     "progress": "show progress bars (--no-progress hides them)",
     "step_cache": "folder where the compiled train and eval steps are saved (torch's aot_compile) and "
-    "loaded by later runs with the same steps, which then skip dynamo and inductor (unset: no saving)",
+    "loaded by later runs with the same steps, which then skip dynamo and inductor; 'auto': "
+    "pure_prune_steps in torch's inductor cache folder when the steps compile with inductor and "
+    "no compact stages; 'off': no saving",
     "save_dir": "the run's folder (unset: runs/<method>-<model>-<data>-seed<seed>)",
 }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -30,8 +31,9 @@ from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.app import data
 from pure_prune.app.experiment import Experiment, make_optimizer, setup
 from pure_prune.app.runconfig import RunConfig, parse_nm
+from pure_prune.app.vec_isa_record import trust_recorded_probe
 
-__all__ = ["check_fit", "compile_counter", "setup_eager"]
+__all__ = ["check_fit", "compile_counter", "setup_eager", "step_cache_dir"]
 
 
 # ----------------------------------------------------------------------------- compile counting
@@ -53,6 +55,23 @@ def compile_counter(inner: str = "inductor") -> tuple[Callable, dict[str, float]
         return fn
 
     return backend, stats
+
+
+def step_cache_dir(cfg: RunConfig) -> str | None:
+    """The folder of ``cfg``'s saved steps (``stage_saved.Saved``), or ``None`` for none.
+
+    ``step_cache="auto"`` (the default): ``pure_prune_steps`` inside torch's inductor cache folder
+    (``TORCHINDUCTOR_CACHE_DIR``, else torch's default), when the steps compile with inductor and
+    no compact stages (``stage.Compiled`` forms); ``"off"``/``None``: none; else the folder given."""
+    if cfg.step_cache in ("off", None):
+        return None
+    if cfg.step_cache != "auto":
+        return cfg.step_cache
+    if not cfg.compile or cfg.backend != "inductor" or cfg.compact:
+        return None
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return os.path.join(cache_dir(), "pure_prune_steps")
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -202,10 +221,10 @@ def build_context(cfg: RunConfig) -> RunCtx:
     Raises ``ValueError`` for settings, a model or data that do not fit (:func:`check_fit`)."""
     su = setup_run(cfg)
     exp, init, backend = su.exp, su.init, su.backend
-    # --step-cache: inductor's steps saved and loaded (stage_saved.Saved); those compiles are not counted
-    compiling = (
-        dict(backend="inductor", cache_dir=cfg.step_cache) if cfg.step_cache else dict(backend=backend)
-    )
+    # --step-cache: inductor's steps saved and loaded (stage_saved.Saved); compiles counted, loads not
+    compiling = dict(backend=backend, cache_dir=step_cache_dir(cfg))
+    if compiling["cache_dir"] is not None:  # inductor's ISA probe: once per machine, recorded there
+        trust_recorded_probe(compiling["cache_dir"])
     ds = exp.dataset
     stacked = cfg.seeds > 1
     keys = list(cfg.seed_keys()) if stacked else [cfg.seed]

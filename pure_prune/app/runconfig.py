@@ -35,6 +35,9 @@ __all__ = ["METHODS", "RunConfig", "config_hash", "from_mapping", "load_toml", "
 
 # knobs that never change a run's results: excluded from the hash, allowed to differ on --resume
 NOT_HASHED = ("save_dir", "progress", "threads", "root", "step_cache")
+STEP_CACHE_WORDS = (None, "auto", "off")
+"""``step_cache`` values that name no folder: ``"auto"`` (torch's inductor cache folder, where it
+applies) and ``"off"``/``None`` (no saved steps)."""
 # knobs added after runs were first saved: left out of the hash at these values, so the hash of a run
 # saved before the knob existed stays the same
 HASH_NEUTRAL: dict[str, Any] = {
@@ -101,7 +104,7 @@ class RunConfig:
     threads: int | None = None
     progress: bool = True
     save_dir: str | None = None
-    step_cache: str | None = None
+    step_cache: str | None = "auto"
 
     # ------------------------------------------------------------------------------ derived
     def resolved(self) -> RunConfig:
@@ -153,7 +156,8 @@ class RunConfig:
         for knob in ("pruning_times", "rewind_epoch", "finetune_epochs", "gradual_start", "seed"):
             if getattr(c, knob) < 0:
                 raise ValueError(f"{knob} must be >= 0, got {getattr(c, knob)!r}")
-        if c.step_cache is not None and (not c.compile or c.backend != "inductor" or c.compact):
+        explicit_cache = c.step_cache not in STEP_CACHE_WORDS
+        if explicit_cache and (not c.compile or c.backend != "inductor" or c.compact):
             raise ValueError(
                 f"step_cache {c.step_cache!r} saves inductor's compiled steps: it needs compile on, "
                 f"backend 'inductor' and no compact stages (got compile={c.compile}, backend "
