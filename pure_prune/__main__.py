@@ -1,5 +1,5 @@
 """``python -m pure_prune``: the same as the ``pure-prune`` command."""
 
-from pure_prune.app.cli import main
+from pure_prune.app.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -110,3 +110,21 @@ def test_run_first_line_then_the_error_of_a_refused_config(tmp_path, capsys):
     assert cli.main(["run", "--config", str(toml)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "nope" in err
+
+
+def test_the_console_entry_returns_mains_code_and_freezes_the_heap(monkeypatch):
+    """``cli.entry`` (the console script, ``python -m pure_prune``) returns ``main``'s exit code and
+    leaves the objects alive at the end in the permanent generation (``gc.freeze``), so the
+    interpreter's final collection does not walk them."""
+    import gc
+
+    from pure_prune.app import cli
+
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    gc.unfreeze()
+    try:
+        assert cli.entry() == 7 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    done = subprocess.run([sys.executable, "-m", "pure_prune", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: pure-prune" in done.stdout
