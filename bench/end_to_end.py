@@ -7,13 +7,15 @@ One process drives subprocesses, each timed wall clock from start to exit (impor
 and start-up included), one thread each (``--threads 1``; ``OMP_NUM_THREADS=1`` for the peer):
 
 * ``peer``: ``bench/peer_lottery.py`` (nn.Module, ``torch.nn.utils.prune`` hooks, ``torch.optim.SGD``)
-* ``cold``: ``pure-prune run --method imp`` with an empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``)
-* ``warm``: the same with the cache the cold run filled
-* ``--step-cache``: a run that saves its compiled steps (``stage_saved.Saved``), then a later one that
-  loads them (no dynamo, no inductor; bit-identical results)
+* ``cold``: ``pure-prune run --method imp`` with an empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``,
+  which also holds the default step cache ``pure_prune_steps`` and the recorded ISA probe)
+* ``warm``: the same with the caches the cold run filled: the compiled steps are loaded
+  (``stage_saved.Saved``: no dynamo, no inductor; bit-identical results)
+* ``--step-cache off, warm``: dynamo traces the steps again, inductor finds its code in its cache
 * ``eager``: ``pure-prune run --eager``
-* ``seeds``: ``pure-prune run --seeds N`` (one vmapped program; same cache dir, whose single-seed
-  entries do not cover the vmapped graph) against ``N sequential peers`` (seeds 0..N-1)
+* ``seeds``: ``pure-prune run --seeds N`` (one vmapped program), first with the vmapped steps not
+  yet in the step cache (the single-seed entries do not cover them), then warm, against
+  ``N sequential peers`` (seeds 0..N-1)
 * ``compute limit``: one compiled training step's median time (``--step-time``, in a subprocess
   with the filled cache) times the steps a seed takes: ``(rounds + 1) * epochs * (1437 // 64)``,
   and ``N`` times that for the seeds; what the run would take with nothing but its steps.
@@ -123,22 +125,16 @@ def main() -> None:
         print(f"  {name}: {rows[name]['wall_s']:.1f} s  ({rows[name]['last_line']})", flush=True)
 
     one("peer (eager nn.Module + prune hooks + torch.optim)", peer)
-    one("pure-prune run, cold (empty inductor cache)", [*run, "--save-dir", str(tmp / "cold")])
-    one("pure-prune run, warm (cache filled)", [*run, "--save-dir", str(tmp / "warm")])
-    steps_dir = str(tmp / "steps")
+    one("pure-prune run, cold (empty caches)", [*run, "--save-dir", str(tmp / "cold")])
+    one("pure-prune run, warm (steps loaded from the step cache)", [*run, "--save-dir", str(tmp / "warm")])
     one(
-        "pure-prune run --step-cache, first (saves the steps)",
-        [*run, "--step-cache", steps_dir, "--save-dir", str(tmp / "save")],
-    )
-    one(
-        "pure-prune run --step-cache, later (loads them)",
-        [*run, "--step-cache", steps_dir, "--save-dir", str(tmp / "load")],
+        "pure-prune run --step-cache off, warm (dynamo traces, inductor's cache)",
+        [*run, "--step-cache", "off", "--save-dir", str(tmp / "traced")],
     )
     one("pure-prune run --eager", [*run, "--eager", "--save-dir", str(tmp / "eager")])
-    one(
-        f"pure-prune run --seeds {args.seeds}",
-        [*run, "--seeds", str(args.seeds), "--save-dir", str(tmp / "seeds")],
-    )
+    seeds = [*run, "--seeds", str(args.seeds)]
+    one(f"pure-prune run --seeds {args.seeds}, cold", [*seeds, "--save-dir", str(tmp / "seeds-cold")])
+    one(f"pure-prune run --seeds {args.seeds}, warm", [*seeds, "--save-dir", str(tmp / "seeds-warm")])
     t0 = time.perf_counter()
     for seed in range(args.seeds):
         _timed([*peer, "--seed", str(seed)], env)
