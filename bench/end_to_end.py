@@ -7,8 +7,11 @@ One process drives subprocesses, each timed wall clock from start to exit (impor
 and start-up included), one thread each (``--threads 1``; ``OMP_NUM_THREADS=1`` for the peer):
 
 * ``peer``: ``bench/peer_lottery.py`` (nn.Module, ``torch.nn.utils.prune`` hooks, ``torch.optim.SGD``)
-* ``cold``: ``pure-prune run --method imp`` with an empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``,
-  which also holds the default step cache ``pure_prune_steps`` and the recorded ISA probe)
+* ``first on the machine``: ``pure-prune run --method imp`` with an empty inductor cache and no
+  record of inductor's vector-ISA probe (``PURE_PRUNE_CACHE``, see ``app/vec_isa_record``), which
+  then builds and loads its test libraries (~10 s)
+* ``cold``: the same with another empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``, which also
+  holds the default step cache ``pure_prune_steps``), the ISA probe recorded by the first run
 * ``warm``: the same with the caches the cold run filled: the compiled steps are loaded
   (``stage_saved.Saved``: no dynamo, no inductor; bit-identical results)
 * ``--step-cache off, warm``: dynamo traces the steps again, inductor finds its code in its cache
@@ -102,7 +105,12 @@ def main() -> None:
         args.rounds, args.epochs, args.seeds = 1, 1, 2
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="pp-e2e-"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor"),
+        "PURE_PRUNE_CACHE": str(tmp / "machine"),  # the recorded ISA probe (app/vec_isa_record)
+    }
     py = sys.executable
     peer = [py, str(HERE / "peer_lottery.py"), "--rounds", str(args.rounds), "--epochs", str(args.epochs)]
     run = [py, "-m", "pure_prune", "run", "--method", "imp", "--model", "mlp", "--data", "digits"]
@@ -120,12 +128,17 @@ def main() -> None:
     ]
     rows: dict[str, dict] = {}
 
-    def one(name: str, cmd: list[str]) -> None:
-        rows[name] = _timed(cmd, env)
+    def one(name: str, cmd: list[str], **env_changes: str) -> None:
+        rows[name] = _timed(cmd, {**env, **env_changes})
         print(f"  {name}: {rows[name]['wall_s']:.1f} s  ({rows[name]['last_line']})", flush=True)
 
     one("peer (eager nn.Module + prune hooks + torch.optim)", peer)
-    one("pure-prune run, cold (empty caches)", [*run, "--save-dir", str(tmp / "cold")])
+    one(
+        "pure-prune run, first on the machine (empty caches, ISA not yet probed)",
+        [*run, "--save-dir", str(tmp / "first")],
+        TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor-first"),
+    )
+    one("pure-prune run, cold (empty inductor cache)", [*run, "--save-dir", str(tmp / "cold")])
     one("pure-prune run, warm (steps loaded from the step cache)", [*run, "--save-dir", str(tmp / "warm")])
     one(
         "pure-prune run --step-cache off, warm (dynamo traces, inductor's cache)",

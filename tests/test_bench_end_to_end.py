@@ -29,7 +29,8 @@ def test_end_to_end_quick_writes_its_table(tmp_path):
     rows = result["rows"]
     assert set(rows) == {
         "peer (eager nn.Module + prune hooks + torch.optim)",
-        "pure-prune run, cold (empty caches)",
+        "pure-prune run, first on the machine (empty caches, ISA not yet probed)",
+        "pure-prune run, cold (empty inductor cache)",
         "pure-prune run, warm (steps loaded from the step cache)",
         "pure-prune run --step-cache off, warm (dynamo traces, inductor's cache)",
         "pure-prune run --eager",
@@ -55,7 +56,7 @@ def test_end_to_end_quick_writes_its_table(tmp_path):
     saved, loaded, traced = (
         rows[name]["last_line"].split("final test accuracy")[1].split(",")[0]
         for name in (
-            "pure-prune run, cold (empty caches)",
+            "pure-prune run, cold (empty inductor cache)",
             "pure-prune run, warm (steps loaded from the step cache)",
             "pure-prune run --step-cache off, warm (dynamo traces, inductor's cache)",
         )

@@ -55,6 +55,17 @@ def test_a_failed_isa_leaves_the_probe_to_inductor(tmp_path, clean, monkeypatch)
     assert vec_isa_record.trust_recorded_probe(tmp_path) is False and config.cpp.vec_isa_ok is None
 
 
+def test_the_default_folder_is_the_users_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PURE_PRUNE_CACHE", str(tmp_path / "pp"))
+    assert vec_isa_record.default_folder() == tmp_path / "pp"
+    monkeypatch.delenv("PURE_PRUNE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert vec_isa_record.default_folder() == tmp_path / "xdg" / "pure_prune"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert vec_isa_record.default_folder() == tmp_path / "home" / ".cache" / "pure_prune"
+
+
 def test_the_users_own_setting_is_left_alone(tmp_path, clean, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
     assert vec_isa_record.trust_recorded_probe(tmp_path) is False

@@ -223,8 +223,8 @@ def build_context(cfg: RunConfig) -> RunCtx:
     exp, init, backend = su.exp, su.init, su.backend
     # --step-cache: inductor's steps saved and loaded (stage_saved.Saved); compiles counted, loads not
     compiling = dict(backend=backend, cache_dir=step_cache_dir(cfg))
-    if compiling["cache_dir"] is not None:  # inductor's ISA probe: once per machine, recorded there
-        trust_recorded_probe(compiling["cache_dir"])
+    if cfg.compile and cfg.backend == "inductor":  # inductor's ISA probe: once per machine, recorded
+        trust_recorded_probe()
     ds = exp.dataset
     stacked = cfg.seeds > 1
     keys = list(cfg.seed_keys()) if stacked else [cfg.seed]

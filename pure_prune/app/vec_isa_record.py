@@ -4,11 +4,13 @@ Before it compiles or loads CPU code, inductor checks each vector instruction se
 (AVX-512, AVX2, ...) by building a small library and loading it in a fresh Python process: about
 1.1-1.4 s of every process that compiles or loads a step (six subprocesses on this project's 2-core
 AMD EPYC), even when every step comes from the step cache. :func:`trust_recorded_probe` runs that
-probe once, writes what it found to ``<folder>/vec_isa-<key>.json``, and in later processes sets
+probe once, writes what it found to ``<folder>/vec_isa-<key>.json`` (:func:`default_folder`: the
+user's cache, so that a run with an empty inductor cache skips it too), and in later processes sets
 inductor's own switch ``torch._inductor.config.cpp.vec_isa_ok = True`` (skip the probe, trust the
 CPU's flags) where the recorded probe passed every ISA the CPU claims; where one failed, the probe
 runs as before. The key covers the torch version, the Python executable, the CPU's ISA flags and
-the ``CXX`` compiler, so another machine, torch or compiler probes again.
+the ``CXX`` compiler, so another machine, torch or compiler probes again. With an empty inductor
+cache the probe also builds its test libraries with the C++ compiler: ~10 s on this machine.
 
 Application layer: the library writes no files.
 """
@@ -22,7 +24,7 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["trust_recorded_probe"]
+__all__ = ["default_folder", "trust_recorded_probe"]
 
 
 def _claimed(cpu_vec_isa) -> list[str]:  # noqa: ANN001 - torch._inductor.cpu_vec_isa
@@ -33,11 +35,21 @@ def _claimed(cpu_vec_isa) -> list[str]:  # noqa: ANN001 - torch._inductor.cpu_ve
     )]  # fmt: skip
 
 
-def trust_recorded_probe(folder: str | os.PathLike) -> bool:
+def default_folder() -> Path:
+    """Where the probe's record lives: ``$PURE_PRUNE_CACHE``, else ``$XDG_CACHE_HOME/pure_prune``,
+    else ``~/.cache/pure_prune``."""
+    if os.environ.get("PURE_PRUNE_CACHE"):
+        return Path(os.environ["PURE_PRUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pure_prune"
+
+
+def trust_recorded_probe(folder: str | os.PathLike | None = None) -> bool:
     """Skip inductor's vector-ISA probe where ``folder`` records that it passed on this machine.
 
     Returns ``True`` when ``torch._inductor.config.cpp.vec_isa_ok`` was set to ``True`` (the
-    recorded or the just-run probe passed every ISA the CPU claims), ``False`` when the probe is
+    recorded or the just-run probe passed every ISA the CPU claims; ``folder`` ``None``:
+    :func:`default_folder`), ``False`` when the probe is
     left to inductor (not x86-64, ``TORCHINDUCTOR_VEC_ISA_OK`` set by the user, or an ISA that
     failed). The first call on a machine runs the probe (``cpu_vec_isa.valid_vec_isa_list()``) and
     writes the record (a temporary file, then renamed: never half written); a record that cannot
@@ -49,6 +61,7 @@ def trust_recorded_probe(folder: str | os.PathLike) -> bool:
     import torch
     from torch._inductor import config, cpu_vec_isa
 
+    folder = default_folder() if folder is None else folder
     claimed = _claimed(cpu_vec_isa)
     ident = [torch.__version__, sys.executable, sorted(cpu_vec_isa.x86_isa_checker()), os.environ.get("CXX")]
     key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
