@@ -315,3 +315,32 @@ def test_saved_compiles_through_a_wrapping_backend_and_loads_without_it(tmp_path
     assert len(calls) == 1 and later.stats() == {"loaded": 1, "saved": 0, "fresh": 0}
     with pytest.raises(ValueError, match="backend must be 'inductor' or a callable"):
         stage_saved.Saved(fn, tmp_path, backend="eager")
+
+
+def test_saved_skips_the_signature_while_the_last_functions_guards_accept_the_arguments(
+    tmp_path, monkeypatch
+):
+    """Repeated calls of one signature run the last saved function straight away (its guards check
+    the arguments); another shape misses those guards and is dispatched by its signature, to its
+    own function; every call gives ``fn``'s values."""
+    counted = []
+    real = stage_saved.stage.signature
+
+    def signature(form, *args):
+        counted.append(form)
+        return real(form, *args)
+
+    monkeypatch.setattr(stage_saved.stage, "signature", signature)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * 3.0
+
+    saved = stage_saved.Saved(fn, tmp_path, form="f")
+    a, b = torch.linspace(-1, 1, 6), torch.linspace(-2, 2, 9)
+    for _ in range(3):
+        torch.testing.assert_close(saved(a), fn(a), rtol=1e-6, atol=0)
+    assert len(counted) == 2  # the form check at construction, then the first call only
+    torch.testing.assert_close(saved(b), fn(b), rtol=1e-6, atol=0)  # a guard miss: by signature
+    torch.testing.assert_close(saved(a), fn(a), rtol=1e-6, atol=0)  # and back
+    torch.testing.assert_close(saved(a), fn(a), rtol=1e-6, atol=0)
+    assert len(counted) == 4 and saved.stats() == {"loaded": 0, "saved": 2, "fresh": 0}
