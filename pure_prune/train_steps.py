@@ -112,10 +112,25 @@ def _leaf_step(
     return step
 
 
-def _as_input(masks: Params | None, compiled: bool) -> Params | None:
-    """The masks as the step's body receives them: their uint8 views (``mask.as_bytes``, no copy)
-    when the body is compiled, where they make faster code; the bool masks in eager mode."""
-    return mask.as_bytes(masks) if compiled and masks is not None else masks
+def _input_masks(compiled: bool) -> Callable[[Params | None], Params | None]:
+    """``as_input(masks)``: the masks as the step's body receives them: their uint8 views
+    (``mask.as_bytes``, no copy) when the body is compiled, where they make faster code; the bool
+    masks in eager mode. The views of the last masks are kept and handed out again while the same
+    mask tensors come in (views share their memory, so in-place edits show through): a
+    conversion (~16 µs on the digits MLP) once per stage, not once per step."""
+    memo: list[Any] = []  # [masks tree, its leaves, their views]
+
+    def as_input(masks: Params | None) -> Params | None:
+        if not compiled or masks is None:
+            return masks
+        leaves = tree.leaves(masks)
+        if memo and memo[0] is masks and len(memo[1]) == len(leaves):
+            if all(a is b for a, b in zip(memo[1], leaves)):
+                return memo[2]
+        memo[:] = [masks, leaves, mask.as_bytes(masks)]
+        return memo[2]
+
+    return as_input
 
 
 def _compiled(
@@ -225,11 +240,11 @@ def make_step(
         return body(params, state, opt_state, masks, batch)
 
     run = _compiled(step, compile, backend, compiler, cache_dir, "train")
-    check = checker(apply)
+    check, as_input = checker(apply), _input_masks(compiled)
 
     def checked_step(params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch):
         check(params, state, masks, batch)
-        return run(params, state, opt_state, _as_input(masks, compiled), batch)
+        return run(params, state, opt_state, as_input(masks), batch)
 
     return checked_step
 
@@ -274,10 +289,10 @@ def make_eval_step(
 
     run = _compiled(eval_step, compile, backend, compiler, cache_dir, "eval")
     compiled = compile or compiler is not None
-    check = checker(apply)
+    check, as_input = checker(apply), _input_masks(compiled)
 
     def checked_eval_step(params: Params, state: Params, masks: Params | None, batch: Batch):
         check(params, state, masks, batch)
-        return run(params, state, _as_input(masks, compiled), batch)
+        return run(params, state, as_input(masks), batch)
 
     return checked_eval_step

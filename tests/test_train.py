@@ -12,7 +12,7 @@ from einops import rearrange, reduce
 from hypothesis import given, settings
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from pure_prune import mask, optim, rng, stage, train, tree
+from pure_prune import losses, mask, models, optim, rng, select, stage, train, tree
 from pure_prune.losses import cross_entropy, kd_loss
 from pure_prune.testing import close, invariants, strategies
 from pure_prune.testing.plugin import scaled_examples
@@ -464,3 +464,35 @@ def test_bad_input_is_caught_before_the_model_runs():
         train.make_eval_step(mlp_apply, "ce")
     with pytest.raises(TypeError, match="optimizer must be an optim.Optimizer"):
         train.make_step(mlp_apply, cross_entropy, torch.optim.SGD)
+
+
+def test_compiled_step_sees_masks_edited_in_place_and_replaced(one_thread):
+    """The compiled step keeps the uint8 views of the last masks between calls: an in-place edit
+    of those mask tensors shows through the views, and new mask tensors get new views; each call
+    equals a fresh step given the same masks."""
+    spec = models.get("mlp")
+    params, state = spec.init(0, sizes=(12, 16, 4))
+    x = rng.normal(1, (8, 12))
+    y = torch.randint(0, 4, (8,), generator=rng.generator(2))
+    opt = optim.sgd(0.05, momentum=0.9)
+    masks = select.unstructured(tree.map(lambda p: p.abs() if p.ndim >= 2 else None, params), 0.5)
+
+    def make():
+        return train.make_step(spec, losses.cross_entropy, opt, compile=True, backend="eager")
+
+    kept = make()
+    args = (params, state, opt.init(params))
+    kept(*args, masks, (x, y))
+    for edit in ("in place", "replaced"):
+        if edit == "in place":
+            for m in tree.leaves(masks):
+                if m is not None:
+                    m[0].fill_(False)
+        else:
+            masks = select.unstructured(tree.map(lambda p: p.abs() if p.ndim >= 2 else None, params), 0.8)
+        got, want = kept(*args, masks, (x, y)), make()(*args, masks, (x, y))
+        for a, b in zip(tree.leaves(got[0]), tree.leaves(want[0])):
+            assert torch.equal(a, b), edit
+        for p, m in zip(tree.leaves(got[0]), tree.leaves(masks)):
+            if m is not None:
+                assert bool((p[~m] == 0).all()), edit  # pruned by the masks of this call
