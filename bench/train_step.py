@@ -17,7 +17,8 @@ Peers, float32, ``--threads`` intra-op threads (default 2):
 * ``JAX jit``: the same masked step in ``jax.numpy`` (MLPs only; skipped without JAX), in a
   process of its own (in one process XLA's pool and libgomp's threads stall each other), timed in
   ``--blocks`` blocks alternating with the torch peers, each side idle while the other runs, so
-  that both meet the same load. At ``--threads 1`` XLA gets one thread too.
+  that both meet the same load. At ``--threads 1`` XLA gets one thread too, and both processes are
+  pinned to the same ``--threads`` cores (``pin_cores``: XLA's dispatch thread would use another).
 
 The torch peers are timed interleaved (``_common.time_interleaved``); ``per block`` is the median
 over the ``--blocks`` blocks of the hooks' block median over the peer's (peers of one block met
@@ -442,6 +443,20 @@ def block_ratio(timing: dict, base: str, label: str) -> float:
     return statistics.median(b / t for b, t in pairs)
 
 
+def pin_cores(threads: int) -> list[int]:
+    """Pin this process (torch's side, and the JAX child, which runs this too) to the first
+    ``threads`` cores it may use, so both sides get the same CPUs whatever threads their runtimes
+    start: XLA at one intra-op thread still runs its dispatch on another thread (about 1.2-1.7
+    cores of CPU time per wall second, unpinned). Returns the cores (all of them where
+    ``threads`` is not below their count, or where the platform cannot pin)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return list(range(os.cpu_count() or 1))
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads < len(allowed):
+        os.sched_setaffinity(0, allowed[:threads])
+    return sorted(os.sched_getaffinity(0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=80)
@@ -459,6 +474,7 @@ def main() -> None:
     ap.add_argument("--jax-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    cores = pin_cores(args.threads)
     setup_threads(args.threads)
     if args.jax_child:
         jax_child(args.jax_child, args.batch)
@@ -505,7 +521,8 @@ def main() -> None:
         print(
             table(
                 f"\n{name}: masked SGD-momentum step, {int(SPARSITY * 100)}% global L1, "
-                f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, {reps} reps ({load})",
+                f"{torch.get_num_threads()} threads on cores {cores} (both sides), "
+                f"OMP_WAIT_POLICY={policy}, {reps} reps ({load})",
                 [
                     "peer",
                     "median ms",
@@ -528,7 +545,13 @@ def main() -> None:
         }
     path = write_json(
         "train_step",
-        {"sparsity": SPARSITY, "threads": args.threads, "batch": args.batch, "cases": results},
+        {
+            "sparsity": SPARSITY,
+            "threads": args.threads,
+            "cores": cores,
+            "batch": args.batch,
+            "cases": results,
+        },
         args.out,
     )
     print(f"\nwrote {path}")
