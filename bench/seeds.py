@@ -277,7 +277,7 @@ def bench_step(reps: int, blocks: int = 1) -> dict:
 
 
 # ---------------------------------------------------------------------------- compute limit
-def bench_limit(reps: int, blocks: int, seeds: int = PIPE_SEEDS) -> dict:
+def bench_limit(reps: int, blocks: int, num_seeds: int = PIPE_SEEDS) -> dict:
     """The masked (80%) step of ``pure-prune run --seeds N`` against ``bench/end_to_end.py``'s compute
     limit, ``N`` single compiled steps: the ``mlp`` preset (64-256-256-10) on digits, batch 64,
     ``experiment.setup``'s optimizer; the vmapped step fed the masks' uint8 views (as
@@ -288,19 +288,19 @@ def bench_limit(reps: int, blocks: int, seeds: int = PIPE_SEEDS) -> dict:
     single = (mask.apply(params, masks), state)
     single_opt = exp.optimizer.init(single[0])
     x, y = next(exp.train_batches(0)(0))
-    ps, ss = seeds.init_seeds(init, rng.split(0, seeds))
+    ps, ss = seeds.init_seeds(init, rng.split(0, num_seeds))
     ms = seeds.masks_like_seeds(ps)
     ms = seeds.select_seeds(magnitude.magnitude(ps, ms), PIPE_SPARSITY, masks=ms)
     ps = mask.apply(ps, ms)
     opt_s = seeds.init_opt_seeds(exp.optimizer, ps)
-    xs = x[None].expand(seeds, *x.shape).contiguous()
-    ys = y[None].expand(seeds, *y.shape).contiguous()
+    xs = x[None].expand(num_seeds, *x.shape).contiguous()
+    ys = y[None].expand(num_seeds, *y.shape).contiguous()
     loss = losses.cross_entropy
     vmapped = seeds.make_seed_step(exp.model, loss, exp.optimizer, per_seed_batches=True, compile=True)
     with_bool = seeds.seed_step_of(
         train.make_step(exp.model, loss, exp.optimizer, compile=False), per_seed_batches=True, compile=True
     )
-    one, many, many_bool = "1 compiled step", f"{seeds}-seed step", f"{seeds}-seed step, bool masks"
+    one, many, many_bool = "1 compiled step", f"{num_seeds}-seed step", f"{num_seeds}-seed step, bool masks"
     fns = {
         one: lambda: exp.step(*single, single_opt, masks, (x, y)),
         many: lambda: vmapped(ps, ss, opt_s, ms, (xs, ys)),
@@ -311,22 +311,22 @@ def bench_limit(reps: int, blocks: int, seeds: int = PIPE_SEEDS) -> dict:
     load0 = os.getloadavg()[0]
     per_block = [time_interleaved(fns, reps=max(1, reps // blocks), warmup=2) for _ in range(blocks)]
     limit = {  # N single steps over the vmapped step, per block, median over blocks
-        name: statistics.median(seeds * b[one]["median_ms"] / b[name]["median_ms"] for b in per_block)
+        name: statistics.median(num_seeds * b[one]["median_ms"] / b[name]["median_ms"] for b in per_block)
         for name in (many, many_bool)
     }
     medians = {n: statistics.median(b[n]["median_ms"] for b in per_block) for n in fns}
     print(
         table(
-            f"Masked step of pure-prune run --seeds {seeds} (mlp 64-256-256-10, batch 64) against the compute "
-            f"limit ({seeds} x one compiled step); {torch.get_num_threads()} threads, load {load0:.1f}",
-            ["step", "median ms", f"limit / this ({seeds} x 1 step / step)"],
+            f"Masked step of pure-prune run --seeds {num_seeds} (mlp 64-256-256-10, batch 64) against the compute "
+            f"limit ({num_seeds} x one compiled step); {torch.get_num_threads()} threads, load {load0:.1f}",
+            ["step", "median ms", f"limit / this ({num_seeds} x 1 step / step)"],
             [[n, medians[n], limit.get(n, "-")] for n in fns],
         )
     )
     return {
         "median_ms": medians,
         "limit_over_step": limit,
-        "seeds": seeds,
+        "seeds": num_seeds,
         "load": [load0, os.getloadavg()[0]],
     }
 
