@@ -90,6 +90,39 @@ class SeedStep(SeedFn):
         super().__init__(fn, seeded, chunk_size)
         self._has_opt_state = opt_state  # train steps: (params, state, opt_state, masks, batch)
         self._bytes_masks = check_bool("bytes_masks", bytes_masks)
+        self._checked: tuple[Any, int, list] | None = None  # (layout key, seed count, mask leaves)
+        self._views: list[Any] = []  # [mask leaves, their uint8 views] of the last call
+
+    def _seed_count(self, params: Any, state: Any, masks: Any, others: dict[str, Any]) -> int:
+        """:func:`check_stacked`, run again only when the layout changes: the trees' structures,
+        every leaf's shape and dtype, or the mask tensors themselves (once per stage, not once per
+        step: ~53 µs a call for 8 stacked digits MLPs)."""
+        parts = [params, state, masks, *others.values()]
+        flat = [tree.flatten(t) for t in parts]
+        key = (
+            tuple(spec for _, spec in flat),
+            tuple((x.shape, x.dtype) if isinstance(x, Tensor) else x for leaves, _ in flat for x in leaves),
+        )
+        last = self._checked
+        if last is not None and last[0] == key and all(a is b for a, b in zip(last[2], flat[2][0])):
+            return last[1]
+        n = check_stacked(params, state, masks, others)
+        self._checked = (key, n, flat[2][0])
+        return n
+
+    def _mask_views(self, masks: Any) -> Any:
+        """``mask.as_bytes(masks)``, kept while the same mask tensors come in (views share memory)."""
+        leaves = tree.leaves(masks)
+        memo = self._views
+        if (
+            memo
+            and memo[0] is masks
+            and len(memo[1]) == len(leaves)
+            and all(a is b for a, b in zip(memo[1], leaves))
+        ):
+            return memo[2]
+        self._views = [masks, leaves, mask.as_bytes(masks)]
+        return self._views[2]
 
     @property
     def per_seed_batches(self) -> bool:
@@ -101,10 +134,10 @@ class SeedStep(SeedFn):
             raise TypeError(f"expected {len(self.seeded)} arguments, got {len(args)}")
         params, state, *rest = args
         others = {"opt_state": rest[0]} if self._has_opt_state else {}
-        n = check_stacked(params, state, rest[-2], others)
+        n = self._seed_count(params, state, rest[-2], others)
         check_batch(args[-1], self.per_seed_batches, n)
         if self._bytes_masks and rest[-2] is not None:
-            args = (*args[:-2], mask.as_bytes(rest[-2]), args[-1])
+            args = (*args[:-2], self._mask_views(rest[-2]), args[-1])
         return self._run(args, n)
 
 

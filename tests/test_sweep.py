@@ -318,6 +318,38 @@ def test_step_rejects_inconsistent_input():
         seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, chunk_size=0)
 
 
+def test_step_checks_again_when_the_layout_or_the_mask_tensors_change():
+    """The stacked trees are checked once per layout: a good call after good calls skips the
+    check, but a call whose masks no longer fit (new mask tensors, or another seed count in a
+    tree) is refused as on a first call; in-place edits of the masks reach the compiled step."""
+    opt = optim.sgd(0.05)
+    _, params, state, masks = _mlp_setup(3)
+    opt_state = seeds.init_opt_seeds(opt, params)
+    x, y = mlp_data(1)
+    batch = (x[None].expand(3, -1, -1), y[None].expand(3, -1))
+    step = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    for _ in range(2):
+        step(params, state, opt_state, masks, batch)
+    bad = tree.map(lambda m: None if m is None else m[:, :1], masks)  # masks of the wrong shape
+    with pytest.raises(ValueError, match=r"mask 'fc1.weight' has shape \(3, 1, 8\), param has"):
+        step(params, state, opt_state, bad, batch)
+    other = seeds.init_opt_seeds(opt, tree.map(lambda p: p[:2], params))
+    with pytest.raises(ValueError, match="opt_state has 2 seeds but params has 3"):
+        step(params, state, other, masks, batch)
+    step(params, state, opt_state, masks, batch)  # good again
+    compiled = seeds.make_seed_step(
+        mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=True, backend="eager"
+    )
+    compiled(params, state, opt_state, masks, batch)
+    for m in tree.leaves(masks):
+        if m is not None:
+            m.fill_(False)  # in place: the uint8 views the step keeps see it
+    new_params = compiled(params, state, opt_state, masks, batch)[0]
+    assert all(
+        bool((p == 0).all()) for p, m in zip(tree.leaves(new_params), tree.leaves(masks)) if m is not None
+    )
+
+
 def test_chunked_step_equals_unchunked():
     opt = optim.adam(1e-2)
     _, params, state, masks = _mlp_setup(5)
