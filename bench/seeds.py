@@ -19,11 +19,12 @@ median over the peer's, peers of one block having met the same load):
   is importable).
 
 All peers start from the same weights and batches; after one step their params are checked to
-agree (max |diff| is printed). One thread, load 2.0 (``bench/results/seeds_step_1thread.json``,
-``--threads 1 --blocks 6 --reps 60 --skip-pipeline --skip-runner``): the loop 11.3 ms; compiled
-masked 1.66 ms, 6.8x the loop (per block 6.8x); dense 1.87 ms, 6.1x; bool masks in the graph
-2.18 ms, 5.2x; vmap eager 4.1 ms, 2.7x. The library before this change, timed by this script
-right before (load 1.3): dense 6.1x, masked 5.3x (its ``make_seed_step`` passed the bool masks).
+agree (max |diff| is printed). One thread, load 1.0 (``bench/results/seeds_step_1thread.json``,
+``OMP_WAIT_POLICY=PASSIVE python bench/seeds.py --threads 1 --blocks 6 --reps 60 --skip-pipeline
+--skip-runner``): the loop 12.2 ms; compiled masked 1.62 ms, 7.5x the loop (per block 7.5x), 1.11x
+JAX ``jit(vmap)`` (1.81 ms); dense 1.85 ms, 6.6x; bool masks in the graph 2.15 ms, 5.7x; vmap
+eager 3.9 ms, 3.1x; the 8-seed step of ``run --seeds 8`` 4.05 ms, 2.0x eight single compiled steps
+taking turns (1.06 ms each). An earlier run at load 2.0: the loop 11.3 ms, masked 6.8x.
 The compiled step is GEMM-bound: its five ``bmm`` of 32 seeds take ~0.9 of its ~1.3 ms (called
 alone), so 10x the loop is out of reach by trimming its Python; under load 3.8 the loop slowed
 more than the vmapped step (26.7 ms; masked 11.2x). At two threads with libgomp's spinning
