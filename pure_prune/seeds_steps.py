@@ -91,7 +91,7 @@ class SeedStep(SeedFn):
         self._has_opt_state = opt_state  # train steps: (params, state, opt_state, masks, batch)
         self._bytes_masks = check_bool("bytes_masks", bytes_masks)
         self._checked: tuple[Any, int, list] | None = None  # (layout key, seed count, mask leaves)
-        self._views: list[Any] = []  # [mask leaves, their uint8 views] of the last call
+        self._views = mask.bytes_views()  # the masks' uint8 views, kept per stage
 
     def _seed_count(self, params: Any, state: Any, masks: Any, others: dict[str, Any]) -> int:
         """:func:`check_stacked`, run again only when the layout changes: the trees' structures,
@@ -110,20 +110,6 @@ class SeedStep(SeedFn):
         self._checked = (key, n, flat[2][0])
         return n
 
-    def _mask_views(self, masks: Any) -> Any:
-        """``mask.as_bytes(masks)``, kept while the same mask tensors come in (views share memory)."""
-        leaves = tree.leaves(masks)
-        memo = self._views
-        if (
-            memo
-            and memo[0] is masks
-            and len(memo[1]) == len(leaves)
-            and all(a is b for a, b in zip(memo[1], leaves))
-        ):
-            return memo[2]
-        self._views = [masks, leaves, mask.as_bytes(masks)]
-        return self._views[2]
-
     @property
     def per_seed_batches(self) -> bool:
         """Whether the batch carries a seed axis (``x (S, B, ...)``) or is shared (``x (B, ...)``)."""
@@ -137,7 +123,7 @@ class SeedStep(SeedFn):
         n = self._seed_count(params, state, rest[-2], others)
         check_batch(args[-1], self.per_seed_batches, n)
         if self._bytes_masks and rest[-2] is not None:
-            args = (*args[:-2], self._mask_views(rest[-2]), args[-1])
+            args = (*args[:-2], self._views(rest[-2]), args[-1])
         return self._run(args, n)
 
 

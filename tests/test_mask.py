@@ -237,6 +237,32 @@ def test_bytes_views_share_memory_and_apply_alike(data):
     mask.validate(params, views, bytes_ok=True)
 
 
+@given(st.data())
+def test_bytes_views_memo_reuses_views_only_for_the_same_mask_tensors(data):
+    """``mask.bytes_views()``: the same views while the same tree and leaves come in (in-place
+    edits show through them); a new tree, or one leaf swapped in the same tree, gets new views
+    equal to ``as_bytes`` of what came in."""
+    params = data.draw(pst.params_trees(min_prunable=1), label="params")
+    masks = data.draw(pst.masks(params), label="masks")
+    views = mask.bytes_views()
+    first = views(masks)
+    assert views(masks) is first
+    path, leaf = next((pa, m) for pa, m in zip(tree.paths(masks), tree.leaves(masks)) if m is not None)
+    leaf.logical_not_()  # in place: the kept views see it
+    for m, b in zip(tree.leaves(masks), tree.leaves(views(masks))):
+        assert (m is None and b is None) or torch.equal(b, m.to(torch.uint8)), path
+    copy = tree.map(lambda m: None if m is None else m.clone(), masks)
+    again = views(copy)
+    assert again is not first
+    swapped = tree.map_with_path(lambda pa, m: m.clone() if pa == path else m, masks)
+    for got in (again, views(swapped)):
+        assert got is not first
+    for m, b in zip(tree.leaves(swapped), tree.leaves(views(swapped))):
+        assert (m is None and b is None) or (
+            b.data_ptr() == m.data_ptr() and torch.equal(b, m.to(torch.uint8))
+        )
+
+
 def test_keep_hand_example_bool_and_bytes_and_gradient():
     x = torch.tensor([[-1.0, float("nan")], [float("inf"), 2.0]], requires_grad=True)
     m = torch.tensor([[False, False], [False, True]])
