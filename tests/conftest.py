@@ -8,12 +8,23 @@ Process-wide torch state is isolated between tests: the CPU thread count (the ru
 each test module, so compile counters in one module never see graphs (or recompile-limit
 pressure, or changed global-state guards) left by another. Compiled functions are still shared
 within a module through module-scoped fixtures, and inductor's on-disk cache keeps recompiles warm.
+The machine record of the application (``PURE_PRUNE_CACHE``: inductor's ISA probe, see
+``pure_prune.app.vec_isa_record``) goes to a folder of the session, not the user's ``~/.cache``.
 """
+
+import os
 
 import pytest
 import torch
 
 pytest_plugins = ["pure_prune.testing.plugin"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _machine_cache_of_the_session(tmp_path_factory):
+    if "PURE_PRUNE_CACHE" not in os.environ:
+        os.environ["PURE_PRUNE_CACHE"] = str(tmp_path_factory.mktemp("pure_prune_cache"))
+    yield
 
 
 @pytest.fixture(autouse=True, scope="module")
