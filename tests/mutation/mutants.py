@@ -290,6 +290,20 @@ def _as_bytes_copies(orig, mod):
     return lambda masks: tree.map(lambda m: None if m is None else m.to(torch.uint8), masks)
 
 
+def _bytes_views_keep_first(orig, mod):
+    def bytes_views():
+        memo = []
+
+        def views(masks):
+            if not memo:
+                memo.append(mod.as_bytes(masks))
+            return memo[0]
+
+        return views
+
+    return bytes_views
+
+
 def _ones_like_ndim1(orig, mod):
     def ones_like(params, prunable=lambda path, leaf: leaf.ndim >= 1, *, exclude_paths=()):
         return orig(params, prunable, exclude_paths=exclude_paths)
@@ -1018,6 +1032,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "pure_prune.mask:as_bytes",
         _as_bytes_copies,
         (MASK + "test_bytes_views_share_memory_and_apply_alike",),
+    ),
+    Mutant(
+        "bytes-views-keep-first",
+        "bytes_views hands out the first masks' views for every later masks",
+        "pure_prune.mask:bytes_views",
+        _bytes_views_keep_first,
+        (MASK + "test_bytes_views_memo_reuses_views_only_for_the_same_mask_tensors",),
     ),
     Mutant(
         "ones-like-masks-biases",
