@@ -30,7 +30,7 @@ from pure_prune.algorithms import distill, dst, masking, rsst
 from pure_prune.algorithms.base import Carry, RoundOut
 from pure_prune.app import data
 from pure_prune.app.experiment import Experiment, make_optimizer, setup
-from pure_prune.app.runconfig import RunConfig, parse_nm
+from pure_prune.app.runconfig import STEP_CACHE_WORDS, RunConfig, parse_nm
 from pure_prune.app.vec_isa_record import trust_recorded_probe
 
 __all__ = ["check_fit", "compile_counter", "setup_eager", "step_cache_dir"]
@@ -63,11 +63,9 @@ def step_cache_dir(cfg: RunConfig) -> str | None:
     ``step_cache="auto"`` (the default): ``pure_prune_steps`` inside torch's inductor cache folder
     (``TORCHINDUCTOR_CACHE_DIR``, else torch's default), when the steps compile with inductor and
     no compact stages (``stage.Compiled`` forms); ``"off"``/``None``: none; else the folder given."""
-    if cfg.step_cache in ("off", None):
-        return None
-    if cfg.step_cache != "auto":
+    if cfg.step_cache not in STEP_CACHE_WORDS:
         return cfg.step_cache
-    if not cfg.compile or cfg.backend != "inductor" or cfg.compact:
+    if cfg.step_cache != "auto" or not cfg.compile or cfg.backend != "inductor" or cfg.compact:
         return None
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 

@@ -31,7 +31,7 @@ import tomllib
 
 from pure_prune.app.knobs import BACKENDS, GRADUAL_SCHEDULES, ITERATIVE_SCHEDULES, KNOBS, METHODS, used_by
 
-__all__ = ["METHODS", "RunConfig", "config_hash", "from_mapping", "load_toml", "parse_nm"]
+__all__ = ["METHODS", "STEP_CACHE_WORDS", "RunConfig", "config_hash", "from_mapping", "load_toml", "parse_nm"]
 
 # knobs that never change a run's results: excluded from the hash, allowed to differ on --resume
 NOT_HASHED = ("save_dir", "progress", "threads", "root", "step_cache")
