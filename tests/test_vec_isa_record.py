@@ -30,7 +30,7 @@ def test_first_call_probes_and_records_later_calls_read_the_record(tmp_path, cle
         return real()
 
     monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", counted)
-    claimed = vec_isa_record._claimed(cpu_vec_isa)
+    claimed = vec_isa_record.claimed_isas(cpu_vec_isa.x86_isa_checker())
     passed = vec_isa_record.trust_recorded_probe(tmp_path)
     (record_path,) = tmp_path.glob("vec_isa-*.json")
     record = json.loads(record_path.read_text())
@@ -43,7 +43,7 @@ def test_first_call_probes_and_records_later_calls_read_the_record(tmp_path, cle
 
 
 def test_a_failed_isa_leaves_the_probe_to_inductor(tmp_path, clean, monkeypatch):
-    claimed = vec_isa_record._claimed(cpu_vec_isa)
+    claimed = vec_isa_record.claimed_isas(cpu_vec_isa.x86_isa_checker())
     if not claimed:
         pytest.skip("the CPU claims no vector ISA inductor knows")
     monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: cpu_vec_isa.supported_vec_isa_list[-1:])
@@ -53,6 +53,12 @@ def test_a_failed_isa_leaves_the_probe_to_inductor(tmp_path, clean, monkeypatch)
     (path,) = tmp_path.glob("vec_isa-*.json")
     path.write_text("{torn")
     assert vec_isa_record.trust_recorded_probe(tmp_path) is False and config.cpp.vec_isa_ok is None
+
+
+def test_claimed_isas_are_those_whose_flags_the_cpu_has():
+    assert vec_isa_record.claimed_isas([]) == []
+    assert vec_isa_record.claimed_isas(["avx2"]) == ["avx2"]  # no avx512 flag: not claimed
+    assert "avx512" in vec_isa_record.claimed_isas(["avx2", "avx512"])
 
 
 def test_the_default_folder_is_the_users_cache(tmp_path, monkeypatch):

@@ -24,12 +24,14 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["default_folder", "trust_recorded_probe"]
+__all__ = ["claimed_isas", "default_folder", "trust_recorded_probe"]
 
 
-def _claimed(cpu_vec_isa) -> list[str]:  # noqa: ANN001 - torch._inductor.cpu_vec_isa
-    """The vector ISAs inductor would probe: those whose flags the CPU claims (``/proc/cpuinfo``)."""
-    flags = cpu_vec_isa.x86_isa_checker()
+def claimed_isas(flags: list[str]) -> list[str]:
+    """The vector ISAs inductor would probe, by name, in its order: those whose ``flags`` the CPU
+    claims (``torch._inductor.cpu_vec_isa.x86_isa_checker()``, read from ``/proc/cpuinfo``)."""
+    from torch._inductor import cpu_vec_isa
+
     return [str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if str(isa) and all(
         f in flags for f in str(isa).split()
     )]  # fmt: skip
@@ -62,8 +64,9 @@ def trust_recorded_probe(folder: str | os.PathLike | None = None) -> bool:
     from torch._inductor import config, cpu_vec_isa
 
     folder = default_folder() if folder is None else folder
-    claimed = _claimed(cpu_vec_isa)
-    ident = [torch.__version__, sys.executable, sorted(cpu_vec_isa.x86_isa_checker()), os.environ.get("CXX")]
+    flags = cpu_vec_isa.x86_isa_checker()
+    claimed = claimed_isas(flags)
+    ident = [torch.__version__, sys.executable, sorted(flags), os.environ.get("CXX")]
     key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
     path = Path(folder) / f"vec_isa-{key}.json"
     try:
