@@ -48,6 +48,12 @@ def _norm_rows(x: torch.Tensor, ord: float) -> torch.Tensor:
     return reduce(x.abs() ** ord, "u r -> u", "sum")
 
 
+def _check_axis(where: str, axis: int, path: str, x: torch.Tensor) -> None:
+    """``ValueError`` naming ``where``, the score's ``path`` and shape when ``axis`` is not an axis of ``x``."""
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{where}: axis {axis} out of range for score {path!r} of shape {tuple(x.shape)}")
+
+
 def _check_ord(ord: float) -> float:
     if isinstance(ord, bool) or not isinstance(ord, numbers.Real):
         raise TypeError(f"ord must be a real number > 0 (1, 2, inf, ...), got {type(ord).__name__} {ord!r}")
@@ -79,8 +85,8 @@ def rows(
         if x is None:
             out.append(m)
             continue
-        if eager() and (x.ndim == 0 or not -x.ndim <= axis < x.ndim):
-            raise ValueError(f"rows: axis {axis} out of range for score {path!r} of shape {tuple(x.shape)}")
+        if eager():
+            _check_axis("rows", axis, path, x)
         ax = axis % x.ndim
         v = rearrange(torch.movedim(x.to(common_dtype([x])), ax, 0), "u ... -> u (...)")
         norms = _norm_rows(v, p_ord)
@@ -305,8 +311,7 @@ def n_of_m(scores: tree.Tree, n: int, m: int, *, axis: int = -1, masks: tree.Tre
         if x is None:
             out.append(old)
             continue
-        if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
-            raise ValueError(f"n_of_m: axis {axis} out of range for score {path!r} of shape {tuple(x.shape)}")
+        _check_axis("n_of_m", axis, path, x)
         ax = axis % x.ndim
         if x.shape[ax] % m:
             raise ValueError(
