@@ -7,9 +7,10 @@ per epoch to stderr; a bar (e.g. tqdm) is the application's, passed in as ``prog
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from pure_prune.optim import OptState
@@ -47,7 +48,8 @@ def fit(
 
     Each epoch's ``history`` entry holds the step metrics averaged over the epoch, weighted by the
     number of label entries of each batch (training-mode metrics, taken before each update). The
-    metrics stay tensors during an epoch (no device sync per step). ``progress``: ``True`` writes
+    metrics stay tensors during an epoch (no device sync and no tensor op per step) and are
+    averaged at its end in float64 (:func:`_epoch_means`). ``progress``: ``True`` writes
     one line per epoch to stderr (``fit: epoch 3/10 accuracy=0.8812 loss=0.4321``), ``False`` or ``None`` nothing;
     a callable is called as ``progress(done, epochs, label)`` after each epoch (:data:`Progress`;
     e.g. an application's tqdm bar). Raises ``ValueError`` when an epoch has no batches.
@@ -59,19 +61,31 @@ def fit(
     report = _progress(progress)
     history: list[dict[str, float]] = []
     for epoch in range(epochs):
-        sums: dict[str, Tensor] = {}
-        count = 0
+        seen: list[tuple[Mapping[str, Tensor], int]] = []
         for batch in batches_fn(epoch):
             params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
-            n = batch[1].numel()
-            sums = {k: sums.get(k, 0.0) + v * n for k, v in metrics.items()}
-            count += n
-        if count == 0:
+            seen.append((metrics, batch[1].numel()))
+        if not seen:
             raise ValueError(f"fit: batches_fn({epoch}) yielded no batches")
-        history.append({k: float(v) / count for k, v in sorted(sums.items())})
+        history.append(_epoch_means(seen))
         if report is not None:
             report(epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in history[-1].items()))
     return FitResult(params, state, opt_state, history)
+
+
+def _epoch_means(seen: list[tuple[Mapping[str, Tensor], int]]) -> dict[str, float]:
+    """``{name: sum_b n_b * metric_b / sum_b n_b}`` over the steps ``seen`` (``(metrics, n)``: a
+    step's metrics and its batch's label entries), summed in float64, names sorted. A name that
+    some steps leave out is averaged over the steps that give it, divided by every step's entries
+    (as a sum that adds 0 for those steps)."""
+    count = sum(n for _, n in seen)
+    means = {}
+    for name in sorted({k for metrics, _ in seen for k in metrics}):
+        values, entries = zip(*((m[name], n) for m, n in seen if name in m))
+        stacked = torch.stack([torch.as_tensor(v).detach().reshape(()) for v in values])
+        weights = torch.tensor(entries, dtype=torch.float64)
+        means[name] = float(stacked.to(device="cpu", dtype=torch.float64) @ weights) / count
+    return means
 
 
 def _progress(progress: bool | Progress | None) -> Progress | None:

@@ -437,6 +437,28 @@ def test_fit_trains_and_reports(capsys):
         train.fit(step, params, state, opt.init(params), masks, lambda e: [], 1, progress=False)
 
 
+def test_fit_history_weights_each_step_by_its_label_entries():
+    """The epoch means weight each step's metrics by its batch's label entries, by hand on numbers
+    chosen so that float32 running sums would round (float64 at the epoch's end does not), and a
+    metric that only some steps report is divided by every step's entries."""
+    metrics = [
+        {"loss": torch.tensor(1.0), "extra": torch.tensor(3.0)},
+        {"loss": torch.tensor(2.0 + 2.0**-20)},
+        {"loss": torch.tensor(4.0), "extra": torch.tensor(5.0)},
+    ]
+    sizes = [1, 3, 4]
+    batches = [(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long)) for n in sizes]
+    calls = iter(metrics)
+
+    def step(params, state, opt_state, masks, batch):
+        return params, state, opt_state, next(calls)
+
+    (epoch,) = train.fit(step, {}, {}, {}, None, lambda e: batches, 1, progress=False).history
+    assert list(epoch) == ["extra", "loss"]
+    assert epoch["loss"] == (1.0 * 1 + (2.0 + 2.0**-20) * 3 + 4.0 * 4) / 8
+    assert epoch["extra"] == (3.0 * 1 + 5.0 * 4) / 8
+
+
 def test_bad_input_is_caught_before_the_model_runs():
     calls = []
 

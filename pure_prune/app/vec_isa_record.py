@@ -12,6 +12,16 @@ runs as before. The key covers the torch version, the Python executable, the CPU
 the ``CXX`` compiler, so another machine, torch or compiler probes again. With an empty inductor
 cache the probe also builds its test libraries with the C++ compiler: ~10 s on this machine.
 
+``vec_isa_ok`` does not cover the probes inside some ISAs: AVX-512 still builds and loads a test of
+its BF16 instructions, AVX-512 VNNI one of its VNNI instructions (and AMX its tiles) wherever the
+CPU claims them: three builds and three Python subprocesses on this project's AMD EPYC, ~2 s of a
+run with an empty inductor cache and ~0.3 s of one whose steps all come from the step cache. So
+:func:`trust_recorded_probe` also puts :func:`remembered_builds` in place of
+``VecISA.check_build``, the one function those probes call: a test build already recorded for this
+machine is answered from the record, and one not yet recorded runs as before and is added to it
+when it passed (a failed one runs again next time, so a build that failed once never disables an
+ISA for good).
+
 Application layer: the library writes no files.
 """
 
@@ -22,9 +32,11 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["claimed_isas", "default_folder", "trust_recorded_probe"]
+__all__ = ["claimed_isas", "default_folder", "remembered_builds", "trust_recorded_probe"]
 
 
 def claimed_isas(flags: list[str]) -> list[str]:
@@ -55,7 +67,8 @@ def trust_recorded_probe(folder: str | os.PathLike | None = None) -> bool:
     left to inductor (not x86-64, ``TORCHINDUCTOR_VEC_ISA_OK`` set by the user, or an ISA that
     failed). The first call on a machine runs the probe (``cpu_vec_isa.valid_vec_isa_list()``) and
     writes the record (a temporary file, then renamed: never half written); a record that cannot
-    be read or written is ignored. Call it before the first step is compiled or loaded, in every
+    be read or written is ignored. In every case ``VecISA.check_build`` becomes
+    :func:`remembered_builds` over the record's passed test builds. Call it before the first step is compiled or loaded, in every
     process, so that the config inductor hashes into its cache keys is the same in all of them.
     """
     if platform.machine() not in ("x86_64", "AMD64") or "TORCHINDUCTOR_VEC_ISA_OK" in os.environ:
@@ -74,16 +87,58 @@ def trust_recorded_probe(folder: str | os.PathLike | None = None) -> bool:
     except (OSError, ValueError):
         record = None
     if not isinstance(record, dict) or record.get("claimed") != claimed:
-        probed = [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
-        record = {"claimed": claimed, "probed": probed, "torch": torch.__version__}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(record) + "\n")
-            tmp.replace(path)
-        except OSError:
-            pass
+        record = {"claimed": claimed, "probed": None, "builds": {}, "torch": torch.__version__}
+    builds = record.get("builds") if isinstance(record.get("builds"), dict) else {}
+    record["builds"] = builds
+
+    def save() -> None:
+        _write(path, record)
+
+    real = getattr(cpu_vec_isa.VecISA.check_build, "__wrapped__", cpu_vec_isa.VecISA.check_build)
+    cpu_vec_isa.VecISA.check_build = remembered_builds(real, builds, save)
+    if record.get("probed") is None:
+        record["probed"] = [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
+        save()
     if record.get("probed") != claimed:
         return False
     config.cpp.vec_isa_ok = True
     return True
+
+
+def remembered_builds(
+    check_build: Callable[[Any, str], bool], builds: dict[str, bool], save: Callable[[], None]
+) -> Callable[[Any, str], bool]:
+    """``check_build`` (inductor's ``VecISA.check_build(isa, code) -> bool``: does ``code`` build
+    with ``isa``'s compiler flags and load?) answered ``True`` where ``builds`` records that this
+    build passed, else run; a pass is added to ``builds`` and ``save()`` called (a failure is not
+    recorded, so that a passing ISA is never disabled for good by a build that failed once).
+
+    ``builds`` is keyed by the ISA's class, its flags at the time of the call (a probe adds the
+    flags it tests) and a hash of ``code``. The returned function's ``__wrapped__`` is
+    ``check_build``."""
+
+    def check(isa: Any, code: str) -> bool:
+        digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+        key = f"{type(isa).__name__}|{isa.build_arch_flags().strip()}|{digest}"
+        if builds.get(key) is True:
+            return True
+        ok = bool(check_build(isa, code))
+        if ok:
+            builds[key] = True
+            save()
+        return ok
+
+    check.__wrapped__ = check_build  # type: ignore[attr-defined]
+    return check
+
+
+def _write(path: Path, record: dict) -> None:
+    """Write ``record`` to ``path`` as JSON through a temporary file renamed over it (never half
+    written); a folder that cannot be written is left alone (the probes run again next time)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass
