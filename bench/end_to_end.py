@@ -23,8 +23,12 @@ and start-up included), one thread each (``--threads 1``; ``OMP_NUM_THREADS=1`` 
   with the filled cache) times the steps a seed takes: ``(rounds + 1) * epochs * (1437 // 64)``,
   and ``N`` times that for the seeds; what the run would take with nothing but its steps.
 
-Settings: rate 0.2, batch 64, SGD lr 0.05 momentum 0.9, evaluation after every epoch. Writes a
-table (wall s, ratio to the peer) and ``bench/results/end_to_end.json`` with the machine and the
+The single-seed rows run ``--repeats`` times (3), interleaved (peer, first, cold, warm, traced,
+eager, then again, each repeat with fresh caches): the table gives each row's median wall time,
+the median of its ratios to the same repeat's peer (on a shared machine the peer's own time moves
+10-20% between minutes) and each repeat's ratio; the seeds rows and the sequential peers run once,
+against the peers' median. Settings: rate 0.2, batch 64, SGD lr 0.05 momentum 0.9, evaluation
+after every epoch. Writes a table and ``bench/results/end_to_end.json`` with the machine and the
 load average before and after (a shared machine: a 1-minute load above its core count means the
 times are inflated and noisy).
 """
@@ -88,6 +92,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8, help="seeds of the vmapped run (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="1 round, 1 epoch, 2 seeds: a smoke test")
     ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="times each single-seed row runs, interleaved with the peer; the table gives medians "
+        "(default: %(default)s)",
+    )
+    ap.add_argument(
         "--out", default=str(HERE / "results" / "end_to_end.json"), help="JSON (default: %(default)s)"
     )
     ap.add_argument(
@@ -102,7 +113,9 @@ def main() -> None:
     if args.step_time is not None:
         return _step_time(args.step_time, args.backend)
     if args.quick:
-        args.rounds, args.epochs, args.seeds = 1, 1, 2
+        args.rounds, args.epochs, args.seeds, args.repeats = 1, 1, 2, 1
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="pp-e2e-"))
     env = {
@@ -127,43 +140,84 @@ def main() -> None:
         "--no-progress",
     ]
     rows: dict[str, dict] = {}
+    peer_name = "peer (eager nn.Module + prune hooks + torch.optim)"
 
-    def one(name: str, cmd: list[str], **env_changes: str) -> None:
-        rows[name] = _timed(cmd, {**env, **env_changes})
-        print(f"  {name}: {rows[name]['wall_s']:.1f} s  ({rows[name]['last_line']})", flush=True)
+    def one(name: str, cmd: list[str], repeat: int, **env_changes: str) -> None:
+        timed = _timed(cmd, {**env, **env_changes})
+        row = rows.setdefault(name, {"walls_s": [], "last_line": ""})
+        row["walls_s"].append(timed["wall_s"])
+        row["last_line"] = timed["last_line"]
+        print(
+            f"  [{repeat + 1}/{args.repeats}] {name}: {timed['wall_s']:.1f} s  ({timed['last_line']})",
+            flush=True,
+        )
 
-    one("peer (eager nn.Module + prune hooks + torch.optim)", peer)
-    one(
-        "pure-prune run, first on the machine (empty caches, ISA not yet probed)",
-        [*run, "--save-dir", str(tmp / "first")],
-        TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor-first"),
-    )
-    one("pure-prune run, cold (empty inductor cache)", [*run, "--save-dir", str(tmp / "cold")])
-    one("pure-prune run, warm (steps loaded from the step cache)", [*run, "--save-dir", str(tmp / "warm")])
-    one(
-        "pure-prune run --step-cache off, warm (dynamo traces, inductor's cache)",
-        [*run, "--step-cache", "off", "--save-dir", str(tmp / "traced")],
-    )
-    one("pure-prune run --eager", [*run, "--eager", "--save-dir", str(tmp / "eager")])
+    for r in range(args.repeats):  # interleaved: each repeat's rows against its own peer
+        mine = {
+            "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-{r}"),
+            "PURE_PRUNE_CACHE": str(tmp / f"machine-{r}"),
+        }
+        one(peer_name, peer, r)
+        one(
+            "pure-prune run, first on the machine (empty caches, ISA not yet probed)",
+            [*run, "--save-dir", str(tmp / f"first-{r}")],
+            r,
+            **{**mine, "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-first-{r}")},
+        )
+        one(
+            "pure-prune run, cold (empty inductor cache)",
+            [*run, "--save-dir", str(tmp / f"cold-{r}")],
+            r,
+            **mine,
+        )
+        one(
+            "pure-prune run, warm (steps loaded from the step cache)",
+            [*run, "--save-dir", str(tmp / f"warm-{r}")],
+            r,
+            **mine,
+        )
+        one(
+            "pure-prune run --step-cache off, warm (dynamo traces, inductor's cache)",
+            [*run, "--step-cache", "off", "--save-dir", str(tmp / f"traced-{r}")],
+            r,
+            **mine,
+        )
+        one("pure-prune run --eager", [*run, "--eager", "--save-dir", str(tmp / f"eager-{r}")], r, **mine)
+    env.update(mine)  # the seeds: once, with the last repeat's caches
     seeds = [*run, "--seeds", str(args.seeds)]
-    one(f"pure-prune run --seeds {args.seeds}, cold", [*seeds, "--save-dir", str(tmp / "seeds-cold")])
-    one(f"pure-prune run --seeds {args.seeds}, warm", [*seeds, "--save-dir", str(tmp / "seeds-warm")])
+    one(f"pure-prune run --seeds {args.seeds}, cold", [*seeds, "--save-dir", str(tmp / "seeds-cold")], 0)
+    one(f"pure-prune run --seeds {args.seeds}, warm", [*seeds, "--save-dir", str(tmp / "seeds-warm")], 0)
     t0 = time.perf_counter()
     for seed in range(args.seeds):
         _timed([*peer, "--seed", str(seed)], env)
-    rows[f"{args.seeds} peers one after another"] = {"wall_s": time.perf_counter() - t0, "last_line": ""}
+    rows[f"{args.seeds} peers one after another"] = {"walls_s": [time.perf_counter() - t0], "last_line": ""}
     step = json.loads(
         _timed([py, __file__, "--step-time", "50", "--backend", args.backend], env)["last_line"]
     )["step_s"]
     steps = (args.rounds + 1) * args.epochs * (TRAIN_SIZE // BATCH)
-    rows["compute limit, 1 seed (compiled step x steps)"] = {"wall_s": step * steps, "last_line": ""}
-    rows[f"compute limit, {args.seeds} seeds"] = {"wall_s": args.seeds * step * steps, "last_line": ""}
+    rows["compute limit, 1 seed (compiled step x steps)"] = {"walls_s": [step * steps], "last_line": ""}
+    rows[f"compute limit, {args.seeds} seeds"] = {"walls_s": [args.seeds * step * steps], "last_line": ""}
     load_after = os.getloadavg()
 
-    base = rows["peer (eager nn.Module + prune hooks + torch.optim)"]["wall_s"]
+    peers = rows[peer_name]["walls_s"]
+    base = statistics.median(peers)
+    for r in rows.values():
+        r["wall_s"] = statistics.median(r["walls_s"])
+        if len(r["walls_s"]) == len(peers):  # median of the ratios to the same repeat's peer
+            r["ratio_to_peer"] = statistics.median(w / p for w, p in zip(r["walls_s"], peers))
+            r["ratios_to_peer"] = [w / p for w, p in zip(r["walls_s"], peers)]
+        else:  # measured once: against the peers' median
+            r["ratio_to_peer"] = r["wall_s"] / base
     width = max(map(len, rows))
-    lines = [f"| {'program':<{width}} | wall s | vs peer |", f"|{'-' * (width + 2)}|-------:|--------:|"]
-    lines += [f"| {k:<{width}} | {r['wall_s']:6.1f} | {r['wall_s'] / base:7.2f} |" for k, r in rows.items()]
+    lines = [
+        f"| {'program':<{width}} | wall s (median) | vs peer (median) | vs peer, each repeat |",
+        f"|{'-' * (width + 2)}|----------------:|-----------------:|----------------------|",
+    ]
+    lines += [
+        f"| {k:<{width}} | {r['wall_s']:15.1f} | {r['ratio_to_peer']:16.2f} | "
+        f"{' '.join(f'{x:.2f}' for x in r.get('ratios_to_peer', [])):<20} |"
+        for k, r in rows.items()
+    ]
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "threads": 1}
     import torch  # the version only, after every timed run
 
@@ -180,7 +234,8 @@ def main() -> None:
         "settings": {"backend": args.backend, "rounds": args.rounds, "epochs": args.epochs, "seeds": args.seeds, "rate": 0.2,
                      "batch_size": BATCH, "lr": 0.05, "momentum": 0.9, "steps_per_seed": steps},
         "step_s": step,
-        "rows": {k: {**r, "ratio_to_peer": r["wall_s"] / base} for k, r in rows.items()},
+        "repeats": args.repeats,
+        "rows": rows,
         "machine": machine,
         "loadavg_before": list(load_before),
         "loadavg_after": list(load_after),

@@ -292,7 +292,7 @@ def test_step_cache_serves_the_vmapped_seed_steps_with_identical_results(tmp_pat
     first = runner.run(tiny(tmp_path, "first", step_cache=cache, **knobs), log=lambda msg: None)
     saved = sorted(p.name for p in Path(cache).iterdir())
     second = runner.run(tiny(tmp_path, "second", step_cache=cache, **knobs), log=lambda msg: None)
-    assert len(saved) == 1 and sorted(p.name for p in Path(cache).iterdir()) == saved  # the train step
+    assert len(saved) == 2 and sorted(p.name for p in Path(cache).iterdir()) == saved  # train, eval
     for res in (first, second):
         assert [r["per_seed"]["test_accuracy"] for r in res.rounds] == [
             r["per_seed"]["test_accuracy"] for r in plain.rounds

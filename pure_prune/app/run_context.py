@@ -249,8 +249,8 @@ def build_context(cfg: RunConfig) -> RunCtx:
                 compiler=compiler,
                 **compiling,
             ),
-            # eager: one forward pass over the test split a round (under 1% of a round's work on
-            # the digits MLP) does not repay its compile (2.9 s of a cold run there; per stage when compact)
+            # eager: its compile (2.9 s of a cold run on the digits MLP; one per stage when compact)
+            # does not repay, as an eager evaluation of the test split costs 1.22 ms against 0.95
             eval_step=train.make_eval_step(exp.model, losses.cross_entropy, compile=False),
         )
         steps = {"train": exp.step, "eval": exp.eval_step, **_steps(cfg, exp, backend)}
@@ -264,7 +264,8 @@ def build_context(cfg: RunConfig) -> RunCtx:
     kw = dict(compile=cfg.compile, **compiling)
     seed_steps = seeds.SeedSteps(
         seeds.make_seed_step(exp.model, losses.cross_entropy, exp.optimizer, per_seed_batches=True, **kw),
-        seeds.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, compile=False),
+        # compiled, unlike one seed's: the vmapped eager eval step costs ~10 ms a call (every epoch)
+        seeds.make_seed_eval_step(exp.model, losses.cross_entropy, per_seed_batches=False, **kw),
     )
     extra: dict[str, Any] = {}
     for name, step in _steps(cfg, exp, backend, compile=False).items():
