@@ -11,7 +11,10 @@ and start-up included), one thread each (``--threads 1``; ``OMP_NUM_THREADS=1`` 
   record of inductor's vector-ISA probe (``PURE_PRUNE_CACHE``, see ``app/vec_isa_record``), which
   then builds and loads its test libraries (~10 s)
 * ``cold``: the same with another empty inductor cache (``TORCHINDUCTOR_CACHE_DIR``, which also
-  holds the default step cache ``pure_prune_steps``), the ISA probe recorded by the first run
+  holds the default step cache ``pure_prune_steps``), the ISA probe recorded by the first run.
+  Neither row empties inductor's precompiled headers, which torch keeps in its default cache folder
+  whatever ``TORCHINDUCTOR_CACHE_DIR`` says (``precompiled_headers``, ~150 MB a variant): on a
+  machine that never compiled with this torch the first compile also builds them
 * ``warm``: the same with the caches the cold run filled: the compiled steps are loaded
   (``stage_saved.Saved``: no dynamo, no inductor; bit-identical results)
 * ``--step-cache off, warm``: dynamo traces the steps again, inductor finds its code in its cache
