@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/end_to_end.py            # the full table (minutes)
     python bench/end_to_end.py --quick                       # 1 round of 1 epoch, a smoke test
+    python bench/end_to_end.py --eval-time 300               # one test-split evaluation, eager and compiled
 
 One process drives subprocesses, each timed wall clock from start to exit (imports, data, compile
 and start-up included), one thread each (``--threads 1``; ``OMP_NUM_THREADS=1`` for the peer):
@@ -88,6 +89,32 @@ def _step_time(reps: int, backend: str) -> None:
     print(json.dumps({"step_s": statistics.median(times)}))
 
 
+def _eval_time(reps: int) -> None:
+    """Print the median seconds of one evaluation of the digits test split (the runner's, every
+    epoch) by the eager and the compiled eval step, as JSON."""
+    import torch
+
+    from pure_prune import losses, mask, train
+    from pure_prune.app.experiment import setup
+
+    torch.set_num_threads(1)
+    exp, init = setup("mlp", "digits", batch_size=BATCH, compile=False)
+    params, state = init(0)
+    masks = mask.ones_like(params)
+    steps = {
+        "eval_eager_s": train.make_eval_step(exp.model, losses.cross_entropy, compile=False),
+        "eval_compiled_s": train.make_eval_step(exp.model, losses.cross_entropy, compile=True),
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for i in range(reps + 3):  # the first calls compile; the two alternate
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            train.evaluate(step, params, state, masks, exp.test_batches())
+            if i >= 3:
+                times[name].append(time.perf_counter() - t0)
+    print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20, help="pruning rounds (default: %(default)s)")
@@ -112,9 +139,18 @@ def main() -> None:
         "(default: %(default)s)",
     )
     ap.add_argument("--step-time", type=int, default=None, metavar="REPS", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--eval-time",
+        type=int,
+        default=None,
+        metavar="REPS",
+        help="only print the median time of one test-split evaluation, eager and compiled (JSON)",
+    )
     args = ap.parse_args()
     if args.step_time is not None:
         return _step_time(args.step_time, args.backend)
+    if args.eval_time is not None:
+        return _eval_time(args.eval_time)
     if args.quick:
         args.rounds, args.epochs, args.seeds, args.repeats = 1, 1, 2, 1
     if args.repeats < 1:

@@ -249,8 +249,9 @@ def build_context(cfg: RunConfig) -> RunCtx:
                 compiler=compiler,
                 **compiling,
             ),
-            # eager: its compile (2.9 s of a cold run on the digits MLP; one per stage when compact)
-            # does not repay, as an eager evaluation of the test split costs 1.22 ms against 0.95
+            # eager: its compile (~3 s of a cold run on the digits MLP; one per stage when compact)
+            # does not repay: an eager evaluation of the test split costs ~0.1 ms more than a compiled
+            # one (bench/end_to_end.py --eval-time)
             eval_step=train.make_eval_step(exp.model, losses.cross_entropy, compile=False),
         )
         steps = {"train": exp.step, "eval": exp.eval_step, **_steps(cfg, exp, backend)}
