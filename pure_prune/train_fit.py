@@ -48,8 +48,8 @@ def fit(
 
     Each epoch's ``history`` entry holds the step metrics averaged over the epoch, weighted by the
     number of label entries of each batch (training-mode metrics, taken before each update). The
-    metrics stay tensors during an epoch (no device sync and no tensor op per step) and are
-    averaged at its end in float64 (:func:`_epoch_means`). ``progress``: ``True`` writes
+    metrics stay tensors during an epoch (no device sync and no tensor op per step) and are added
+    up in float64 every 256 steps (:func:`_fold`). ``progress``: ``True`` writes
     one line per epoch to stderr (``fit: epoch 3/10 accuracy=0.8812 loss=0.4321``), ``False`` or ``None`` nothing;
     a callable is called as ``progress(done, epochs, label)`` after each epoch (:data:`Progress`;
     e.g. an application's tqdm bar). Raises ``ValueError`` when an epoch has no batches.
@@ -61,31 +61,43 @@ def fit(
     report = _progress(progress)
     history: list[dict[str, float]] = []
     for epoch in range(epochs):
-        seen: list[tuple[Mapping[str, Tensor], int]] = []
+        sums: dict[str, Tensor] = {}
+        count = 0
+        pending: list[tuple[Mapping[str, Tensor], int]] = []
         for batch in batches_fn(epoch):
             params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
-            seen.append((metrics, batch[1].numel()))
-        if not seen:
+            pending.append((metrics, batch[1].numel()))
+            if len(pending) == _FOLD:
+                count += _fold(sums, pending)
+        count += _fold(sums, pending)
+        if count == 0:
             raise ValueError(f"fit: batches_fn({epoch}) yielded no batches")
-        history.append(_epoch_means(seen))
+        history.append({k: float(v) / count for k, v in sorted(sums.items())})
         if report is not None:
             report(epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in history[-1].items()))
     return FitResult(params, state, opt_state, history)
 
 
-def _epoch_means(seen: list[tuple[Mapping[str, Tensor], int]]) -> dict[str, float]:
-    """``{name: sum_b n_b * metric_b / sum_b n_b}`` over the steps ``seen`` (``(metrics, n)``: a
-    step's metrics and its batch's label entries), summed in float64, names sorted. A name that
-    some steps leave out is averaged over the steps that give it, divided by every step's entries
-    (as a sum that adds 0 for those steps)."""
-    count = sum(n for _, n in seen)
-    means = {}
-    for name in sorted({k for metrics, _ in seen for k in metrics}):
-        values, entries = zip(*((m[name], n) for m, n in seen if name in m))
+_FOLD = 256  # steps whose metrics are kept before they are added up: one stack per metric per 256 steps
+
+
+def _fold(sums: dict[str, Tensor], pending: list[tuple[Mapping[str, Tensor], int]]) -> int:
+    """Add ``sum_b n_b * metric_b`` over the ``pending`` steps (``(metrics, n)``: a step's metrics
+    and its batch's label entries) into ``sums`` (one tensor per name, on the metrics' device, in
+    float64 where the device has it), empty ``pending`` and return ``sum_b n_b``.
+
+    One ``stack`` and one product per name for the whole list, instead of two tensor ops per metric
+    per step; the list is bounded so that a long epoch keeps few tensors alive. A name that some
+    steps leave out adds 0 for those steps (its mean is divided by every step's entries)."""
+    for name in {k for metrics, _ in pending for k in metrics}:
+        values, entries = zip(*((m[name], n) for m, n in pending if name in m))
         stacked = torch.stack([torch.as_tensor(v).detach().reshape(()) for v in values])
-        weights = torch.tensor(entries, dtype=torch.float64)
-        means[name] = float(stacked.to(device="cpu", dtype=torch.float64) @ weights) / count
-    return means
+        dtype = torch.float64 if stacked.device.type in ("cpu", "cuda") else torch.float32
+        part = stacked.to(dtype) @ torch.tensor(entries, dtype=dtype, device=stacked.device)
+        sums[name] = part if name not in sums else sums[name] + part
+    count = sum(n for _, n in pending)
+    pending.clear()
+    return count
 
 
 def _progress(progress: bool | Progress | None) -> Progress | None:

@@ -457,6 +457,13 @@ def test_fit_history_weights_each_step_by_its_label_entries():
     assert list(epoch) == ["extra", "loss"]
     assert epoch["loss"] == (1.0 * 1 + (2.0 + 2.0**-20) * 3 + 4.0 * 4) / 8
     assert epoch["extra"] == (3.0 * 1 + 5.0 * 4) / 8
+    # a long epoch is added up in parts (train_fit._FOLD steps at a time): the same mean
+    many = 600
+    sizes = [1 + i % 3 for i in range(many)]
+    batches = [(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long)) for n in sizes]
+    calls = iter([{"loss": torch.tensor(float(i % 7))} for i in range(many)])
+    (epoch,) = train.fit(step, {}, {}, {}, None, lambda e: batches, 1, progress=False).history
+    assert epoch["loss"] == sum((i % 7) * n for i, n in enumerate(sizes)) / sum(sizes)
 
 
 def test_bad_input_is_caught_before_the_model_runs():

@@ -68,8 +68,9 @@ def trust_recorded_probe(folder: str | os.PathLike | None = None) -> bool:
     failed). The first call on a machine runs the probe (``cpu_vec_isa.valid_vec_isa_list()``) and
     writes the record (a temporary file, then renamed: never half written); a record that cannot
     be read or written is ignored. In every case ``VecISA.check_build`` becomes
-    :func:`remembered_builds` over the record's passed test builds. Call it before the first step is compiled or loaded, in every
-    process, so that the config inductor hashes into its cache keys is the same in all of them.
+    :func:`remembered_builds` over the record's passed test builds. Call it before the first step
+    is compiled or loaded, in every process, so that the config inductor hashes into its cache keys
+    is the same in all of them.
     """
     if platform.machine() not in ("x86_64", "AMD64") or "TORCHINDUCTOR_VEC_ISA_OK" in os.environ:
         return False
