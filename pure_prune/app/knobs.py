@@ -98,12 +98,13 @@ _HELP: dict[str, str] = {
     "metrics are reported as mean ± std",
     "backend": "torch.compile backend: " + _one_of(BACKENDS),
     "threads": "torch CPU threads, >= 1 (unset: torch's)",
-    "compile": "torch.compile the steps once per stage (--eager: run them eagerly)",
+    "compile": "torch.compile the training steps once per stage, and several seeds' evaluation (one "
+    "seed's evaluation runs eagerly: its compile would not repay) (--eager: run them eagerly)",
     "compact": "train each stage with the pruned units removed (struct channels; one_shot, gradual, imp): "
     "one compile per form, see pure_prune.compact_training",
     "eval_every_epoch": "evaluate on the test split after every epoch (--no-eval-every-epoch: at the end of each round only)",
     "progress": "show progress bars (--no-progress hides them)",
-    "step_cache": "folder where the compiled train and eval steps are saved (torch's aot_compile) and "
+    "step_cache": "folder where the compiled steps are saved (torch's aot_compile) and "
     "loaded by later runs with the same steps, which then skip dynamo and inductor; 'auto': "
     "pure_prune_steps in torch's inductor cache folder when the steps compile with inductor and "
     "no compact stages; 'off': no saving",
