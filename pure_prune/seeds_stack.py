@@ -160,9 +160,9 @@ def seed_batches(
     def gen() -> Iterator[tuple[Tensor, Tensor]]:
         # one flat index_select per tensor: the same rows as x[idx] with idx (S, B), whose
         # advanced indexing over the strided slice measured several times slower per batch
+        shape = (len(keys), batch_size)
         for i in range(count):
             idx = orders[:, i * batch_size : (i + 1) * batch_size].reshape(-1)
-            shape = (len(keys), batch_size)
             yield (
                 torch.index_select(x, 0, idx).view(*shape, *x.shape[1:]),
                 torch.index_select(y, 0, idx).view(*shape, *y.shape[1:]),
