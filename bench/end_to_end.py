@@ -157,12 +157,10 @@ def main() -> None:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="pp-e2e-"))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor"),
-        "PURE_PRUNE_CACHE": str(tmp / "machine"),  # the recorded ISA probe (app/vec_isa_record)
-    }
+    # each repeat's runs get their own caches (``mine`` below: the inductor cache and the recorded
+    # ISA probe of app/vec_isa_record); the seeds rows, the sequential peers and the step time reuse
+    # the last repeat's
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     py = sys.executable
     peer = [py, str(HERE / "peer_lottery.py"), "--rounds", str(args.rounds), "--epochs", str(args.epochs)]
     run = [py, "-m", "pure_prune", "run", "--method", "imp", "--model", "mlp", "--data", "digits"]
@@ -181,15 +179,14 @@ def main() -> None:
     rows: dict[str, dict] = {}
     peer_name = "peer (eager nn.Module + prune hooks + torch.optim)"
 
-    def one(name: str, cmd: list[str], repeat: int, **env_changes: str) -> None:
+    def one(name: str, cmd: list[str], repeat: int | None, **env_changes: str) -> None:
+        """Time ``cmd`` into row ``name``; ``repeat``: which of the repeats (``None``: run once)."""
         timed = _timed(cmd, {**env, **env_changes})
         row = rows.setdefault(name, {"walls_s": [], "last_line": ""})
         row["walls_s"].append(timed["wall_s"])
         row["last_line"] = timed["last_line"]
-        print(
-            f"  [{repeat + 1}/{args.repeats}] {name}: {timed['wall_s']:.1f} s  ({timed['last_line']})",
-            flush=True,
-        )
+        tag = "" if repeat is None else f"[{repeat + 1}/{args.repeats}] "
+        print(f"  {tag}{name}: {timed['wall_s']:.1f} s  ({timed['last_line']})", flush=True)
 
     for r in range(args.repeats):  # interleaved: each repeat's rows against its own peer
         mine = {
@@ -224,8 +221,8 @@ def main() -> None:
         one("pure-prune run --eager", [*run, "--eager", "--save-dir", str(tmp / f"eager-{r}")], r, **mine)
     env.update(mine)  # the seeds: once, with the last repeat's caches
     seeds = [*run, "--seeds", str(args.seeds)]
-    one(f"pure-prune run --seeds {args.seeds}, cold", [*seeds, "--save-dir", str(tmp / "seeds-cold")], 0)
-    one(f"pure-prune run --seeds {args.seeds}, warm", [*seeds, "--save-dir", str(tmp / "seeds-warm")], 0)
+    one(f"pure-prune run --seeds {args.seeds}, cold", [*seeds, "--save-dir", str(tmp / "seeds-cold")], None)
+    one(f"pure-prune run --seeds {args.seeds}, warm", [*seeds, "--save-dir", str(tmp / "seeds-warm")], None)
     t0 = time.perf_counter()
     for seed in range(args.seeds):
         _timed([*peer, "--seed", str(seed)], env)
