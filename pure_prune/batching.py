@@ -4,7 +4,8 @@ Part of the library (no application import): :mod:`pure_prune.seeds` batches eve
 and :mod:`pure_prune.app.data` re-exports its names (``data.batches``, ``data.epoch_key``, ...).
 
 * :func:`batches`: ``(x[idx], y[idx])`` slices of ``batch_size`` of a keyed permutation
-  (:func:`epoch_key` gives each epoch's key), :func:`num_batches` counts them;
+  (:func:`epoch_key` gives each epoch's key), :func:`num_batches` counts them, and
+  :func:`batches_per_gather` says how many of them one indexing call gathers;
 * :func:`lm_batches`: ``(batch_size, seq_len)`` windows of a token-id stream and the same window
   one token later, :func:`num_lm_batches` counts them;
 * :func:`check_batch`: a batch fits a model's input shape, dtype and number of classes;
@@ -24,8 +25,8 @@ from einops import rearrange
 from pure_prune import rng
 
 __all__ = [
-    "Batch", "batches", "check_batch", "check_labels", "check_positive_int", "epoch_key", "lm_batches",
-    "num_batches", "num_lm_batches",
+    "GATHER_BYTES", "Batch", "batches", "batches_per_gather", "check_batch", "check_labels", "check_positive_int",
+    "epoch_key", "lm_batches", "num_batches", "num_lm_batches",
 ]  # fmt: skip
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -77,7 +78,8 @@ def batches(
     """Yield ``(x[idx], y[idx])`` with ``idx`` consecutive slices of ``batch_size`` of an order that
     is ``torch.randperm(N, generator=rng.generator(key))`` (``key=None``: ``0..N-1``). Every batch
     has ``batch_size`` rows unless ``drop_last=False``, which adds the partial remainder. Arguments
-    are checked on the call, before iteration."""
+    are checked on the call, before iteration. The rows of :func:`batches_per_gather` batches are
+    gathered at once, and each batch is a contiguous view of them (the same values as ``x[idx]``)."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
@@ -89,13 +91,30 @@ def batches(
     if count == 0:
         raise ValueError(f"x has {n} samples, fewer than batch_size={batch_size}: no full batch")
     order = torch.arange(n) if key is None else torch.randperm(n, generator=rng.generator(key))
+    per_chunk = batches_per_gather(batch_size, x, y)
 
     def gen():
-        for i in range(count):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            yield x[idx], y[idx]
+        # one gather per chunk of batches, each batch a contiguous row slice of it: the same rows as
+        # x[idx] per batch, at one indexing call per chunk instead of two per batch (~30 µs a step)
+        for first in range(0, count, per_chunk):
+            rows = order[first * batch_size : min(first + per_chunk, count) * batch_size]
+            xs, ys = x[rows], y[rows]
+            for i in range(0, len(rows), batch_size):
+                yield xs[i : i + batch_size], ys[i : i + batch_size]
 
     return gen()
+
+
+GATHER_BYTES = 1 << 22
+"""What one gather of :func:`batches` and ``seeds.seed_batches`` copies at most (4 MiB), unless a
+single batch is larger."""
+
+
+def batches_per_gather(batch_size: int, *tensors: torch.Tensor) -> int:
+    """How many batches of ``batch_size`` rows of ``tensors`` (sharing their first axis) one gather
+    copies: as many as fit in :data:`GATHER_BYTES`, at least 1."""
+    row = sum(t[0].numel() * t.element_size() for t in tensors if len(t))
+    return max(1, GATHER_BYTES // max(1, row * batch_size))
 
 
 def check_batch(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from einops import repeat
+from einops import rearrange, repeat
 from torch import Tensor
 
 from pure_prune import batching, mask, rng, tree
@@ -157,15 +157,21 @@ def seed_batches(
         [torch.randperm(n, generator=rng.generator(batching.epoch_key(k, epoch))) for k in keys]
     )
 
+    per_chunk = batching.batches_per_gather(batch_size * len(keys), x, y)
+
     def gen() -> Iterator[tuple[Tensor, Tensor]]:
-        # one flat index_select per tensor: the same rows as x[idx] with idx (S, B), whose
-        # advanced indexing over the strided slice measured several times slower per batch
-        shape = (len(keys), batch_size)
-        for i in range(count):
-            idx = orders[:, i * batch_size : (i + 1) * batch_size].reshape(-1)
-            yield (
-                torch.index_select(x, 0, idx).view(*shape, *x.shape[1:]),
-                torch.index_select(y, 0, idx).view(*shape, *y.shape[1:]),
+        # one flat index_select per tensor and chunk of batches, laid out (batch, seed, row) so that
+        # each batch is a contiguous view: the same rows as x[idx] with idx (S, B), whose advanced
+        # indexing over the strided slice measured several times slower per batch
+        for first in range(0, count, per_chunk):
+            k = min(per_chunk, count - first)
+            idx = rearrange(
+                orders[:, first * batch_size : (first + k) * batch_size], "s (k b) -> (k s b)", k=k
             )
+            shape = (k, len(keys), batch_size)
+            xs = torch.index_select(x, 0, idx).view(*shape, *x.shape[1:])
+            ys = torch.index_select(y, 0, idx).view(*shape, *y.shape[1:])
+            for j in range(k):
+                yield xs[j], ys[j]
 
     return gen()

@@ -11,6 +11,7 @@ import re
 import struct
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_prune import rng
+from pure_prune import batching, rng
 from pure_prune.app import data
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -548,6 +549,43 @@ def test_batches_properties(n, batch_size, key, extra):
     assert torch.equal(seen, again)
     full = torch.cat([yb for _, yb in data.batches(x, y, batch_size, key=key, drop_last=False)])
     assert sorted(full.tolist()) == list(range(n)) and torch.equal(full[: len(seen)], seen)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    batch_size=st.integers(1, 12),
+    row=st.integers(1, 5),
+    gather_rows=st.integers(1, 30),
+    key=st.integers(0, 2**40),
+    drop_last=st.booleans(),
+)
+def test_batches_gathered_in_chunks_equal_indexing_each_batch(
+    n, batch_size, row, gather_rows, key, drop_last
+):
+    """Gathering several batches at once (``GATHER_BYTES`` shrunk so that a chunk holds
+    ``gather_rows`` rows' worth) yields exactly ``x[order[i*B:(i+1)*B]]`` per batch, as contiguous
+    tensors, with no partial batch unless ``drop_last=False``: the bug it names is a chunk that
+    runs past the last full batch or skips rows at a chunk boundary."""
+    batch_size = min(batch_size, n)
+    x = torch.randn(n, row)
+    y = torch.arange(n)
+    order = torch.randperm(n, generator=rng.generator(key))
+    count = data.num_batches(n, batch_size, drop_last=drop_last)
+    want = [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+    with mock.patch.object(batching, "GATHER_BYTES", gather_rows * (row * 4 + 8)):
+        got = list(data.batches(x, y, batch_size, key=key, drop_last=drop_last))
+    assert len(got) == len(want)
+    for (xb, yb), idx in zip(got, want):
+        assert torch.equal(xb, x[idx]) and torch.equal(yb, y[idx])
+        assert xb.is_contiguous() and yb.is_contiguous()
+
+
+def test_batches_per_gather_by_hand():
+    x, y = torch.zeros(10, 3), torch.zeros(10, dtype=torch.int64)  # 12 + 8 bytes a row
+    assert batching.batches_per_gather(4, x, y) == batching.GATHER_BYTES // 80
+    huge = torch.zeros(2, batching.GATHER_BYTES // 4 + 1)
+    assert batching.batches_per_gather(1, huge) == 1  # a batch larger than the budget: one a gather
 
 
 @settings(max_examples=25, deadline=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -197,6 +198,36 @@ def test_init_opt_seeds_equals_single_inits():
         assert_seed_equals(stacked, [opt.init(p) for p in tree.unstack(params)], rtol=0)
     with pytest.raises(TypeError, match="optim.Optimizer"):
         seeds.init_opt_seeds(object(), params)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(2, 30),
+    batch_size=st.integers(1, 6),
+    seeds_=st.integers(1, 4),
+    gather_batches=st.integers(1, 5),
+    epoch=st.integers(0, 5),
+)
+def test_seed_batches_gathered_in_chunks_equal_indexing_each_seed(
+    n, batch_size, seeds_, gather_batches, epoch
+):
+    """Seed ``i`` of stacked batch ``j`` is ``x[order_i[j*B:(j+1)*B]]`` (``order_i`` its epoch's
+    permutation), whatever the number of batches one gather copies, and each stacked batch is
+    contiguous: the bug it names is a chunk laid out (seed, batch) where it should be (batch, seed),
+    which hands one seed another's rows."""
+    batch_size = min(batch_size, n)
+    x, y = torch.randn(n, 3), torch.arange(n)
+    keys = list(range(7, 7 + seeds_))
+    budget = gather_batches * batch_size * seeds_ * (3 * 4 + 8)
+    with mock.patch.object(batching, "GATHER_BYTES", budget):
+        got = list(seeds.seed_batches((x, y), batch_size, keys, epoch))
+    assert len(got) == n // batch_size
+    for i, k in enumerate(keys):
+        order = torch.randperm(n, generator=rng.generator(batching.epoch_key(k, epoch)))
+        for j, (xs, ys) in enumerate(got):
+            idx = order[j * batch_size : (j + 1) * batch_size]
+            assert torch.equal(xs[i], x[idx]) and torch.equal(ys[i], y[idx])
+            assert xs.is_contiguous() and ys.is_contiguous()
 
 
 def test_seed_batches_equal_single_seed_batches():

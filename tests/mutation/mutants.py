@@ -398,6 +398,53 @@ def _batches_with_replacement(orig, mod):
     return batches
 
 
+def _batches_gather_past_last_full(orig, mod):
+    def batches(x, y, batch_size, *, key, drop_last=True):
+        orig(x, y, batch_size, key=key, drop_last=drop_last)  # the argument checks
+        count = mod.num_batches(len(x), batch_size, drop_last=drop_last)
+        order = torch.randperm(len(x), generator=mod.rng.generator(key))
+        per_chunk = mod.batches_per_gather(batch_size, x, y)
+
+        def gen():
+            for first in range(0, count, per_chunk):
+                rows = order[first * batch_size : (first + per_chunk) * batch_size]  # no clip at count
+                xs, ys = x[rows], y[rows]
+                for i in range(0, len(rows), batch_size):
+                    yield xs[i : i + batch_size], ys[i : i + batch_size]
+
+        return gen()
+
+    return batches
+
+
+def _seed_batches_seed_major(orig, mod):
+    def seed_batches(data, batch_size, keys, epoch):
+        orig(data, batch_size, keys, epoch)  # the argument checks
+        x, y = data
+        count = len(x) // batch_size
+        orders = torch.stack(
+            [
+                torch.randperm(len(x), generator=mod.rng.generator(mod.batching.epoch_key(k, epoch)))
+                for k in keys
+            ]
+        )
+        per_chunk = mod.batching.batches_per_gather(batch_size * len(keys), x, y)
+
+        def gen():
+            for first in range(0, count, per_chunk):
+                k = min(per_chunk, count - first)
+                idx = orders[:, first * batch_size : (first + k) * batch_size].reshape(-1)  # (s k b)
+                shape = (k, len(keys), batch_size)
+                xs = torch.index_select(x, 0, idx).view(*shape, *x.shape[1:])
+                ys = torch.index_select(y, 0, idx).view(*shape, *y.shape[1:])
+                for j in range(k):
+                    yield xs[j], ys[j]
+
+        return gen()
+
+    return seed_batches
+
+
 def _batches_ignore_key(orig, mod):
     def batches(x, y, batch_size, *, key, drop_last=True):
         return orig(x, y, batch_size, key=0 if key is not None else None, drop_last=drop_last)
@@ -1152,6 +1199,20 @@ MUTANTS: tuple[Mutant, ...] = (
         "pure_prune.batching:batches",
         _batches_with_replacement,
         ("tests/test_data.py::test_batches_properties",),
+    ),
+    Mutant(
+        "batches-gather-past-last-full",
+        "batching.batches gathers its last chunk past the last full batch (a partial batch with drop_last)",
+        "pure_prune.batching:batches",
+        _batches_gather_past_last_full,
+        ("tests/test_data.py::test_batches_gathered_in_chunks_equal_indexing_each_batch",),
+    ),
+    Mutant(
+        "seed-batches-seed-major",
+        "seeds.seed_batches lays a gathered chunk out (seed, batch) instead of (batch, seed)",
+        "pure_prune.seeds_stack:seed_batches",
+        _seed_batches_seed_major,
+        ("tests/test_sweep.py::test_seed_batches_gathered_in_chunks_equal_indexing_each_seed",),
     ),
     Mutant(
         "batches-ignore-key",
