@@ -25,6 +25,7 @@ from pure_prune import mask, stage_saved, train, tree
 from pure_prune.optim import Optimizer, OptState
 from pure_prune.seeds_stack import Batch, check_bool, num_seeds
 from pure_prune.seeds_vmap import SeedFn, stacked_in_dims
+from pure_prune.train_fit import MetricSums
 
 __all__ = [
     "SeedFitResult",
@@ -282,16 +283,13 @@ def fit_seeds(
     n = num_seeds(params, "params")
     history: list[dict[str, list[float]]] = []
     for epoch in range(epochs):
-        sums: dict[str, Tensor] = {}
-        count = 0
+        sums = MetricSums()
         for batch in batches_fn(epoch):
             params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
-            per = batch[1].numel() // n if step.per_seed_batches else batch[1].numel()
-            sums = {k: sums.get(k, 0.0) + v * per for k, v in metrics.items()}
-            count += per
-        if count == 0:
+            sums.add(metrics, batch[1].numel() // n if step.per_seed_batches else batch[1].numel())
+        if sums.count == 0:
             raise ValueError(f"fit_seeds: batches_fn({epoch}) yielded no batches")
-        history.append({k: (v.to(torch.float64) / count).tolist() for k, v in sorted(sums.items())})
+        history.append({k: v.tolist() for k, v in sums.means().items()})
     return SeedFitResult(params, state, opt_state, history)
 
 

@@ -29,7 +29,7 @@ over batches), :mod:`pure_prune.train_fit` (the fit loop), :mod:`pure_prune.trai
 from __future__ import annotations
 
 from pure_prune.train_eval import evaluate, sum_metrics
-from pure_prune.train_fit import FitResult, fit
+from pure_prune.train_fit import FitResult, MetricSums, fit
 from pure_prune.train_fit import Progress as Progress
 from pure_prune.train_steps import make_eval_step, make_step
 from pure_prune.train_types import Batch as Batch
@@ -40,4 +40,4 @@ from pure_prune.train_types import Metrics as Metrics
 from pure_prune.train_types import Params as Params
 from pure_prune.train_types import Step as Step
 
-__all__ = ["FitResult", "evaluate", "fit", "make_eval_step", "make_step", "sum_metrics"]
+__all__ = ["FitResult", "MetricSums", "evaluate", "fit", "make_eval_step", "make_step", "sum_metrics"]

@@ -16,7 +16,7 @@ from torch import Tensor
 from pure_prune.optim import OptState
 from pure_prune.train_types import Batch, Params, Step
 
-__all__ = ["FitResult", "Progress", "fit"]
+__all__ = ["FOLD", "FitResult", "MetricSums", "Progress", "fit"]
 
 Progress = Callable[[int, int, str], object]
 """``progress(done, total, label)`` after each epoch: epochs done, epochs asked for, and the epoch's
@@ -49,7 +49,7 @@ def fit(
     Each epoch's ``history`` entry holds the step metrics averaged over the epoch, weighted by the
     number of label entries of each batch (training-mode metrics, taken before each update). The
     metrics stay tensors during an epoch (no device sync and no tensor op per step) and are added
-    up in float64 every 256 steps (:func:`_fold`). ``progress``: ``True`` writes
+    up in float64 every 256 steps (:class:`MetricSums`). ``progress``: ``True`` writes
     one line per epoch to stderr (``fit: epoch 3/10 accuracy=0.8812 loss=0.4321``), ``False`` or ``None`` nothing;
     a callable is called as ``progress(done, epochs, label)`` after each epoch (:data:`Progress`;
     e.g. an application's tqdm bar). Raises ``ValueError`` when an epoch has no batches.
@@ -61,43 +61,64 @@ def fit(
     report = _progress(progress)
     history: list[dict[str, float]] = []
     for epoch in range(epochs):
-        sums: dict[str, Tensor] = {}
-        count = 0
-        pending: list[tuple[Mapping[str, Tensor], int]] = []
+        sums = MetricSums()
         for batch in batches_fn(epoch):
             params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
-            pending.append((metrics, batch[1].numel()))
-            if len(pending) == _FOLD:
-                count += _fold(sums, pending)
-        count += _fold(sums, pending)
-        if count == 0:
+            sums.add(metrics, batch[1].numel())
+        if sums.count == 0:
             raise ValueError(f"fit: batches_fn({epoch}) yielded no batches")
-        history.append({k: float(v) / count for k, v in sorted(sums.items())})
+        history.append({k: float(v) for k, v in sums.means().items()})
         if report is not None:
             report(epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in history[-1].items()))
     return FitResult(params, state, opt_state, history)
 
 
-_FOLD = 256  # steps whose metrics are kept before they are added up: one stack per metric per 256 steps
+class MetricSums:
+    """An epoch's step metrics added up, each weighted by its batch's label entries:
+    ``sums.add(metrics, entries)`` per step, then ``sums.means()`` ``{name: sum_b n_b * metric_b /
+    sum_b n_b}``, sorted by name, in float64 where the device has it (``cuda``, ``cpu``), else float32.
+
+    A metric may be a 0-d tensor (one model) or of any fixed shape, e.g. ``(S,)`` for a stack of
+    ``S`` seeds (:func:`pure_prune.seeds.fit_seeds`). The metrics stay tensors (no device sync,
+    no tensor op per step) and are added up every :data:`FOLD` steps with one ``stack`` and one
+    product per name, so that a long epoch keeps few tensors alive. A name that some steps leave
+    out adds 0 for those steps (its mean is divided by every step's entries). ``count``: the
+    entries added so far.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sums: dict[str, Tensor] = {}
+        self._pending: list[tuple[Mapping[str, Tensor], int]] = []
+
+    def add(self, metrics: Mapping[str, Tensor], entries: int) -> None:
+        """Add one step's ``metrics`` (tensors of one shape per name), weighted by ``entries``."""
+        self._pending.append((metrics, entries))
+        self.count += entries
+        if len(self._pending) == FOLD:
+            self._fold()
+
+    def means(self) -> dict[str, Tensor]:
+        """``{name: weighted mean}`` over the steps added (``ZeroDivisionError`` if none were)."""
+        self._fold()
+        if self.count == 0:
+            raise ZeroDivisionError("MetricSums.means: no step was added")
+        return {k: v / self.count for k, v in sorted(self._sums.items())}
+
+    def _fold(self) -> None:
+        pending = self._pending
+        for name in {k for metrics, _ in pending for k in metrics}:
+            values, entries = zip(*((m[name], n) for m, n in pending if name in m))
+            stacked = torch.stack([torch.as_tensor(v).detach() for v in values])
+            dtype = torch.float64 if stacked.device.type in ("cpu", "cuda") else torch.float32
+            weights = torch.tensor(entries, dtype=dtype, device=stacked.device)
+            part = torch.tensordot(weights, stacked.to(dtype), dims=1)
+            self._sums[name] = part if name not in self._sums else self._sums[name] + part
+        pending.clear()
 
 
-def _fold(sums: dict[str, Tensor], pending: list[tuple[Mapping[str, Tensor], int]]) -> int:
-    """Add ``sum_b n_b * metric_b`` over the ``pending`` steps (``(metrics, n)``: a step's metrics
-    and its batch's label entries) into ``sums`` (one tensor per name, on the metrics' device, in
-    float64 where the device has it), empty ``pending`` and return ``sum_b n_b``.
-
-    One ``stack`` and one product per name for the whole list, instead of two tensor ops per metric
-    per step; the list is bounded so that a long epoch keeps few tensors alive. A name that some
-    steps leave out adds 0 for those steps (its mean is divided by every step's entries)."""
-    for name in {k for metrics, _ in pending for k in metrics}:
-        values, entries = zip(*((m[name], n) for m, n in pending if name in m))
-        stacked = torch.stack([torch.as_tensor(v).detach().reshape(()) for v in values])
-        dtype = torch.float64 if stacked.device.type in ("cpu", "cuda") else torch.float32
-        part = stacked.to(dtype) @ torch.tensor(entries, dtype=dtype, device=stacked.device)
-        sums[name] = part if name not in sums else sums[name] + part
-    count = sum(n for _, n in pending)
-    pending.clear()
-    return count
+FOLD = 256
+"""Steps whose metrics :class:`MetricSums` keeps before it adds them up."""
 
 
 def _progress(progress: bool | Progress | None) -> Progress | None:

@@ -12,7 +12,7 @@ from einops import rearrange, reduce
 from hypothesis import given, settings
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from pure_prune import losses, mask, models, optim, rng, select, stage, train, tree
+from pure_prune import losses, mask, models, optim, rng, select, stage, train, train_fit, tree
 from pure_prune.losses import cross_entropy, kd_loss
 from pure_prune.testing import close, invariants, strategies
 from pure_prune.testing.plugin import scaled_examples
@@ -457,13 +457,35 @@ def test_fit_history_weights_each_step_by_its_label_entries():
     assert list(epoch) == ["extra", "loss"]
     assert epoch["loss"] == (1.0 * 1 + (2.0 + 2.0**-20) * 3 + 4.0 * 4) / 8
     assert epoch["extra"] == (3.0 * 1 + 5.0 * 4) / 8
-    # a long epoch is added up in parts (train_fit._FOLD steps at a time): the same mean
+    # a long epoch is added up in parts (train_fit.FOLD steps at a time): the same mean
     many = 600
     sizes = [1 + i % 3 for i in range(many)]
     batches = [(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long)) for n in sizes]
     calls = iter([{"loss": torch.tensor(float(i % 7))} for i in range(many)])
     (epoch,) = train.fit(step, {}, {}, {}, None, lambda e: batches, 1, progress=False).history
     assert epoch["loss"] == sum((i % 7) * n for i, n in enumerate(sizes)) / sum(sizes)
+
+
+def test_metric_sums_of_stacked_seeds_by_hand():
+    """``MetricSums`` over ``(S,)`` metrics (a stack of seeds): per seed, the entries-weighted mean,
+    in float64; a sum over more than ``FOLD`` steps equals the one-go sum; no step: an error."""
+    sums = train.MetricSums()
+    sums.add({"loss": torch.tensor([1.0, 2.0]), "accuracy": torch.tensor([0.5, 1.0])}, 2)
+    sums.add({"loss": torch.tensor([4.0, 8.0]), "accuracy": torch.tensor([0.0, 0.25])}, 6)
+    means = sums.means()
+    assert list(means) == ["accuracy", "loss"] and sums.count == 8
+    assert means["loss"].dtype == torch.float64
+    assert means["loss"].tolist() == [(1.0 * 2 + 4.0 * 6) / 8, (2.0 * 2 + 8.0 * 6) / 8]
+    assert means["accuracy"].tolist() == [(0.5 * 2 + 0.0 * 6) / 8, (1.0 * 2 + 0.25 * 6) / 8]
+    long = train.MetricSums()
+    steps = 2 * train_fit.FOLD + 3
+    for i in range(steps):
+        long.add({"m": torch.tensor([float(i % 5), float(i % 3)])}, 1 + i % 2)
+    weights = [1 + i % 2 for i in range(steps)]
+    want = [sum((i % p) * w for i, w in enumerate(weights)) / sum(weights) for p in (5, 3)]
+    assert long.means()["m"].tolist() == want
+    with pytest.raises(ZeroDivisionError, match="no step"):
+        train.MetricSums().means()
 
 
 def test_bad_input_is_caught_before_the_model_runs():
