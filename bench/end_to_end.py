@@ -68,11 +68,13 @@ def _timed(cmd: list[str], env: dict[str, str]) -> dict:
 
 
 def _step_time(reps: int, backend: str) -> None:
-    """Print the median seconds of one training step of the digits MLP (masks all kept), compiled
-    unless ``backend`` is ``eager``."""
+    """Print, as JSON, the median seconds of one training step of the digits MLP (masks all kept),
+    compiled unless ``backend`` is ``eager``: ``step_s`` of the step as ``train.fit`` runs it (in
+    place on its own copies when the step has ``in_place``, as compiled steps do) and ``pure_step_s``
+    of the step returning new trees; the two alternate in blocks of 10 calls."""
     import torch
 
-    from pure_prune import mask
+    from pure_prune import mask, train
     from pure_prune.app.experiment import setup
 
     torch.set_num_threads(1)
@@ -80,13 +82,23 @@ def _step_time(reps: int, backend: str) -> None:
     params, state = init(0)
     masks, opt_state = mask.ones_like(params), exp.optimizer.init(params)
     batch = next(exp.train_batches(0)(0))
-    times = []
-    for i in range(reps + 5):  # the first calls compile
-        t0 = time.perf_counter()
-        params, state, opt_state, _ = exp.step(params, state, opt_state, masks, batch)
-        if i >= 5:
-            times.append(time.perf_counter() - t0)
-    print(json.dumps({"step_s": statistics.median(times)}))
+    in_place = train.in_place_step(exp.step, params, opt_state)
+    own = [train.own_copies(params), state, train.own_copies(opt_state)]
+    times: dict[str, list[float]] = {"step_s": [], "pure_step_s": []}
+    for block in range(reps // 10 + 1):  # the first block compiles
+        for _ in range(10):
+            t0 = time.perf_counter()
+            params, state, opt_state, _ = exp.step(params, state, opt_state, masks, batch)
+            t1 = time.perf_counter()
+            if in_place is not None:
+                own[1], _ = in_place(own[0], own[1], own[2], masks, batch)
+            else:
+                own[:] = exp.step(own[0], own[1], own[2], masks, batch)[:3]
+            t2 = time.perf_counter()
+            if block:
+                times["pure_step_s"].append(t1 - t0)
+                times["step_s"].append(t2 - t1)
+    print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
 
 
 def _eval_time(reps: int) -> None:

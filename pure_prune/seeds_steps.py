@@ -15,6 +15,7 @@ equals the single-seed computation on seed ``i``'s slice, to float tolerance. Re
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ from torch import Tensor
 from pure_prune import mask, stage_saved, train, tree
 from pure_prune.optim import Optimizer, OptState
 from pure_prune.seeds_stack import Batch, check_bool, num_seeds
-from pure_prune.seeds_vmap import SeedFn, stacked_in_dims
+from pure_prune.seeds_vmap import SeedFn, is_oom, stacked_in_dims
 from pure_prune.train_fit import MetricSums
 
 __all__ = [
@@ -87,12 +88,19 @@ class SeedStep(SeedFn):
         *,
         opt_state: bool,
         bytes_masks: bool = False,
+        in_place_fn: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__(fn, seeded, chunk_size)
         self._has_opt_state = opt_state  # train steps: (params, state, opt_state, masks, batch)
         self._bytes_masks = check_bool("bytes_masks", bytes_masks)
         self._checked: tuple[Any, int, list] | None = None  # (layout key, seed count, mask leaves)
         self._views = mask.bytes_views()  # the masks' uint8 views, kept per stage
+        self._in_place_fn = in_place_fn
+        self.in_place: Callable[..., Any] | None = None if in_place_fn is None else self._in_place
+        """``in_place(params, state, opt_state, masks, batch) -> (state, metrics)`` for a compiled
+        train step (else ``None``): the step written into the stacked ``params`` and ``opt_state``
+        tensors (``train.in_place_body``), checked as a call is, chunk by chunk; a chunk that runs
+        out of memory is not retried (:func:`fit_seeds` retries its first step on fresh copies)."""
 
     def _seed_count(self, params: Any, state: Any, masks: Any, others: dict[str, Any]) -> int:
         """:func:`check_stacked`, run again only when the layout changes: the trees' structures,
@@ -117,6 +125,15 @@ class SeedStep(SeedFn):
         return self.seeded[-1]
 
     def __call__(self, *args: Any) -> Any:
+        return self._run(*self._checked_args(args))
+
+    def _in_place(self, *args: Any) -> Any:
+        args, n = self._checked_args(args)
+        return self._run(args, n, self._in_place_fn)
+
+    def _checked_args(self, args: tuple) -> tuple[tuple, int]:
+        """The arguments as the mapped function takes them (the masks as uint8 views with
+        ``bytes_masks``) and the number of seeds, after the checks."""
         if len(args) != len(self.seeded):
             raise TypeError(f"expected {len(self.seeded)} arguments, got {len(args)}")
         params, state, *rest = args
@@ -125,7 +142,7 @@ class SeedStep(SeedFn):
         check_batch(args[-1], self.per_seed_batches, n)
         if self._bytes_masks and rest[-2] is not None:
             args = (*args[:-2], self._views(rest[-2]), args[-1])
-        return self._run(args, n)
+        return args, n
 
 
 def make_seed_step(
@@ -192,13 +209,18 @@ def seed_step_of(
         mapped = torch.func.vmap(step, in_dims=(0, 0, 0, stacked_in_dims(masks), batch_dim))
         return mapped(params, state, opt_state, masks, batch)
 
-    run = seeds_step
+    run, run_in_place = seeds_step, None
     if check_bool("compile", compile):  # once per chunk shape (dynamic=False), or saved to cache_dir
-        run = stage_saved.compile_step(
-            seeds_step, backend=backend, cache_dir=cache_dir, form="seeds", dynamic=False
-        )
+        kw = dict(backend=backend, cache_dir=cache_dir, dynamic=False)
+        run = stage_saved.compile_step(seeds_step, form="seeds", **kw)
+        run_in_place = stage_saved.compile_step(train.in_place_body(seeds_step), form="seeds-in-place", **kw)
     return SeedStep(
-        run, (True, True, True, True, per_seed), chunk_size, opt_state=True, bytes_masks=bytes_masks
+        run,
+        (True, True, True, True, per_seed),
+        chunk_size,
+        opt_state=True,
+        bytes_masks=bytes_masks,
+        in_place_fn=run_in_place,
     )
 
 
@@ -275,22 +297,58 @@ def fit_seeds(
     ``batches_fn(epoch)`` yields batches in the form the step expects (per seed, e.g.
     ``lambda e: seed_batches((x, y), 64, keys, e)``, or shared). Each history entry holds, per seed,
     the step metrics averaged over the epoch weighted by label entries, as ``train.fit`` does.
+    A compiled step runs in place (``SeedStep.in_place``) on copies that ``fit_seeds`` makes at its
+    first step, as ``train.fit`` does: the same results, and the caller's trees are not written.
     """
     if not isinstance(step, SeedStep) or len(step.seeded) != 5:
         raise TypeError(f"step must come from make_seed_step, got {step!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     n = num_seeds(params, "params")
+    in_place = train.in_place_step(step, params, opt_state) if epochs else None
+    start = (params, state, opt_state)  # an in-place fit's first step copies them (_first_in_place)
     history: list[dict[str, list[float]]] = []
+    first = True
     for epoch in range(epochs):
         sums = MetricSums()
         for batch in batches_fn(epoch):
-            params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+            if in_place is None:
+                params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+            elif first:
+                params, state, opt_state, metrics = _first_in_place(step, start, masks, batch, n)
+            else:
+                state, metrics = in_place(params, state, opt_state, masks, batch)
+            first = False
             sums.add(metrics, batch[1].numel() // n if step.per_seed_batches else batch[1].numel())
         if sums.count == 0:
             raise ValueError(f"fit_seeds: batches_fn({epoch}) yielded no batches")
         history.append({k: v.tolist() for k, v in sums.means().items()})
     return SeedFitResult(params, state, opt_state, history)
+
+
+def _first_in_place(step: SeedStep, start: tuple[Any, Any, Any], masks: Any, batch: Batch, n: int) -> tuple:
+    """The first in-place step of :func:`fit_seeds`, on fresh copies of ``start``'s params and
+    optimizer state; a chunk that runs out of memory is halved (with a ``RuntimeWarning``, as a
+    call's chunks are) and the step run again on new copies, since the failed one may have written
+    into the old. Returns ``(params, state, opt_state, metrics)``."""
+    params, state, opt_state = start
+    while True:
+        own_params, own_opt_state = train.own_copies(params), train.own_copies(opt_state)
+        try:
+            new_state, metrics = step.in_place(own_params, state, own_opt_state, masks, batch)
+        except RuntimeError as err:
+            size = n if step.chunk_size is None else step.chunk_size
+            if not is_oom(err) or size == 1:
+                raise
+            step.chunk_size = max(1, size // 2)
+            warnings.warn(
+                f"fit_seeds: out of memory with a chunk of {size} seeds; retrying with chunks of "
+                f"{step.chunk_size}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        return own_params, new_state, own_opt_state, metrics
 
 
 class SeedSteps(NamedTuple):

@@ -23,11 +23,12 @@ from torch import Tensor
 from pure_prune import stage, tree
 from pure_prune.seeds_stack import check_bool, num_seeds
 
-__all__ = ["SeedFn", "over_seeds", "run_chunked", "stacked_in_dims", "vmap_seeded"]
+__all__ = ["SeedFn", "is_oom", "over_seeds", "run_chunked", "stacked_in_dims", "vmap_seeded"]
 
 
-def _is_oom(err: BaseException) -> bool:
-    """An out-of-memory error: CUDA's ``OutOfMemoryError`` or the CPU allocator's "can't allocate"."""
+def is_oom(err: BaseException) -> bool:
+    """Whether ``err`` is an out-of-memory error: CUDA's ``OutOfMemoryError`` or the CPU allocator's
+    "can't allocate"."""
     if isinstance(err, torch.OutOfMemoryError):
         return True
     text = str(err).lower()
@@ -73,8 +74,16 @@ def run_chunked(
     return _chunks(fn, args, seeded, _seed_count(args, seeded), _check_chunk(chunk_size))
 
 
-def _chunks(fn: Callable[..., Any], args: Sequence[Any], seeded: Sequence[bool], n: int, chunk: int | None):
-    """:func:`run_chunked` for ``n`` seeds, the arguments already checked."""
+def _chunks(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    seeded: Sequence[bool],
+    n: int,
+    chunk: int | None,
+    retry: bool = True,
+):
+    """:func:`run_chunked` for ``n`` seeds, the arguments already checked; ``retry=False``: an
+    out-of-memory error propagates (a chunk that writes into its arguments cannot be run twice)."""
     size = n if chunk is None else min(chunk, n)
     outs: list[Any] = []
     start = 0
@@ -89,7 +98,7 @@ def _chunks(fn: Callable[..., Any], args: Sequence[Any], seeded: Sequence[bool],
         try:
             outs.append(fn(*part))
         except RuntimeError as err:
-            if not _is_oom(err) or stop - start == 1:
+            if not retry or not is_oom(err) or stop - start == 1:
                 raise
             size = max(1, (stop - start) // 2)
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -125,8 +134,11 @@ class SeedFn:
             raise TypeError(f"expected {len(self.seeded)} arguments, got {len(args)}")
         return self._run(args, _seed_count(args, self.seeded))
 
-    def _run(self, args: Sequence[Any], n: int) -> Any:
-        out, used = _chunks(self._fn, args, self.seeded, n, self.chunk_size)
+    def _run(self, args: Sequence[Any], n: int, fn: Callable[..., Any] | None = None) -> Any:
+        """``fn`` (default: the mapped function) over the chunks; a function other than the
+        mapped one (an in-place variant) is not retried on an out-of-memory error."""
+        retry = fn is None
+        out, used = _chunks(self._fn if fn is None else fn, args, self.seeded, n, self.chunk_size, retry)
         if used < n:
             self.chunk_size = used
         return out

@@ -29,9 +29,9 @@ over batches), :mod:`pure_prune.train_fit` (the fit loop), :mod:`pure_prune.trai
 from __future__ import annotations
 
 from pure_prune.train_eval import evaluate, sum_metrics
-from pure_prune.train_fit import FitResult, MetricSums, fit
+from pure_prune.train_fit import FitResult, MetricSums, fit, in_place_step, own_copies
 from pure_prune.train_fit import Progress as Progress
-from pure_prune.train_steps import make_eval_step, make_step
+from pure_prune.train_steps import in_place_body, make_eval_step, make_step
 from pure_prune.train_types import Batch as Batch
 from pure_prune.train_types import Compiler as Compiler
 from pure_prune.train_types import EvalStep as EvalStep
@@ -40,4 +40,7 @@ from pure_prune.train_types import Metrics as Metrics
 from pure_prune.train_types import Params as Params
 from pure_prune.train_types import Step as Step
 
-__all__ = ["FitResult", "MetricSums", "evaluate", "fit", "make_eval_step", "make_step", "sum_metrics"]
+__all__ = [
+    "FitResult", "MetricSums", "evaluate", "fit", "in_place_body", "in_place_step", "make_eval_step", "make_step",
+    "own_copies", "sum_metrics",
+]  # fmt: skip

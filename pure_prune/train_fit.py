@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from pure_prune import tree
 from pure_prune.optim import OptState
 from pure_prune.train_types import Batch, Params, Step
 
-__all__ = ["FOLD", "FitResult", "MetricSums", "Progress", "fit"]
+__all__ = ["FOLD", "FitResult", "MetricSums", "Progress", "fit", "in_place_step", "own_copies"]
 
 Progress = Callable[[int, int, str], object]
 """``progress(done, total, label)`` after each epoch: epochs done, epochs asked for, and the epoch's
@@ -59,11 +60,17 @@ def fit(
     if not callable(batches_fn):
         raise TypeError(f"batches_fn must be callable as batches_fn(epoch), got {batches_fn!r}")
     report = _progress(progress)
+    in_place = in_place_step(step, params, opt_state) if epochs else None
+    if in_place is not None:  # its own copies, which the steps then update in place
+        params, opt_state = own_copies(params), own_copies(opt_state)
     history: list[dict[str, float]] = []
     for epoch in range(epochs):
         sums = MetricSums()
         for batch in batches_fn(epoch):
-            params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
+            if in_place is not None:
+                state, metrics = in_place(params, state, opt_state, masks, batch)
+            else:
+                params, state, opt_state, metrics = step(params, state, opt_state, masks, batch)
             sums.add(metrics, batch[1].numel())
         if sums.count == 0:
             raise ValueError(f"fit: batches_fn({epoch}) yielded no batches")
@@ -119,6 +126,27 @@ class MetricSums:
 
 FOLD = 256
 """Steps whose metrics :class:`MetricSums` keeps before it adds them up."""
+
+
+def in_place_step(step: Any, params: Params, opt_state: OptState) -> Callable[..., Any] | None:
+    """``step.in_place`` (:func:`pure_prune.train.make_step`'s compiled steps have one: see
+    :func:`pure_prune.train_steps.in_place_body`) when ``params`` and ``opt_state`` hold only tensors
+    that autograd does not track, else ``None`` (the step is then called as it is)."""
+    in_place = getattr(step, "in_place", None)
+    if not callable(in_place):
+        return None
+    leaves = [*tree.leaves(params), *tree.leaves(opt_state)]
+    if not all(isinstance(x, Tensor) and not x.requires_grad for x in leaves):
+        return None
+    return in_place
+
+
+def own_copies(trees: Any) -> Any:
+    """``trees`` with every tensor leaf cloned into memory of its own (dense, even where the leaf was
+    an expanded view), so that in-place steps write nowhere else."""
+    return tree.map(
+        lambda x: x.clone(memory_format=torch.contiguous_format) if isinstance(x, Tensor) else x, trees
+    )
 
 
 def _progress(progress: bool | Progress | None) -> Progress | None:

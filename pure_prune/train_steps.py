@@ -21,7 +21,7 @@ from pure_prune.optim import Optimizer, OptState, apply_factors, apply_updates, 
 from pure_prune.train_checks import apply_fn, check_metrics, checker, forward_masker
 from pure_prune.train_types import Batch, Compiler, EvalStep, Loss, Metrics, Params, Step
 
-__all__ = ["make_eval_step", "make_step"]
+__all__ = ["in_place_body", "make_eval_step", "make_step"]
 
 
 def _masked(params: Params, masks: Params | None) -> Params:
@@ -237,7 +237,43 @@ def make_step(
         check(params, state, masks, batch)
         return run(params, state, opt_state, as_input(masks), batch)
 
+    checked_step.in_place = None  # type: ignore[attr-defined]
+    if compile and compiler is None:
+        run_in_place = _compiled(in_place_body(body), compile, backend, None, cache_dir, "train-in-place")
+
+        def checked_in_place(
+            params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch
+        ) -> tuple[Params, dict[str, Tensor]]:
+            check(params, state, masks, batch)
+            return run_in_place(params, state, opt_state, as_input(masks), batch)
+
+        checked_step.in_place = checked_in_place  # type: ignore[attr-defined]
     return checked_step
+
+
+def in_place_body(body: Step) -> Callable[..., tuple[Params, dict[str, Tensor]]]:
+    """``body`` that writes its new params and optimizer state into the tensors of the ``params`` and
+    ``opt_state`` it was given, and returns ``(state, metrics)``: the same values, bit for bit (the
+    same graph, with stores into the inputs' buffers in place of new outputs).
+
+    Compiled, the last kernels store straight into those buffers: no new params or optimizer state
+    are allocated per step, and a step touches one copy of them instead of two (the digits MLP's
+    compiled step: ~6% faster, 8 vmapped seeds ~10%, measured by ``bench/end_to_end.py
+    --step-time``). The caller owns the buffers: nothing else may hold them, and no two leaves may
+    share memory (:func:`pure_prune.train_fit.fit` runs it on copies of its own).
+    """
+
+    def stepped_in_place(
+        params: Params, state: Params, opt_state: OptState, masks: Params | None, batch: Batch
+    ):
+        new_params, new_state, new_opt_state, found = body(params, state, opt_state, masks, batch)
+        for old, new in zip(tree.leaves(params), tree.leaves(new_params), strict=True):
+            old.copy_(new)
+        for old, new in zip(tree.leaves(opt_state), tree.leaves(new_opt_state), strict=True):
+            old.copy_(new)
+        return new_state, found
+
+    return stepped_in_place
 
 
 def make_eval_step(

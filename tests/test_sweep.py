@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_prune import batching, losses, mask, optim, rng, seeds, select, train, tree
+from pure_prune import batching, losses, mask, optim, rng, seeds, seeds_steps, select, train, tree
 from pure_prune.app import data
 from pure_prune.importance import magnitude, registry
 from pure_prune.models import layers, mlp
@@ -394,6 +394,60 @@ def test_chunked_step_equals_unchunked():
     a, b = whole(params, state, opt_state, masks, batch), chunked(params, state, opt_state, masks, batch)
     assert_tree_close(a, b, rtol=1e-6)
     assert chunked.chunk_size == 2 and whole.chunk_size is None
+
+
+def test_fit_seeds_in_place_equals_the_pure_step_and_retries_its_first_step_on_fresh_copies():
+    """``fit_seeds`` with a compiled seed step runs it in place on copies of its own: params,
+    optimizer state and history equal those of the step returning new trees (bit for bit), and the
+    caller's trees are not written. When the first in-place step runs out of memory after writing
+    into its arguments, the chunk is halved and the step run again on fresh copies; a later
+    out-of-memory error propagates."""
+    opt = optim.sgd(0.05, momentum=0.9)
+    _, params, state, masks = _mlp_setup(5)
+    opt_state = seeds.init_opt_seeds(opt, params)
+    x, y = mlp_data(3)
+    batches = [(x[None, i : i + 4].expand(5, -1, -1), y[None, i : i + 4].expand(5, -1)) for i in (0, 4)]
+    before = tree.map(torch.clone, (params, opt_state))
+    kw = dict(per_seed_batches=True, compile=True, backend="aot_eager")
+    step = seeds.make_seed_step(mlp, losses.cross_entropy, opt, **kw)
+    pure = seeds.make_seed_step(mlp, losses.cross_entropy, opt, per_seed_batches=True, compile=False)
+    assert callable(step.in_place) and pure.in_place is None
+    got = seeds.fit_seeds(step, params, state, opt_state, masks, lambda e: batches, 2)
+    want = seeds.fit_seeds(pure, params, state, opt_state, masks, lambda e: batches, 2)
+    for a, b in zip(tree.leaves((got.params, got.opt_state)), tree.leaves((want.params, want.opt_state))):
+        assert torch.equal(a, b)
+    assert got.history == want.history
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves((params, opt_state)), tree.leaves(before)))
+
+    calls: list[int] = []
+    fail_call = [0]  # also fail the call with this number (1-based)
+
+    def flaky(p, s, o, m, b):  # writes garbage into its arguments, then runs out of memory
+        n = seeds.num_seeds(p)
+        calls.append(n)
+        if n > 2 or len(calls) == fail_call[0]:
+            for leaf in tree.leaves(p):
+                leaf.fill_(7.0)
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+        return train.in_place_body(vmapped)(p, s, o, m, b)
+
+    def vmapped(p, s, o, m, b):
+        return pure(p, s, o, m, b)
+
+    seeded = (True, True, True, True, True)
+    odd = seeds_steps.SeedStep(vmapped, seeded, None, opt_state=True, in_place_fn=flaky)
+    with pytest.warns(
+        RuntimeWarning, match="out of memory with a chunk of 5 seeds; retrying with chunks of 2"
+    ):
+        again = seeds.fit_seeds(odd, params, state, opt_state, masks, lambda e: batches[:1], 1)
+    assert calls[:2] == [5, 2] and odd.chunk_size == 2
+    one_step = seeds.fit_seeds(pure, params, state, opt_state, masks, lambda e: batches[:1], 1)
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(again.params), tree.leaves(one_step.params)))
+    calls.clear()
+    fail_call[0] = 4  # chunks of 2, 2, 1: the first call of the second step
+    with pytest.raises(RuntimeError, match="can't allocate"):
+        seeds.fit_seeds(odd, params, state, opt_state, masks, lambda e: batches, 2)
+    assert calls == [2, 2, 1, 2] and odd.chunk_size == 2
 
 
 def _fake_allocating_fn(

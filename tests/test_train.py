@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from pure_prune import losses, mask, models, optim, rng, select, stage, train, train_fit, tree
@@ -464,6 +465,82 @@ def test_fit_history_weights_each_step_by_its_label_entries():
     calls = iter([{"loss": torch.tensor(float(i % 7))} for i in range(many)])
     (epoch,) = train.fit(step, {}, {}, {}, None, lambda e: batches, 1, progress=False).history
     assert epoch["loss"] == sum((i % 7) * n for i, n in enumerate(sizes)) / sum(sizes)
+
+
+@settings(max_examples=scaled_examples(15), deadline=None)
+@given(
+    key=st.integers(0, 2**30),
+    density=st.floats(0.2, 1.0),
+    which=st.sampled_from(["sgd", "nesterov", "adam"]),
+    conv=st.booleans(),
+)
+def test_in_place_body_writes_the_pure_steps_results_into_its_inputs(key, density, which, conv):
+    """``train.in_place_body(step)`` leaves in the ``params`` and ``opt_state`` tensors it is given
+    exactly the new params and optimizer state that ``step`` returns (momentum, Adam moments and the
+    step count included), and returns that step's new ``state`` and metrics: the bug it names is an
+    in-place step that updates the params but leaves an optimizer-state leaf behind."""
+    init, apply, shape = (convbn_init, convbn_apply, (2, 5, 5)) if conv else (mlp_init, mlp_apply, (4,))
+    opt = {
+        "sgd": optim.sgd(0.1, momentum=0.9),
+        "nesterov": optim.sgd(0.05, momentum=0.8, nesterov=True, weight_decay=1e-3),
+        "adam": optim.adam(1e-2),
+    }[which]
+    params, state = init(key)
+    masks = random_masks(params, key + 1, density)
+    pure = train.make_step(apply, cross_entropy, opt, compile=False)
+    in_place = train.in_place_body(pure)
+    mine = [train.own_copies(params), state, train.own_copies(opt.init(params))]
+    theirs = [params, state, opt.init(params)]
+    for i in range(3):
+        batch = classification_batch(key + 2 + i, shape=shape)
+        p_ids = [id(x) for x in tree.leaves(mine[0])]
+        new_state, metrics = in_place(mine[0], mine[1], mine[2], masks, batch)
+        *theirs, want_metrics = pure(*theirs, masks, batch)
+        mine[1] = new_state
+        assert [id(x) for x in tree.leaves(mine[0])] == p_ids  # the same tensors, written in place
+        for got, want in zip(tree.leaves(mine), tree.leaves(theirs), strict=True):
+            assert torch.equal(got, want)
+        assert all(torch.equal(metrics[k], want_metrics[k]) for k in want_metrics)
+
+
+def test_fit_runs_a_compiled_step_in_place_with_the_same_results():
+    """``fit`` runs a compiled ``make_step`` through its ``in_place`` variant on copies of its own:
+    the params, optimizer state and history equal those of the same step returning new trees (its
+    ``in_place`` hidden), bit for bit, and the caller's trees are left as they were."""
+    opt = optim.sgd(0.1, momentum=0.9)
+    step = train.make_step(mlp_apply, cross_entropy, opt, compile=True, backend="aot_eager")
+    assert callable(step.in_place)
+    assert train.in_place_step(step, MLP_PARAMS, opt.init(MLP_PARAMS)) is step.in_place
+    tracked = tree.map(lambda p: p.clone().requires_grad_(), MLP_PARAMS)
+    assert train.in_place_step(step, tracked, opt.init(MLP_PARAMS)) is None  # autograd: the pure step
+    assert train.in_place_step(train.make_step(mlp_apply, cross_entropy, opt, compile=False), {}, {}) is None
+    params, state = mlp_init(3)
+    masks = random_masks(params, 4, 0.6)
+    params = mask.apply(params, masks)
+    opt_state = opt.init(params)
+    before = tree.map(torch.clone, (params, opt_state))
+    batches = [classification_batch(10 + i) for i in range(4)]
+
+    def hidden(*args):  # the same step without in_place
+        return step(*args)
+
+    got = train.fit(step, params, state, opt_state, masks, lambda e: batches, 2, progress=False)
+    want = train.fit(hidden, params, state, opt_state, masks, lambda e: batches, 2, progress=False)
+    for a, b in zip(tree.leaves((got.params, got.opt_state)), tree.leaves((want.params, want.opt_state))):
+        assert torch.equal(a, b)
+    assert got.history == want.history
+    for a, b in zip(tree.leaves((params, opt_state)), tree.leaves(before)):
+        assert torch.equal(a, b)  # the caller's trees are untouched
+    assert all(a is not b for a, b in zip(tree.leaves(got.params), tree.leaves(params)))
+
+
+def test_own_copies_are_dense_and_share_no_memory():
+    count = torch.zeros(()).expand(4)  # a stride-0 view, as a stacked seed counter can be
+    trees = {"count": count, "w": torch.arange(6.0).reshape(2, 3).T, "none": None, "n": 3}
+    copies = train.own_copies(trees)
+    assert copies["count"].stride() == (1,) and copies["w"].is_contiguous()
+    assert torch.equal(copies["w"], trees["w"]) and copies["none"] is None and copies["n"] == 3
+    assert copies["w"].data_ptr() != trees["w"].data_ptr()
 
 
 def test_metric_sums_of_stacked_seeds_by_hand():

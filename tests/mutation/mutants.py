@@ -398,6 +398,19 @@ def _batches_with_replacement(orig, mod):
     return batches
 
 
+def _in_place_skips_opt_state(orig, mod):
+    def in_place_body(body):
+        def stepped_in_place(params, state, opt_state, masks, batch):
+            new_params, new_state, _, found = body(params, state, opt_state, masks, batch)
+            for old, new in zip(mod.tree.leaves(params), mod.tree.leaves(new_params)):
+                old.copy_(new)  # the optimizer state is left as it was
+            return new_state, found
+
+        return stepped_in_place
+
+    return in_place_body
+
+
 def _batches_gather_past_last_full(orig, mod):
     def batches(x, y, batch_size, *, key, drop_last=True):
         orig(x, y, batch_size, key=key, drop_last=drop_last)  # the argument checks
@@ -1199,6 +1212,16 @@ MUTANTS: tuple[Mutant, ...] = (
         "pure_prune.batching:batches",
         _batches_with_replacement,
         ("tests/test_data.py::test_batches_properties",),
+    ),
+    Mutant(
+        "in-place-skips-opt-state",
+        "train.in_place_body writes the new params but not the new optimizer state",
+        "pure_prune.train_steps:in_place_body",
+        _in_place_skips_opt_state,
+        (
+            "tests/test_train.py::test_in_place_body_writes_the_pure_steps_results_into_its_inputs",
+            "tests/test_train.py::test_fit_runs_a_compiled_step_in_place_with_the_same_results",
+        ),
     ),
     Mutant(
         "batches-gather-past-last-full",
