@@ -54,6 +54,12 @@ def fit(
     one line per epoch to stderr (``fit: epoch 3/10 accuracy=0.8812 loss=0.4321``), ``False`` or ``None`` nothing;
     a callable is called as ``progress(done, epochs, label)`` after each epoch (:data:`Progress`;
     e.g. an application's tqdm bar). Raises ``ValueError`` when an epoch has no batches.
+
+    A step with an ``in_place`` variant (:func:`in_place_step`: the compiled steps of
+    :func:`pure_prune.train.make_step`) is run through it on copies of ``params`` and ``opt_state``
+    that ``fit`` makes once (:func:`own_copies`): each step then writes into those copies instead
+    of allocating new trees. The results are the same, bit for bit, and the caller's trees are
+    never written.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")

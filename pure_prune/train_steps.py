@@ -184,6 +184,11 @@ def make_step(
     stage.Compiled(body, backend=...)``: one static graph per shape, counted per stage); the checks
     and the uint8 masks are as with ``compile=True``.
 
+    A compiled step (``compile=True``, no ``compiler``) has an attribute ``in_place(params, state,
+    opt_state, masks, batch) -> (state, metrics)``: the same step written into the tensors of the
+    given ``params`` and ``opt_state`` (:func:`in_place_body`, compiled once more, lazily), which
+    :func:`pure_prune.train.fit` runs on copies of its own; other steps have ``in_place = None``.
+
     ``cache_dir`` (with ``compile=True`` and ``backend="inductor"``): the compiled step is saved
     there and a later process with the same step loads it instead of tracing and compiling
     (:class:`pure_prune.stage_saved.Saved`; the same results, bit for bit). The library writes no file
@@ -257,10 +262,11 @@ def in_place_body(body: Step) -> Callable[..., tuple[Params, dict[str, Tensor]]]
     same graph, with stores into the inputs' buffers in place of new outputs).
 
     Compiled, the last kernels store straight into those buffers: no new params or optimizer state
-    are allocated per step, and a step touches one copy of them instead of two (the digits MLP's
-    compiled step: ~6% faster, 8 vmapped seeds ~10%, measured by ``bench/end_to_end.py
-    --step-time``). The caller owns the buffers: nothing else may hold them, and no two leaves may
-    share memory (:func:`pure_prune.train_fit.fit` runs it on copies of its own).
+    are allocated per step, and a step touches one copy of them instead of two. Measured on the
+    digits MLP at one thread (2 AMD EPYC cores, shared): the single step 2-3% faster
+    (``bench/end_to_end.py --step-time``), the 8-seed vmapped step 8-12% (the two alternating in
+    one ``run --seeds 8`` process). The caller owns the buffers: nothing else may hold them, and no
+    two leaves may share memory (:func:`pure_prune.train_fit.fit` runs it on copies of its own).
     """
 
     def stepped_in_place(
