@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_prune import batching, losses, mask, optim, rng, seeds, seeds_steps, select, train, tree
+from pure_prune import batching, losses, mask, optim, rng, seeds, seeds_steps, seeds_vmap, select, train, tree
 from pure_prune.app import data
 from pure_prune.importance import magnitude, registry
 from pure_prune.models import layers, mlp
@@ -448,6 +448,14 @@ def test_fit_seeds_in_place_equals_the_pure_step_and_retries_its_first_step_on_f
     with pytest.raises(RuntimeError, match="can't allocate"):
         seeds.fit_seeds(odd, params, state, opt_state, masks, lambda e: batches, 2)
     assert calls == [2, 2, 1, 2] and odd.chunk_size == 2
+
+
+def test_is_oom_by_hand():
+    assert seeds_vmap.is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert seeds_vmap.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"))
+    assert seeds_vmap.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not seeds_vmap.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not seeds_vmap.is_oom(ValueError("out of memory"))  # only runtime errors
 
 
 def _fake_allocating_fn(
