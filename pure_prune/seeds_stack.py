@@ -165,9 +165,7 @@ def seed_batches(
         # indexing over the strided slice measured several times slower per batch
         for first in range(0, count, per_chunk):
             k = min(per_chunk, count - first)
-            idx = rearrange(
-                orders[:, first * batch_size : (first + k) * batch_size], "s (k b) -> (k s b)", k=k
-            )
+            idx = _chunk_rows(orders, first, k, batch_size)
             shape = (k, len(keys), batch_size)
             xs = torch.index_select(x, 0, idx).view(*shape, *x.shape[1:])
             ys = torch.index_select(y, 0, idx).view(*shape, *y.shape[1:])
@@ -175,3 +173,9 @@ def seed_batches(
                 yield xs[j], ys[j]
 
     return gen()
+
+
+def _chunk_rows(orders: Tensor, first: int, k: int, batch_size: int) -> Tensor:
+    """The rows of batches ``first .. first + k - 1`` of every seed's order ``orders (S, N)``, flat
+    in (batch, seed, row) order: gathered, they view as ``(k, S, batch_size, ...)``."""
+    return rearrange(orders[:, first * batch_size : (first + k) * batch_size], "s (k b) -> (k s b)", k=k)

@@ -430,32 +430,11 @@ def _batches_gather_past_last_full(orig, mod):
     return batches
 
 
-def _seed_batches_seed_major(orig, mod):
-    def seed_batches(data, batch_size, keys, epoch):
-        orig(data, batch_size, keys, epoch)  # the argument checks
-        x, y = data
-        count = len(x) // batch_size
-        orders = torch.stack(
-            [
-                torch.randperm(len(x), generator=mod.rng.generator(mod.batching.epoch_key(k, epoch)))
-                for k in keys
-            ]
-        )
-        per_chunk = mod.batching.batches_per_gather(batch_size * len(keys), x, y)
+def _chunk_rows_seed_major(orig, mod):
+    def _chunk_rows(orders, first, k, batch_size):
+        return orders[:, first * batch_size : (first + k) * batch_size].reshape(-1)  # (seed, batch, row)
 
-        def gen():
-            for first in range(0, count, per_chunk):
-                k = min(per_chunk, count - first)
-                idx = orders[:, first * batch_size : (first + k) * batch_size].reshape(-1)  # (s k b)
-                shape = (k, len(keys), batch_size)
-                xs = torch.index_select(x, 0, idx).view(*shape, *x.shape[1:])
-                ys = torch.index_select(y, 0, idx).view(*shape, *y.shape[1:])
-                for j in range(k):
-                    yield xs[j], ys[j]
-
-        return gen()
-
-    return seed_batches
+    return _chunk_rows
 
 
 def _batches_ignore_key(orig, mod):
@@ -1233,8 +1212,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "seed-batches-seed-major",
         "seeds.seed_batches lays a gathered chunk out (seed, batch) instead of (batch, seed)",
-        "pure_prune.seeds_stack:seed_batches",
-        _seed_batches_seed_major,
+        "pure_prune.seeds_stack:_chunk_rows",
+        _chunk_rows_seed_major,
         ("tests/test_sweep.py::test_seed_batches_gathered_in_chunks_equal_indexing_each_seed",),
     ),
     Mutant(
